@@ -1,0 +1,135 @@
+"""Model arguments and the reference (PyTorch) sentence encoder.
+
+A model argument anywhere in the CLI is a registry name ("all-mpnet-base-v2", or the aliases
+"teacher" / "student-start"), a local Hugging Face folder, or a hub id; all three end in the
+same `from_pretrained` call. Folders follow the sentence-transformers layout (modules.json:
+Transformer → Pooling → optional Dense projection → optional Normalize), so the PyTorch
+reference here, the ONNX export and sentence-transformers itself agree on what a model is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .assets import ASSETS, MODEL_ALIASES, ensure
+from .errors import TowerliteError
+
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+def resolve_model(spec: str, log=print) -> str:
+    """What to pass to `from_pretrained` for a model argument (fetching registry models)."""
+    name = MODEL_ALIASES.get(spec, spec)
+    if name in ASSETS and ASSETS[name].kind == "model":
+        return str(ensure(name, log=log))
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise TowerliteError(f"{spec}: not a Hugging Face model folder (no config.json)")
+        return str(path.resolve())
+    if spec.startswith((".", "/", "~")) or not _HUB_ID.match(spec):
+        raise TowerliteError(f"model {spec!r} not found: no such folder, and not a registry name "
+                             f"({', '.join(n for n, a in ASSETS.items() if a.kind == 'model')}) "
+                             "or a hub id")
+    return spec  # a hub id: from_pretrained fetches it where the hub is reachable
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What follows the transformer: pooling, projection layers, normalization."""
+
+    pooling: str  # "mean", "cls" or "max"
+    dense: tuple[str, ...]  # sub-folders of Dense projection modules, in order
+    normalize: bool
+    max_seq_length: int
+
+
+def read_pipeline(folder: Path) -> Pipeline:
+    modules_file = folder / "modules.json"
+    if not modules_file.is_file():  # a bare transformer: mean pooling, normalized (ST's default)
+        return Pipeline("mean", (), True, 512)
+    modules = json.loads(modules_file.read_text())
+    pooling, dense, normalize = "mean", [], False
+    for m in modules:
+        kind = m["type"].rsplit(".", 1)[-1]
+        if kind == "Pooling":
+            cfg = json.loads((folder / m["path"] / "config.json").read_text())
+            modes = [mode for mode in ("mean", "cls", "max") if cfg.get(f"pooling_mode_{mode}_tokens"
+                                                                         if mode != "cls" else "pooling_mode_cls_token")]
+            if len(modes) != 1:
+                raise TowerliteError(f"{folder}: unsupported pooling config {cfg}")
+            pooling = modes[0]
+        elif kind == "Dense":
+            dense.append(m["path"])
+        elif kind == "Normalize":
+            normalize = True
+        elif kind != "Transformer":
+            raise TowerliteError(f"{folder}: unsupported sentence-transformers module {m['type']}")
+    st_cfg = folder / "sentence_bert_config.json"
+    max_len = json.loads(st_cfg.read_text()).get("max_seq_length", 512) if st_cfg.is_file() else 512
+    return Pipeline(pooling, tuple(dense), normalize, int(max_len))
+
+
+class SentenceEncoder:
+    """PyTorch reference: texts → sentence embeddings, exactly as the folder describes."""
+
+    def __init__(self, spec: str, device: str = "cpu", log=print):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.source = resolve_model(spec, log=log)
+        folder = Path(self.source)
+        self.pipeline = read_pipeline(folder) if folder.is_dir() else Pipeline("mean", (), True, 512)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.source)
+        self.model = AutoModel.from_pretrained(self.source).to(device).eval()
+        self.device = device
+        self.dense = [self._load_dense(folder / sub) for sub in self.pipeline.dense]
+
+    def _load_dense(self, folder: Path):
+        import torch
+        from safetensors.torch import load_file
+
+        cfg = json.loads((folder / "config.json").read_text())
+        layer = torch.nn.Linear(cfg["in_features"], cfg["out_features"], bias=cfg.get("bias", True))
+        state = load_file(folder / "model.safetensors")
+        layer.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
+        act = cfg.get("activation_function", "torch.nn.modules.linear.Identity")
+        activation = torch.nn.Tanh() if act.endswith("Tanh") else torch.nn.Identity()
+        return torch.nn.Sequential(layer, activation).to(self.device).eval()
+
+    @property
+    def dim(self) -> int:
+        if self.dense:
+            return self.dense[-1][0].out_features
+        return self.model.config.hidden_size
+
+    def pool(self, hidden, mask):
+        if self.pipeline.pooling == "cls":
+            return hidden[:, 0]
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        if self.pipeline.pooling == "max":
+            return hidden.masked_fill(m == 0, -1e9).max(dim=1).values
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+    def encode(self, texts: list[str], batch_size: int = 32, max_length: int | None = None):
+        """float32 numpy array (len(texts), dim)."""
+        import numpy as np
+        import torch
+
+        max_length = max_length or self.pipeline.max_seq_length
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), batch_size):
+                batch = self.tokenizer(texts[i:i + batch_size], padding=True, truncation=True,
+                                       max_length=max_length, return_tensors="pt").to(self.device)
+                hidden = self.model(input_ids=batch["input_ids"],
+                                    attention_mask=batch["attention_mask"]).last_hidden_state
+                emb = self.pool(hidden, batch["attention_mask"])
+                for layer in self.dense:
+                    emb = layer(emb)
+                if self.pipeline.normalize:
+                    emb = torch.nn.functional.normalize(emb, dim=-1)
+                out.append(emb.float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)
