@@ -73,45 +73,67 @@ def read_pipeline(folder: Path) -> Pipeline:
     return Pipeline(pooling, tuple(dense), normalize, int(max_len))
 
 
+def load_dense(folder: Path):
+    """A sentence-transformers Dense module (Linear + activation) from its folder."""
+    import torch
+    from safetensors.torch import load_file
+
+    cfg = json.loads((folder / "config.json").read_text())
+    layer = torch.nn.Linear(cfg["in_features"], cfg["out_features"], bias=cfg.get("bias", True))
+    state = load_file(folder / "model.safetensors")
+    layer.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
+    act = cfg.get("activation_function", "torch.nn.modules.linear.Identity")
+    return torch.nn.Sequential(layer, torch.nn.Tanh() if act.endswith("Tanh") else torch.nn.Identity())
+
+
+def build_module(transformer, pipeline: Pipeline, dense: list):
+    """The whole sentence embedding as one torch module: (input_ids, attention_mask) → embedding.
+    The ONNX export traces exactly this module, so pooling is never re-implemented elsewhere."""
+    import torch
+
+    class SentenceEmbedding(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.transformer = transformer
+            self.dense = torch.nn.Sequential(*dense)
+            self.pooling, self.normalize = pipeline.pooling, pipeline.normalize
+
+        def forward(self, input_ids, attention_mask):
+            hidden = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            if self.pooling == "cls":
+                emb = hidden[:, 0]
+            elif self.pooling == "max":
+                m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                emb = hidden.masked_fill(m == 0, -1e9).max(dim=1).values
+            else:
+                m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                emb = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            emb = self.dense(emb)
+            return torch.nn.functional.normalize(emb, dim=-1) if self.normalize else emb
+
+    return SentenceEmbedding().eval()
+
+
 class SentenceEncoder:
     """PyTorch reference: texts → sentence embeddings, exactly as the folder describes."""
 
-    def __init__(self, spec: str, device: str = "cpu", log=print):
+    def __init__(self, spec: str, device: str = "cpu", log=print, attn_implementation: str | None = None):
         from transformers import AutoModel, AutoTokenizer
 
         self.source = resolve_model(spec, log=log)
         folder = Path(self.source)
         self.pipeline = read_pipeline(folder) if folder.is_dir() else Pipeline("mean", (), True, 512)
         self.tokenizer = AutoTokenizer.from_pretrained(self.source)
-        self.model = AutoModel.from_pretrained(self.source).to(device).eval()
+        kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        transformer = AutoModel.from_pretrained(self.source, **kw)
+        dense = [load_dense(folder / sub) for sub in self.pipeline.dense]
+        self.module = build_module(transformer, self.pipeline, dense).to(device)
         self.device = device
-        self.dense = [self._load_dense(folder / sub) for sub in self.pipeline.dense]
-
-    def _load_dense(self, folder: Path):
-        import torch
-        from safetensors.torch import load_file
-
-        cfg = json.loads((folder / "config.json").read_text())
-        layer = torch.nn.Linear(cfg["in_features"], cfg["out_features"], bias=cfg.get("bias", True))
-        state = load_file(folder / "model.safetensors")
-        layer.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
-        act = cfg.get("activation_function", "torch.nn.modules.linear.Identity")
-        activation = torch.nn.Tanh() if act.endswith("Tanh") else torch.nn.Identity()
-        return torch.nn.Sequential(layer, activation).to(self.device).eval()
 
     @property
     def dim(self) -> int:
-        if self.dense:
-            return self.dense[-1][0].out_features
-        return self.model.config.hidden_size
-
-    def pool(self, hidden, mask):
-        if self.pipeline.pooling == "cls":
-            return hidden[:, 0]
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        if self.pipeline.pooling == "max":
-            return hidden.masked_fill(m == 0, -1e9).max(dim=1).values
-        return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        dense = self.module.dense
+        return dense[-1][0].out_features if len(dense) else self.module.transformer.config.hidden_size
 
     def encode(self, texts: list[str], batch_size: int = 32, max_length: int | None = None):
         """float32 numpy array (len(texts), dim)."""
@@ -124,12 +146,6 @@ class SentenceEncoder:
             for i in range(0, len(texts), batch_size):
                 batch = self.tokenizer(texts[i:i + batch_size], padding=True, truncation=True,
                                        max_length=max_length, return_tensors="pt").to(self.device)
-                hidden = self.model(input_ids=batch["input_ids"],
-                                    attention_mask=batch["attention_mask"]).last_hidden_state
-                emb = self.pool(hidden, batch["attention_mask"])
-                for layer in self.dense:
-                    emb = layer(emb)
-                if self.pipeline.normalize:
-                    emb = torch.nn.functional.normalize(emb, dim=-1)
+                emb = self.module(batch["input_ids"], batch["attention_mask"])
                 out.append(emb.float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)

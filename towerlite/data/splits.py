@@ -1,0 +1,41 @@
+"""The corpus split every stage agrees on: a text is held out by a hash of its text alone, so
+distillation never trains on what export's parity gate and distill's evaluation measure on,
+whatever order or subset of the corpus a stage loads."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import defaultdict
+from collections.abc import Iterable
+
+from .records import TextRecord
+
+HELDOUT_PER_10K = 200  # 2% of every source is never trained on
+
+
+def is_heldout(text: str) -> bool:
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 10_000 < HELDOUT_PER_10K
+
+
+def balanced_sample(records: Iterable[TextRecord], per_source: int, seed: int = 0,
+                    heldout: bool = True) -> list[TextRecord]:
+    """Up to `per_source` records of every source, spread round-robin over its domains (so
+    every domain is present when per_source allows), from the held-out part (or the
+    training part). Deterministic for a seed; ordered by source."""
+    groups: dict[str, dict[str, list[TextRecord]]] = defaultdict(lambda: defaultdict(list))
+    for rec in records:
+        if rec.text.strip() and is_heldout(rec.text) == heldout:
+            groups[rec.source][rec.domain].append(rec)
+    rng = random.Random(seed)
+    out = []
+    for source in sorted(groups):
+        pools = [rng.sample(g, len(g)) for _, g in sorted(groups[source].items())]
+        picked: list[TextRecord] = []
+        while len(picked) < per_source and any(pools):
+            for pool in pools:
+                if pool and len(picked) < per_source:
+                    picked.append(pool.pop())
+        out.extend(picked)
+    return out
