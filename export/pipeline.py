@@ -1,0 +1,181 @@
+"""`towerlite export`: any HF encoder folder → ONNX variants, parity-gated, with a report.
+
+    out/model.onnx, model_opt.onnx, model_int8_dynamic.onnx, model_int8_static.onnx, model_fp16.onnx
+    out/tokenizer.json (+ the other tokenizer files)
+    out/export_report.json   source, settings, file sizes, parity, in-process speed, versions
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+from towerlite.errors import TowerliteError
+
+from . import variants as V
+from .parity import parity
+
+DEFAULT_VARIANTS = ("fp32", "opt", "int8_dynamic", "int8_static", "fp16")
+# the parity gate: minimum mean cosine to the PyTorch model's embedding, per variant
+DEFAULT_MIN_COSINE = {"fp32": 0.9999, "opt": 0.9999, "int8_dynamic": 0.99, "int8_static": 0.99,
+                      "fp16": 0.999}
+
+
+@dataclass
+class ExportConfig:
+    model: str
+    out: Path
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
+    max_length: int = 128
+    parity_texts_per_source: int = 64  # held-out texts, every domain present
+    calibration_texts_per_source: int = 32  # training-part texts, for static INT8
+    min_cosine: dict = field(default_factory=lambda: dict(DEFAULT_MIN_COSINE))
+    threads: int = 2
+    measure_speed: bool = True
+
+
+class ParityError(TowerliteError):
+    pass
+
+
+def check_config(cfg: ExportConfig) -> None:
+    """Everything that can be wrong before any long work starts."""
+    unknown = [v for v in cfg.variants if v not in V.FILES]
+    if unknown:
+        raise TowerliteError(f"unknown variant(s) {unknown}; known: {', '.join(V.FILES)}")
+    if not cfg.variants:
+        raise TowerliteError("no variants asked for")
+    try:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        probe = cfg.out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise TowerliteError(f"output folder {cfg.out} is not writable ({exc.strerror or exc})") from exc
+    if cfg.max_length < 8:
+        raise TowerliteError("max_length must be at least 8 tokens")
+
+
+def _texts(cfg: ExportConfig, log) -> tuple[list[str], list[str], dict]:
+    from towerlite.data import load_corpus
+    from towerlite.data.splits import balanced_sample
+
+    log("loading the real multi-domain corpus for parity and calibration texts")
+    records = load_corpus()
+    held = balanced_sample(records, cfg.parity_texts_per_source, seed=0, heldout=True)
+    calib = balanced_sample(records, cfg.calibration_texts_per_source, seed=1, heldout=False)
+    per_source: dict[str, int] = {}
+    for r in held:
+        per_source[r.source] = per_source.get(r.source, 0) + 1
+    return [r.text for r in held], [r.text for r in calib], per_source
+
+
+def _gate(name: str, result: dict, minimum: float) -> str | None:
+    if result["mean_cosine"] >= minimum:
+        return None
+    return (f"{name}: mean cosine {result['mean_cosine']:.4f} < {minimum} "
+            f"(short by {minimum - result['mean_cosine']:.4f}; min cosine {result['min_cosine']:.4f})")
+
+
+def run(cfg: ExportConfig, log=print) -> dict:
+    from towerlite.models import SentenceEncoder
+
+    from .onnx_export import copy_tokenizer, export_fp32
+    from .runtime import OnnxEncoder
+    from .speed import latency, throughput
+
+    check_config(cfg)
+    started = time.monotonic()
+    encoder = SentenceEncoder(cfg.model, log=log, attn_implementation="eager")
+    folder = Path(encoder.source)
+    texts, calib_texts, per_source = _texts(cfg, log)
+    log(f"PyTorch reference on {len(texts)} held-out texts")
+    reference = encoder.encode(texts, max_length=cfg.max_length)
+
+    needed = set(cfg.variants)
+    for v in cfg.variants:  # a variant needs the file it is built from
+        while v in V.SOURCES:
+            v = V.SOURCES[v]
+            needed.add(v)
+    out = cfg.out
+    settings: dict[str, dict] = {}
+    log(f"exporting {folder} → {out / V.FILES['fp32']}")
+    export_fp32(encoder, out / V.FILES["fp32"])
+    tokenizer_files = copy_tokenizer(folder, out)
+    restore = V.quiet_onnxruntime_logs()
+    try:
+        config = encoder.module.transformer.config
+        model_type = "bert" if config.model_type in ("bert", "mpnet", "roberta", "xlm-roberta") else config.model_type
+        if "opt" in needed:
+            log("optimizing (transformer fusions)")
+            settings["opt"] = {"fused": V.optimize(out / V.FILES["fp32"], out / V.FILES["opt"],
+                                                   config.num_attention_heads, config.hidden_size, model_type)}
+        if "int8_dynamic" in needed:
+            log("quantizing: dynamic INT8")
+            settings["int8_dynamic"] = V.int8_dynamic(out / V.FILES["opt"], out / V.FILES["int8_dynamic"])
+        if "int8_static" in needed:
+            log(f"quantizing: static INT8 (QDQ), calibrating on {len(calib_texts)} corpus texts")
+            tmp = OnnxEncoder(out / V.FILES["fp32"], out / "tokenizer.json", cfg.max_length)
+            tokens = tmp.token_ids(calib_texts)
+            from .runtime import pad_batch
+
+            batches = []
+            for i in range(0, len(tokens), 16):
+                ids, mask = pad_batch(tokens[i:i + 16], tmp.pad_id)
+                batches.append({"input_ids": ids, "attention_mask": mask})
+            settings["int8_static"] = V.int8_static(out / V.FILES["fp32"], out / V.FILES["int8_static"], batches)
+        if "fp16" in needed:
+            log("converting: fp16")
+            settings["fp16"] = V.fp16(out / V.FILES["opt"], out / V.FILES["fp16"])
+    finally:
+        restore()
+
+    report_variants, failures = {}, []
+    fp32_emb = None
+    for name in [v for v in V.FILES if v in needed]:
+        path = out / V.FILES[name]
+        enc = OnnxEncoder(path, out / "tokenizer.json", cfg.max_length, threads=cfg.threads)
+        emb = enc.encode(texts)
+        if name == "fp32":
+            fp32_emb = emb
+        entry = {"file": path.name, "bytes": path.stat().st_size, "settings": settings.get(name, {}),
+                 "parity_vs_pytorch": parity(reference, emb),
+                 "parity_vs_onnx_fp32": parity(fp32_emb, emb) if fp32_emb is not None else None,
+                 "min_mean_cosine": cfg.min_cosine.get(name, 0.99)}
+        failure = _gate(name, entry["parity_vs_pytorch"], entry["min_mean_cosine"])
+        entry["passed"] = failure is None
+        if failure:
+            failures.append(failure)
+        if cfg.measure_speed:
+            log(f"measuring {name}")
+            entry["speed"] = {
+                "sentences_per_s_batch32": round(throughput(lambda t, e=enc: e.encode(t, 32), texts), 1),
+                "batch1": latency(lambda t, e=enc: e.encode(t, 1), texts, n=100)}
+        report_variants[name] = entry
+        log(f"  {name:13s} {entry['bytes'] / 1e6:7.1f} MB  mean cos {entry['parity_vs_pytorch']['mean_cosine']:.5f}"
+            f"  {'ok' if failure is None else 'FAILED'}"
+            + (f"  {entry['speed']['sentences_per_s_batch32']} sent/s" if cfg.measure_speed else ""))
+
+    report = {
+        "source_model": encoder.source, "pipeline": asdict(encoder.pipeline), "dim": encoder.dim,
+        "graph": {"inputs": ["input_ids", "attention_mask"], "output": "sentence_embedding",
+                  "opset": 17, "pooling_inside": True, "normalized": encoder.pipeline.normalize},
+        "tokenizer_files": tokenizer_files, "max_length": cfg.max_length, "threads": cfg.threads,
+        "parity_texts": {"count": len(texts), "per_source": per_source, "split": "held-out (towerlite.data.splits)"},
+        "variants": report_variants, "failures": failures,
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "versions": {p: version(p) for p in ("torch", "transformers", "onnx", "onnxruntime", "optimum")},
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    tmp = out / "export_report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(out / "export_report.json")
+    if failures:
+        raise ParityError("parity gate failed: " + "; ".join(failures)
+                          + f" (report: {out / 'export_report.json'})")
+    return report
