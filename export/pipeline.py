@@ -75,7 +75,8 @@ def _texts(cfg: ExportConfig, log) -> tuple[list[str], list[str], dict]:
     return [r.text for r in held], [r.text for r in calib], per_source
 
 
-def _gate(name: str, result: dict, minimum: float) -> str | None:
+def gate(name: str, result: dict, minimum: float) -> str | None:
+    """None when the variant passes; otherwise the message saying by how much it missed."""
     if result["mean_cosine"] >= minimum:
         return None
     return (f"{name}: mean cosine {result['mean_cosine']:.4f} < {minimum} "
@@ -147,7 +148,7 @@ def run(cfg: ExportConfig, log=print) -> dict:
                  "parity_vs_pytorch": parity(reference, emb),
                  "parity_vs_onnx_fp32": parity(fp32_emb, emb) if fp32_emb is not None else None,
                  "min_mean_cosine": cfg.min_cosine.get(name, 0.99)}
-        failure = _gate(name, entry["parity_vs_pytorch"], entry["min_mean_cosine"])
+        failure = gate(name, entry["parity_vs_pytorch"], entry["min_mean_cosine"])
         entry["passed"] = failure is None
         if failure:
             failures.append(failure)

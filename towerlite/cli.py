@@ -93,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="re-hash every cached file (slower)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_assets)
+
+    from export import cli as export_cli
+
+    p = sub.add_parser("export", help="export an encoder to ONNX variants, parity-gated",
+                       description=export_cli.DESCRIPTION)
+    export_cli.add_arguments(p)
+    p.set_defaults(func=export_cli.command)
     return parser
 
 

@@ -123,9 +123,14 @@ class SentenceEncoder:
         self.source = resolve_model(spec, log=log)
         folder = Path(self.source)
         self.pipeline = read_pipeline(folder) if folder.is_dir() else Pipeline("mean", (), True, 512)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.source)
         kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        transformer = AutoModel.from_pretrained(self.source, **kw)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.source)
+            transformer = AutoModel.from_pretrained(self.source, **kw)
+        except (OSError, ValueError) as exc:
+            raise TowerliteError(f"model {spec!r} could not be loaded: {str(exc).splitlines()[0]} "
+                                 "(a registry name, a local HF folder, or a hub id where the hub "
+                                 "is reachable)") from exc
         dense = [load_dense(folder / sub) for sub in self.pipeline.dense]
         self.module = build_module(transformer, self.pipeline, dense).to(device)
         self.device = device

@@ -1,0 +1,113 @@
+"""Export of a real small model (all-MiniLM-L6-v2): ONNX equals the PyTorch pipeline, every
+variant loads and embeds, the parity gate catches a broken variant, bad input is refused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from export.parity import parity
+from export.pipeline import DEFAULT_MIN_COSINE, ExportConfig, ParityError, gate, run
+from export.runtime import OnnxEncoder
+from export.variants import FILES
+from towerlite.errors import TowerliteError
+from towerlite.models import SentenceEncoder
+
+TEXTS = ["[movie] Heat (1995). Action|Crime|Thriller",
+         "short",
+         "",
+         "The jury said it believes these two offices should be combined to achieve greater "
+         "efficiency and reduce the cost of administration. " * 3,
+         "[book] Clara Callan by Richard Bruce Wright (2001). HarperFlamingo Canada",
+         "dog, domestic dog: a member of the genus Canis",
+         "I rented I AM CURIOUS-YELLOW from my video store because of all the controversy."]
+
+
+@pytest.fixture(scope="module")
+def exported(cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    # int8 thresholds relaxed here: this fixture checks mechanics; the default gate is below
+    cfg = ExportConfig(model="student-start", out=out, parity_texts_per_source=16,
+                       calibration_texts_per_source=8, measure_speed=False,
+                       min_cosine={**DEFAULT_MIN_COSINE, "int8_dynamic": 0.8, "int8_static": 0.8})
+    return out, run(cfg, log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def reference(cache):
+    return SentenceEncoder("student-start", log=lambda *_: None)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_onnx_equals_pytorch(exported, reference, batch_size):
+    out, _ = exported
+    onnx_enc = OnnxEncoder(out / "model.onnx", max_length=128)
+    ours = onnx_enc.encode(TEXTS, batch_size=batch_size, sort_by_length=False)
+    ref = reference.encode(TEXTS, batch_size=batch_size, max_length=128)
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_padding_does_not_change_an_embedding(exported):
+    out, _ = exported
+    enc = OnnxEncoder(out / "model.onnx", max_length=128)
+    alone = enc.encode([TEXTS[1]], batch_size=1)
+    padded = enc.encode([TEXTS[1], TEXTS[3]], batch_size=2)[:1]  # padded to the long text
+    np.testing.assert_allclose(alone, padded, atol=1e-5)
+
+
+def test_every_variant_loads_and_embeds(exported):
+    out, report = exported
+    assert set(report["variants"]) == set(FILES)
+    for name, entry in report["variants"].items():
+        emb = OnnxEncoder(out / entry["file"]).encode(TEXTS)
+        assert emb.shape == (len(TEXTS), 384), name
+        np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-3, err_msg=name)
+        assert entry["parity_vs_pytorch"]["texts"] == report["parity_texts"]["count"]
+    assert report["variants"]["fp32"]["parity_vs_pytorch"]["mean_cosine"] > 0.9999
+    assert report["variants"]["int8_dynamic"]["bytes"] < 0.7 * report["variants"]["fp32"]["bytes"]
+    saved = json.loads((out / "export_report.json").read_text())
+    assert saved["graph"]["pooling_inside"] and saved["versions"]["onnxruntime"]
+    assert set(saved["parity_texts"]["per_source"]) >= {"brown", "wordnet", "imdb", "movielens-1m"}
+
+
+def test_parity_gate_fails_a_broken_variant(exported, tmp_path):
+    out, _ = exported
+    model = onnx.load(str(out / "model.onnx"))
+    rng = np.random.default_rng(0)
+    for init in model.graph.initializer:  # break the attention and FFN weights: noise on top
+        w = numpy_helper.to_array(init)
+        if w.ndim == 2 and w.shape[0] == 384 and "embeddings" not in init.name:
+            init.CopyFrom(numpy_helper.from_array((w + rng.normal(0, 0.05, w.shape)).astype(w.dtype), init.name))
+    broken = tmp_path / "model.onnx"
+    onnx.save(model, str(broken))
+    (tmp_path / "tokenizer.json").write_bytes((out / "tokenizer.json").read_bytes())
+    good = OnnxEncoder(out / "model.onnx").encode(TEXTS)
+    bad = OnnxEncoder(broken).encode(TEXTS)
+    result = parity(good, bad)
+    message = gate("int8_dynamic", result, 0.99)
+    assert message is not None and message.startswith("int8_dynamic: mean cosine")
+    assert "short by" in message
+    assert gate("fp32", parity(good, good), 0.9999) is None
+
+
+def test_default_gate_makes_export_fail_loudly(cache, tmp_path):
+    cfg = ExportConfig(model="student-start", out=tmp_path, variants=("fp32",), measure_speed=False,
+                       parity_texts_per_source=4, min_cosine={"fp32": 1.5})
+    with pytest.raises(ParityError, match=r"fp32: mean cosine 1.0000 < 1.5"):
+        run(cfg, log=lambda *_: None)
+    assert (tmp_path / "export_report.json").is_file()  # the evidence is kept
+
+
+def test_bad_input_is_refused_before_long_work(cache, tmp_path):
+    with pytest.raises(TowerliteError, match="not a Hugging Face model folder"):
+        run(ExportConfig(model=str(tmp_path), out=tmp_path / "o"), log=lambda *_: None)
+    with pytest.raises(TowerliteError, match=r"unknown variant\(s\) \['int4'\]"):
+        run(ExportConfig(model="student-start", out=tmp_path / "o", variants=("int4",)), log=lambda *_: None)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(TowerliteError, match="not writable"):
+        run(ExportConfig(model="student-start", out=blocker / "o"), log=lambda *_: None)
