@@ -102,3 +102,17 @@ def test_user_histories_are_time_ordered(ml):
     assert hist["1m_1"] == list(liked["item_id"])
     assert len(hist) == ml.interactions.loc[ml.interactions["rating"] >= 4, "user_id"].nunique()
     assert isinstance(ml.interactions, pd.DataFrame)
+
+
+def test_heldout_split_is_stable_disjoint_and_covers_every_domain(cache):
+    from towerlite.data.splits import balanced_sample, is_heldout
+
+    records = load_corpus(["brown", "wordnet", "movie-reviews"])
+    held = balanced_sample(records, per_source=64, seed=0, heldout=True)
+    train = balanced_sample(records, per_source=64, seed=0, heldout=False)
+    assert held == balanced_sample(records, per_source=64, seed=0, heldout=True)
+    assert {r.text for r in held}.isdisjoint({r.text for r in train})
+    assert all(is_heldout(r.text) for r in held) and not any(is_heldout(r.text) for r in train)
+    assert {(r.source, r.domain) for r in held} == {(r.source, r.domain) for r in records}
+    share = sum(is_heldout(r.text) for r in records) / len(records)
+    assert 0.015 < share < 0.025
