@@ -20,7 +20,8 @@ from towerlite.errors import TowerliteError
 from . import variants as V
 from .parity import parity
 
-DEFAULT_VARIANTS = ("fp32", "opt", "int8_dynamic", "int8_static", "fp16")
+# int8_static (QDQ) stays available by name; it measured mean cosine ≈0.9 on MiniLM, under the gate
+DEFAULT_VARIANTS = ("fp32", "opt", "int8_dynamic", "fp16")
 # the parity gate: minimum mean cosine to the PyTorch model's embedding, per variant
 DEFAULT_MIN_COSINE = {"fp32": 0.9999, "opt": 0.9999, "int8_dynamic": 0.99, "int8_static": 0.99,
                       "fp16": 0.999}
@@ -118,7 +119,7 @@ def run(cfg: ExportConfig, log=print) -> dict:
                                                    config.num_attention_heads, config.hidden_size, model_type)}
         if "int8_dynamic" in needed:
             log("quantizing: dynamic INT8")
-            settings["int8_dynamic"] = V.int8_dynamic(out / V.FILES["opt"], out / V.FILES["int8_dynamic"])
+            settings["int8_dynamic"] = V.int8_dynamic(out / V.FILES["fp32"], out / V.FILES["int8_dynamic"])
         if "int8_static" in needed:
             log(f"quantizing: static INT8 (QDQ), calibrating on {len(calib_texts)} corpus texts")
             tmp = OnnxEncoder(out / V.FILES["fp32"], out / "tokenizer.json", cfg.max_length)

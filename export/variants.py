@@ -21,7 +21,8 @@ import numpy as np
 FILES = {"fp32": "model.onnx", "opt": "model_opt.onnx", "int8_dynamic": "model_int8_dynamic.onnx",
          "int8_static": "model_int8_static.onnx", "fp16": "model_fp16.onnx"}
 # which file each variant is built from
-SOURCES = {"opt": "fp32", "int8_dynamic": "opt", "int8_static": "fp32", "fp16": "opt"}
+# int8 from the raw graph: quantizing the fused one gave no speed and needs type workarounds
+SOURCES = {"opt": "fp32", "int8_dynamic": "fp32", "int8_static": "fp32", "fp16": "opt"}
 
 
 # Fused contrib ops (Attention, SkipLayerNormalization) defeat ONNX shape inference, so the
@@ -44,7 +45,8 @@ def optimize(src: Path, dst: Path, num_heads: int, hidden_size: int, model_type:
     return {k: v for k, v in model.get_fused_operator_statistics().items() if v}
 
 
-def int8_dynamic(src: Path, dst: Path, per_channel: bool = False) -> dict:
+def int8_dynamic(src: Path, dst: Path, per_channel: bool = True) -> dict:
+    # per-channel weights: mean cosine 0.959 → 0.992 on MiniLM at no speed cost (prototype)
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     settings = {"weight_type": "QInt8", "activations": "QUInt8 (dynamic)", "per_channel": per_channel,

@@ -30,10 +30,10 @@ TEXTS = ["[movie] Heat (1995). Action|Crime|Thriller",
 @pytest.fixture(scope="module")
 def exported(cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
-    # int8 thresholds relaxed here: this fixture checks mechanics; the default gate is below
-    cfg = ExportConfig(model="student-start", out=out, parity_texts_per_source=16,
+    # the static-int8 threshold relaxed: it is not a default variant (parity ≈0.9 on MiniLM)
+    cfg = ExportConfig(model="student-start", out=out, variants=tuple(FILES), parity_texts_per_source=16,
                        calibration_texts_per_source=8, measure_speed=False,
-                       min_cosine={**DEFAULT_MIN_COSINE, "int8_dynamic": 0.8, "int8_static": 0.8})
+                       min_cosine={**DEFAULT_MIN_COSINE, "int8_static": 0.8})
     return out, run(cfg, log=lambda *_: None)
 
 
