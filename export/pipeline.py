@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -70,9 +71,7 @@ def _texts(cfg: ExportConfig, log) -> tuple[list[str], list[str], dict]:
     records = load_corpus()
     held = balanced_sample(records, cfg.parity_texts_per_source, seed=0, heldout=True)
     calib = balanced_sample(records, cfg.calibration_texts_per_source, seed=1, heldout=False)
-    per_source: dict[str, int] = {}
-    for r in held:
-        per_source[r.source] = per_source.get(r.source, 0) + 1
+    per_source = dict(Counter(r.source for r in held))
     return [r.text for r in held], [r.text for r in calib], per_source
 
 
@@ -88,7 +87,7 @@ def run(cfg: ExportConfig, log=print) -> dict:
     from towerlite.models import SentenceEncoder
 
     from .onnx_export import copy_tokenizer, export_fp32
-    from .runtime import OnnxEncoder
+    from .runtime import OnnxEncoder, load_tokenizer, pad_batch
     from .speed import latency, throughput
 
     check_config(cfg)
@@ -122,13 +121,11 @@ def run(cfg: ExportConfig, log=print) -> dict:
             settings["int8_dynamic"] = V.int8_dynamic(out / V.FILES["fp32"], out / V.FILES["int8_dynamic"])
         if "int8_static" in needed:
             log(f"quantizing: static INT8 (QDQ), calibrating on {len(calib_texts)} corpus texts")
-            tmp = OnnxEncoder(out / V.FILES["fp32"], out / "tokenizer.json", cfg.max_length)
-            tokens = tmp.token_ids(calib_texts)
-            from .runtime import pad_batch
-
+            tok, pad_id = load_tokenizer(out / "tokenizer.json", cfg.max_length)
+            tokens = [e.ids for e in tok.encode_batch(calib_texts)]
             batches = []
             for i in range(0, len(tokens), 16):
-                ids, mask = pad_batch(tokens[i:i + 16], tmp.pad_id)
+                ids, mask = pad_batch(tokens[i:i + 16], pad_id)
                 batches.append({"input_ids": ids, "attention_mask": mask})
             settings["int8_static"] = V.int8_static(out / V.FILES["fp32"], out / V.FILES["int8_static"], batches)
         if "fp16" in needed:
