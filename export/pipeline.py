@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -17,6 +16,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from towerlite.errors import TowerliteError
+from towerlite.files import ensure_writable_dir, write_json_atomic
 
 from . import variants as V
 from .parity import parity
@@ -52,13 +52,7 @@ def check_config(cfg: ExportConfig) -> None:
         raise TowerliteError(f"unknown variant(s) {unknown}; known: {', '.join(V.FILES)}")
     if not cfg.variants:
         raise TowerliteError("no variants asked for")
-    try:
-        cfg.out.mkdir(parents=True, exist_ok=True)
-        probe = cfg.out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise TowerliteError(f"output folder {cfg.out} is not writable ({exc.strerror or exc})") from exc
+    ensure_writable_dir(cfg.out)
     if cfg.max_length < 8:
         raise TowerliteError("max_length must be at least 8 tokens")
 
@@ -171,9 +165,7 @@ def run(cfg: ExportConfig, log=print) -> dict:
         "versions": {p: version(p) for p in ("torch", "transformers", "onnx", "onnxruntime", "optimum")},
         "seconds": round(time.monotonic() - started, 1),
     }
-    tmp = out / "export_report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(out / "export_report.json")
+    write_json_atomic(out / "export_report.json", report)
     if failures:
         raise ParityError("parity gate failed: " + "; ".join(failures)
                           + f" (report: {out / 'export_report.json'})")

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from .errors import TowerliteError
+from .files import ensure_writable_dir
 
 
 def home() -> Path:
@@ -21,13 +22,6 @@ def writable_home() -> Path:
     """The cache root, created if needed; a clear error when it cannot be written."""
     root = home()
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise TowerliteError(
-            f"cache directory {root} is not writable ({exc.strerror or exc}); "
-            "set TOWERLITE_HOME to a writable folder"
-        ) from exc
-    return root
+        return ensure_writable_dir(root, "cache directory")
+    except TowerliteError as exc:
+        raise TowerliteError(f"{exc}; set TOWERLITE_HOME to a writable folder") from exc

@@ -39,3 +39,27 @@ def balanced_sample(records: Iterable[TextRecord], per_source: int, seed: int = 
                     picked.append(pool.pop())
         out.extend(picked)
     return out
+
+
+HELDOUT_USERS_PER_10K = 1_000  # 10% of users: evaluation only, never rendered into training text
+
+
+def is_heldout_user(user_id: str) -> bool:
+    """A user held out of every training stage, by a hash of the id alone."""
+    digest = hashlib.blake2b(f"user:{user_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 10_000 < HELDOUT_USERS_PER_10K
+
+
+def leave_last_out(histories: dict[str, list[str]], max_history: int = 10,
+                   min_history: int = 1) -> list[tuple[str, list[str], str]]:
+    """(user, history, target) per user: the target is the last liked item, the history the
+    up to `max_history` liked items before it (oldest → newest; the target never in it)."""
+    cases = []
+    for user, items in histories.items():
+        if len(items) < min_history + 1:
+            continue
+        target = items[-1]
+        history = [i for i in items[:-1] if i != target][-max_history:]
+        if len(history) >= min_history:
+            cases.append((user, history, target))
+    return cases

@@ -1,0 +1,5 @@
+import sys
+
+from towerlite.cli import main
+
+sys.exit(main(["distill", *sys.argv[1:]]))

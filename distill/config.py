@@ -1,0 +1,128 @@
+"""What a distillation run does, as one small config (JSON-loadable, recorded in the report).
+
+A run trains every candidate — a student architecture with a loss — from the same cached
+teacher embeddings, evaluates all of them beside the teacher and the undistilled start, and
+writes each candidate's model folder. `serve` names the candidate copied to OUT/model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from towerlite.errors import TowerliteError
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    """A student: the start model, which of its transformer layers to keep (None = all), and
+    whether a linear projection head maps it into the teacher's space."""
+
+    start: str = "student-start"
+    layers: tuple[int, ...] | None = None
+    project: bool = True
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    student: str  # a key of DistillConfig.students
+    loss: str  # "embed" (cosine to the teacher embedding) or "embed+score" (+ in-batch score KL)
+
+
+# Texts drawn from the training part of each source (the held-out 2% never): the mix.
+DEFAULT_MIX = {"brown": 3500, "imdb": 600, "rotten_tomatoes": 900, "wordnet": 3500,
+               "movielens-1m": 3000, "book-crossing": 3000, "user-history": 2000}
+
+
+@dataclass
+class DistillConfig:
+    out: str = "runs/distill"
+    teacher: str = "teacher"
+    students: dict[str, StudentSpec] = field(default_factory=lambda: {
+        "minilm6-proj": StudentSpec(layers=None),
+        "minilm3-proj": StudentSpec(layers=(0, 2, 4)),
+    })
+    candidates: tuple[Candidate, ...] = (
+        Candidate("minilm6-proj", "minilm6-proj", "embed"),
+        Candidate("minilm3-proj", "minilm3-proj", "embed"),
+        Candidate("minilm3-proj-score", "minilm3-proj", "embed+score"),
+    )
+    serve: str = "best-minilm3-proj"  # a candidate name, or best-<student> (best retrieval NDCG@10)
+    mix: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MIX))
+    history_items: int = 10  # liked items rendered into a user text
+    max_length: int = 128
+    epochs: int = 2
+    batch_size: int = 32  # global, whatever the number of processes
+    pair_batch_size: int = 16  # user–item pairs per step for the score loss
+    score_weight: float = 1.0
+    score_temperature: float = 0.05
+    lr: float = 1e-4
+    warmup_fraction: float = 0.1
+    checkpoint_every: int = 100  # steps
+    seed: int = 0
+    eval_texts_per_source: int = 150  # held-out texts per corpus source, for agreement
+    eval_users: int = 600  # held-out MovieLens users for retrieval (0 = all held out)
+    eval_catalog_items: int = 0  # 0 = the whole movie catalog (a smaller one keeps the users' items)
+    speed_texts: int = 256  # held-out texts each model's PyTorch speed is measured on
+    teacher_chunk: int = 512  # texts per teacher-cache file (the unit of resume)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> DistillConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TowerliteError(f"unknown config field(s) {unknown}; known: {', '.join(sorted(known))}")
+        data = dict(data)
+        if "students" in data:
+            data["students"] = {k: StudentSpec(**{**v, "layers": tuple(v["layers"]) if v.get("layers") else None})
+                                for k, v in data["students"].items()}
+        if "candidates" in data:
+            data["candidates"] = tuple(Candidate(**c) for c in data["candidates"])
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: Path) -> DistillConfig:
+        try:
+            return cls.from_json(json.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise TowerliteError(f"config {path}: no such file") from None
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise TowerliteError(f"config {path}: not a valid distill config ({exc})") from None
+
+
+# The tests' and the demo's quick run: a 2-layer student, a few hundred texts, a few steps.
+TINY = dict(
+    students={"minilm2-proj": {"start": "student-start", "layers": [0, 5], "project": True}},
+    candidates=[{"name": "minilm2-proj", "student": "minilm2-proj", "loss": "embed+score"}],
+    serve="minilm2-proj", epochs=1, batch_size=16, pair_batch_size=8, checkpoint_every=5,
+    mix={"brown": 60, "imdb": 10, "rotten_tomatoes": 20, "wordnet": 60, "movielens-1m": 40,
+         "book-crossing": 40, "user-history": 40},
+    max_length=64, eval_texts_per_source=24, eval_users=40, eval_catalog_items=300,
+    speed_texts=32, teacher_chunk=64,
+)
+PRESETS = {"default": {}, "tiny": TINY}
+
+
+def check(cfg: DistillConfig) -> None:
+    """Config errors, before anything is loaded."""
+    for c in cfg.candidates:
+        if c.student not in cfg.students:
+            raise TowerliteError(f"candidate {c.name!r} names unknown student {c.student!r}; "
+                                 f"students: {', '.join(cfg.students)}")
+        if c.loss not in ("embed", "embed+score"):
+            raise TowerliteError(f"candidate {c.name!r}: unknown loss {c.loss!r} (embed, embed+score)")
+    names = [c.name for c in cfg.candidates]
+    if not names or len(set(names)) != len(names):
+        raise TowerliteError(f"candidates must be a non-empty list of distinct names, got {names}")
+    if cfg.serve not in names and cfg.serve.removeprefix("best-") not in cfg.students:
+        raise TowerliteError(f"serve={cfg.serve!r} is neither a candidate nor best-<student>")
+    if sum(cfg.mix.values()) <= 0 or any(v < 0 for v in cfg.mix.values()):
+        raise TowerliteError(f"the data mix is empty or negative: {cfg.mix}")
+    for key, minimum in (("epochs", 1), ("batch_size", 2), ("max_length", 8), ("checkpoint_every", 1)):
+        if getattr(cfg, key) < minimum:
+            raise TowerliteError(f"{key} must be at least {minimum}")

@@ -1,0 +1,61 @@
+"""Teacher embeddings, computed once and kept on disk.
+
+The teacher is the slow part (≈15–20 sentences/s on 2 cores), so its embeddings are cached
+under $TOWERLITE_HOME/teacher-cache/<key>/, keyed by the teacher's files and the exact text
+list. The work is cut into chunks, each written atomically: an interrupted pass resumes at
+the first missing chunk, and under torchrun every process computes its own share of chunks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def model_fingerprint(folder: str) -> str:
+    """Names, sizes and mtimes of the model folder's files: changes when the model does."""
+    path = Path(folder)
+    if not path.is_dir():
+        return folder
+    parts = [f"{p.relative_to(path)}:{p.stat().st_size}:{int(p.stat().st_mtime)}"
+             for p in sorted(path.rglob("*")) if p.is_file()]
+    return f"{path.resolve()}|" + "|".join(parts)
+
+
+def cache_key(model_folder: str, max_length: int, texts: list[str]) -> str:
+    h = hashlib.sha256(f"{model_fingerprint(model_folder)}|{max_length}|{len(texts)}".encode())
+    for t in texts:
+        h.update(t.encode("utf-8") + b"\0")
+    return h.hexdigest()[:24]
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+    np.save(tmp, array)
+    tmp.replace(path)
+
+
+def teacher_embeddings(texts: list[str], cache_dir: Path, key: str, encode: Callable[[list[str]], np.ndarray],
+                       chunk: int = 512, rank: int = 0, world: int = 1, barrier=lambda: None,
+                       progress: bool = True, label: str = "teacher") -> tuple[np.ndarray, int]:
+    """(embeddings of `texts`, number of texts this call had to encode). `encode` is only
+    called for chunks missing from the cache (the teacher need not even be loaded otherwise)."""
+    from tqdm.auto import tqdm
+
+    folder = cache_dir / key
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [folder / f"{i:05d}.npy" for i in range(0, len(texts), chunk)]
+    mine = [k for k, f in enumerate(files) if k % world == rank and not f.is_file()]
+    todo = sum(len(texts[k * chunk:(k + 1) * chunk]) for k in mine)
+    with tqdm(total=todo, unit="text", desc=f"{label} embeddings", disable=not (progress and todo)) as bar:
+        for k in mine:
+            part = texts[k * chunk:(k + 1) * chunk]
+            _save_atomic(files[k], encode(part).astype(np.float32))
+            bar.update(len(part))
+    barrier()
+    arrays = [np.load(f) for f in files]
+    return np.concatenate(arrays), todo

@@ -1,0 +1,147 @@
+"""The training loop: one candidate, cached teacher targets, checkpoints, DDP when launched by
+torchrun. Every step's batch is a pure function of (seed, step), and dropout is off, so a run
+resumed from its last checkpoint ends with the same weights as one never interrupted."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .losses import embed_loss, score_loss
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+def init_distributed() -> Dist:
+    """torchrun sets WORLD_SIZE/RANK: gloo on CPU, nccl on GPU. Plain `python` runs alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():  # the teacher pass may hold the others at a barrier for long
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                timeout=datetime.timedelta(hours=4))
+    return Dist(dist.get_rank(), dist.get_world_size())
+
+
+def epoch_batches(lengths: np.ndarray, batch: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The epoch's global batches: shuffled, then texts of similar token length grouped (sorted
+    within windows of 64 batches) so a batch pads little, then the batches shuffled."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    window = 64 * batch
+    batches = []
+    for w in range(0, len(order), window):
+        part = order[w:w + window]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i:i + batch] for i in range(0, len(part), batch)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def batch_indices(lengths: np.ndarray, batch: int, step: int, seed: int, d: Dist) -> np.ndarray:
+    """This process's share of global batch `step`."""
+    per_epoch = math.ceil(len(lengths) / batch)
+    epoch, k = divmod(step, per_epoch)
+    return epoch_batches(lengths, batch, seed, epoch)[k][d.rank::d.world]
+
+
+def pair_indices(n_pairs: int, batch: int, step: int, seed: int, d: Dist) -> np.ndarray:
+    picked = np.random.default_rng([seed, 1 << 20, step]).choice(n_pairs, min(batch, n_pairs), replace=False)
+    return picked[d.rank::d.world]
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    import torch
+
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def train(module, tokenizer, texts: list[str], targets: np.ndarray, pairs: list[tuple[int, int]],
+          loss_name: str, cfg, ckpt: Path, run_key: str, d: Dist, log=print) -> dict:
+    """Train `module` in place; returns the loss history and timings. Resumes from `ckpt`."""
+    import torch
+    from tqdm.auto import tqdm
+
+    use_score = loss_name == "embed+score" and len(pairs) >= 2
+    total = cfg.epochs * math.ceil(len(texts) / cfg.batch_size)
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    warmup = max(1, int(cfg.warmup_fraction * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
+    history, start, seconds = [], 0, 0.0
+    if ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        if state["run_key"] == run_key:
+            module.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            history, start, seconds = state["history"], state["step"], state["seconds"]
+            log(f"resuming from {ckpt} at step {start}/{total}")
+        else:
+            log(f"{ckpt} is from another configuration; starting this candidate afresh")
+    model = module
+    if d.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(module)
+    targets_t = torch.from_numpy(targets)
+    lengths = np.array([len(ids) for ids in tokenizer(texts, truncation=True, max_length=cfg.max_length)["input_ids"]])
+    bar = tqdm(total=total, initial=start, unit="step", desc="training", disable=d.rank != 0)
+    for step in range(start, total):
+        t0 = time.perf_counter()
+        idx = list(batch_indices(lengths, cfg.batch_size, step, cfg.seed, d))
+        n_text, n_pair = len(idx), 0
+        if use_score:
+            chosen = [pairs[i] for i in pair_indices(len(pairs), cfg.pair_batch_size, step, cfg.seed, d)]
+            n_pair = len(chosen)
+            idx += [u for u, _ in chosen] + [i for _, i in chosen]
+        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                          max_length=cfg.max_length, return_tensors="pt")
+        emb = model(batch["input_ids"], batch["attention_mask"])
+        target = targets_t[idx]
+        loss_e = embed_loss(emb, target)
+        loss = loss_e
+        entry = {"step": step + 1, "embed": round(loss_e.item(), 6)}
+        if n_pair >= 2:
+            u, it = slice(n_text, n_text + n_pair), slice(n_text + n_pair, None)
+            loss_s = score_loss(emb[u], emb[it], target[u], target[it], cfg.score_temperature)
+            loss = loss + cfg.score_weight * loss_s
+            entry["score"] = round(loss_s.item(), 6)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        seconds += time.perf_counter() - t0
+        history.append(entry)
+        bar.update(1)
+        bar.set_postfix(entry)
+        if d.rank == 0 and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == total):
+            _save_checkpoint(ckpt, {"run_key": run_key, "step": step + 1, "model": module.state_dict(),
+                                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                    "history": history, "seconds": seconds})
+    bar.close()
+    d.barrier()
+    return {"steps": total, "history": history, "train_seconds": round(seconds, 1),
+            "texts_per_step": cfg.batch_size + (2 * cfg.pair_batch_size if use_score else 0),
+            "resumed_at_step": start}
