@@ -178,6 +178,7 @@ def run(cfg: DistillConfig, log=print) -> dict:
                 "teacher": cfg.teacher, "teacher_dim": teacher_dim, "loss": cand.loss, "training": result})
         d.barrier()
     timings["train_s"] = round(time.monotonic() - t0 - timings["teacher_s"], 1)
+    d.close()  # evaluation runs on the first process alone
     if d.rank != 0:
         return {}
     return _evaluate_and_report(cfg, ev, t_eval, tr, t_train, trained, teacher_folder, teacher_dim, timings, started, say)

@@ -59,6 +59,8 @@ def build_student(spec: StudentSpec, teacher_dim: int, log=print):
     folder, _ = start_config(spec, log)
     transformer = AutoModel.from_pretrained(folder, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                                             attn_implementation="eager")
+    if getattr(transformer, "pooler", None) is not None:  # unused by mean pooling; DDP wants every
+        transformer.pooler.requires_grad_(False)        # trained parameter to get a gradient
     if spec.layers is not None:
         layers = transformer.encoder.layer
         transformer.encoder.layer = torch.nn.ModuleList([layers[i] for i in spec.layers])

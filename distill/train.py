@@ -26,6 +26,12 @@ class Dist:
 
             dist.barrier()
 
+    def close(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
 
 def init_distributed() -> Dist:
     """torchrun sets WORLD_SIZE/RANK: gloo on CPU, nccl on GPU. Plain `python` runs alone."""

@@ -94,12 +94,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_assets)
 
+    from distill import cli as distill_cli
+
+    p = sub.add_parser("distill", help="distill the teacher into small students, evaluated",
+                       description=distill_cli.DESCRIPTION)
+    distill_cli.add_arguments(p)
+    p.set_defaults(func=distill_cli.command)
+
     from export import cli as export_cli
 
     p = sub.add_parser("export", help="export an encoder to ONNX variants, parity-gated",
                        description=export_cli.DESCRIPTION)
     export_cli.add_arguments(p)
     p.set_defaults(func=export_cli.command)
+
+    from serving import cli as serving_cli
+
+    p = sub.add_parser("deploy", help="write the two-tower Triton model repository",
+                       description=serving_cli.DEPLOY_DESCRIPTION)
+    serving_cli.add_deploy_arguments(p)
+    p.set_defaults(func=serving_cli.deploy_command)
+    p = sub.add_parser("serve", help="run the pip-installed Triton server on a repository",
+                       description=serving_cli.SERVE_DESCRIPTION)
+    serving_cli.add_serve_arguments(p)
+    p.set_defaults(func=serving_cli.serve_command)
     return parser
 
 

@@ -1,0 +1,153 @@
+"""`towerlite deploy` and `towerlite serve` (also `python -m serving deploy|serve`)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from towerlite.errors import TowerliteError
+
+from .deploy import VARIANT_FILES
+from .repository import FLAVORS
+
+DEPLOY_DESCRIPTION = (
+    "Write the two-tower Triton model repository: tokenizer → user_encoder / item_encoder → "
+    "scorer, and the ensembles `recommend` (user text → top-k item ids, scores, domains) and "
+    "`embed_items` (item text → embeddings). The catalog's item texts are rendered by "
+    "towerlite.data.render, embedded by the item tower (progress bar, cached per model under "
+    "$TOWERLITE_HOME/catalog-embeddings) and written into the scorer's version folder. Writes "
+    "OUT/portable/ (encoders as python models; runs on the pip-installed Triton, `towerlite "
+    "serve`), OUT/native/ (encoders on the onnxruntime_onnx platform for the NGC container) and "
+    "OUT/deploy_report.json. Every config.pbtxt is checked against Triton's ModelConfig.")
+
+SERVE_DESCRIPTION = (
+    "Start the pip-installed Triton server (2.51, from nvidia-pytriton) on a model repository "
+    "written by `towerlite deploy`, bound to 127.0.0.1 on free ports unless given, wait until "
+    "every model is ready, print the endpoints, and run until Ctrl-C or SIGTERM, then stop "
+    "cleanly. Says why when the server cannot start (port in use, a model's own load error).")
+
+
+def add_deploy_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--user-model", required=True, type=Path,
+                   help="export folder (from `towerlite export`) for the user tower")
+    p.add_argument("--item-model", type=Path,
+                   help="export folder for the item tower (default: the user model); it must "
+                        "embed into the same space, e.g. the teacher for a student distilled "
+                        "into the teacher's space")
+    p.add_argument("--variant", default="int8_dynamic", choices=list(VARIANT_FILES),
+                   help="ONNX variant of the user tower, and of the item tower unless "
+                        "--item-variant (default int8_dynamic)")
+    p.add_argument("--item-variant", choices=list(VARIANT_FILES),
+                   help="ONNX variant of the item tower (also embeds the catalog)")
+    p.add_argument("--native-variant", choices=list(VARIANT_FILES),
+                   help="variant for the native flavor's encoders, e.g. fp16 for GPUs "
+                        "(default: the portable ones)")
+    p.add_argument("--catalog", default="movielens", choices=["movielens", "bookcrossing", "both"],
+                   help="items to serve (default movielens; both ≈ 275k items)")
+    p.add_argument("--limit", type=int, help="only the first N items of each dataset (trials)")
+    p.add_argument("--out", type=Path, default=Path("model_repository"),
+                   help="repository root (default model_repository); flavors go in OUT/FLAVOR/")
+    p.add_argument("--flavor", default="both", choices=[*FLAVORS, "both"],
+                   help="which flavor(s) to write (default both)")
+    p.add_argument("--tensorrt", action="store_true",
+                   help="native flavor: enable the TensorRT execution accelerator (FP16)")
+    p.add_argument("--index", default="auto", choices=["auto", "exact", "ivf"],
+                   help="scorer search: exact, ivf (FAISS IVF-Flat beside the exact matrix; "
+                        "recall@10 vs exact is measured and recorded) or auto (ivf from 100k "
+                        "items; default)")
+    p.add_argument("--nprobe", type=int, help="IVF lists visited per query (default 32)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="onnxruntime threads for embedding the catalog (default 2)")
+
+
+def deploy_command(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .deploy import deploy
+    from .repository import RepositorySpec
+
+    if args.limit is not None and args.limit < 1:
+        raise TowerliteError("--limit must be at least 1")
+    flavors = FLAVORS if args.flavor == "both" else (args.flavor,)
+    report = deploy(args.user_model, args.out, item_model=args.item_model, variant=args.variant,
+                    item_variant=args.item_variant, native_variant=args.native_variant,
+                    catalog=args.catalog, limit=args.limit, flavors=flavors,
+                    spec=replace(RepositorySpec(), tensorrt=args.tensorrt), index=args.index,
+                    nprobe=args.nprobe, threads=args.threads,
+                    log=lambda msg: print(msg, file=sys.stderr))
+    c = report["catalog"]
+    print(f"deployed {c['count']:,} items ({c['dim']}-d) to "
+          f"{', '.join(report['repositories'].values())} in {report['seconds']} s")
+    if "portable" in report["repositories"]:
+        print(f"next: towerlite serve --repository {report['repositories']['portable']}")
+    return 0
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repository", type=Path, default=Path("model_repository/portable"),
+                   help="a flavor folder written by deploy (default model_repository/portable)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--http-port", type=int, help="HTTP port (default: a free one)")
+    p.add_argument("--grpc-port", type=int, help="gRPC port (default: a free one)")
+    p.add_argument("--metrics-port", type=int, help="metrics port (default: a free one)")
+    p.add_argument("--log", type=Path, help="server log file (default: a temporary file)")
+    p.add_argument("--ready-timeout", type=float, default=180.0,
+                   help="seconds to wait for every model to load (default 180)")
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    from .triton import launch
+
+    repository = args.repository
+    if (repository / "portable").is_dir() and not (repository / "scorer").is_dir():
+        repository = repository / "portable"
+    server = launch(repository, host=args.host, http_port=args.http_port,
+                    grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+                    log_path=args.log, ready_timeout=args.ready_timeout)
+    stop = threading.Event()
+
+    def _stop(signum, frame):
+        stop.set()
+
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(f"Triton is ready on {server.repository}\n"
+              f"  HTTP     http://{server.http_url}\n  gRPC     {server.grpc_url}\n"
+              f"  metrics  {server.metrics_url}\n  id       {server.server_id}\n"
+              f"  log      {server.log_path}\n"
+              f"  memory   {server.rss_bytes() / (1 << 20):,.0f} MB RSS "
+              f"({server.pss_bytes() / (1 << 20):,.0f} MB PSS)\n"
+              "Ctrl-C stops it.", flush=True)
+        while not stop.wait(0.5):
+            if not server.alive():
+                from .triton import explain_log
+
+                raise TowerliteError(f"tritonserver exited (code {server.process.returncode}):\n  "
+                                     f"{explain_log(server.log_text())}\n  log: {server.log_path}")
+        print("stopping Triton …", file=sys.stderr, flush=True)
+    finally:
+        server.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    print("stopped", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("deploy", description=DEPLOY_DESCRIPTION)
+    add_deploy_arguments(p)
+    p.set_defaults(func=deploy_command)
+    p = sub.add_parser("serve", description=SERVE_DESCRIPTION)
+    add_serve_arguments(p)
+    p.set_defaults(func=serve_command)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except TowerliteError as exc:
+        print(f"towerlite: error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,151 @@
+"""A thin client for the served two-tower model, over gRPC or HTTP (tritonclient).
+
+    client = Client("127.0.0.1:8001")                       # gRPC; protocol="http" for HTTP
+    recs = client.recommend(user_text, k=10, domain="book", exclude=history_ids)
+    recs.item_ids, recs.scores, recs.domains                 # best first
+    vectors = client.embed_items(["[movie] Heat (1995). Action|Crime|Thriller"])
+
+Failures raise `ServingError` (a TowerliteError) with one line: the server's own message for a
+rejected request, "cannot reach Triton at …" when nothing answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from towerlite.errors import TowerliteError
+
+
+class ServingError(TowerliteError):
+    """A request the server rejected, or a server that cannot be reached."""
+
+
+@dataclass
+class Recommendations:
+    item_ids: list[str]
+    scores: np.ndarray
+    domains: list[str]
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+
+def _strings(values: Sequence[str] | Sequence[bytes]) -> np.ndarray:
+    return np.array([v if isinstance(v, bytes) else str(v).encode("utf-8") for v in values],
+                    dtype=np.object_)
+
+
+def _decode(values: np.ndarray) -> list[str]:
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values.reshape(-1)]
+
+
+class Client:
+    """recommend / embed_items against a Triton server running the towerlite repository."""
+
+    def __init__(self, url: str, protocol: str = "grpc", timeout_s: float = 30.0):
+        if protocol not in ("grpc", "http"):
+            raise ValueError("protocol is 'grpc' or 'http'")
+        self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
+        if protocol == "grpc":
+            import tritonclient.grpc as tc
+        else:
+            import tritonclient.http as tc
+        self._tc = tc
+        kwargs = {} if protocol == "grpc" else {"connection_timeout": timeout_s,
+                                                 "network_timeout": timeout_s}
+        self._client = tc.InferenceServerClient(url, **kwargs)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _input(self, name: str, array: np.ndarray, dtype: str):
+        tensor = self._tc.InferInput(name, list(array.shape), dtype)
+        tensor.set_data_from_numpy(array)
+        return tensor
+
+    def _call(self, model: str, inputs: list, outputs: list[str]):
+        from tritonclient.utils import InferenceServerException
+
+        wanted = [self._tc.InferRequestedOutput(o) for o in outputs]
+        try:
+            if self.protocol == "grpc":
+                result = self._client.infer(model, inputs, outputs=wanted,
+                                            client_timeout=self.timeout_s)
+            else:
+                result = self._client.infer(model, inputs, outputs=wanted)
+        except InferenceServerException as exc:
+            raise ServingError(self._explain(model, exc)) from None
+        except (ConnectionError, OSError) as exc:
+            raise ServingError(self._unreachable(exc)) from None
+        return result
+
+    def _unreachable(self, exc) -> str:
+        return (f"cannot reach Triton at {self.protocol}://{self.url} ({str(exc).splitlines()[0]}); "
+                "is the server running? (`towerlite serve --repository DIR`)")
+
+    def _explain(self, model: str, exc) -> str:
+        msg = (exc.message() if callable(getattr(exc, "message", None)) else str(exc)) or str(exc)
+        msg = " ".join(str(msg).split())
+        prefix = f"in ensemble '{model}', "
+        msg = msg[len(prefix):] if msg.startswith(prefix) else msg
+        low = msg.lower()
+        if any(s in low for s in ("unavailable", "connection refused", "failed to connect",
+                                  "connect failed", "deadline exceeded", "broken pipe",
+                                  "name resolution", "socket closed")):
+            return self._unreachable(msg)
+        return f"{model}: {msg}"
+
+    def ready(self) -> bool:
+        try:
+            return bool(self._client.is_server_ready())
+        except Exception:  # noqa: BLE001  (any transport failure means "not ready")
+            return False
+
+    # -- the two calls ----------------------------------------------------------------------
+    def recommend(self, user_text: str | bytes, k: int | None = 10, domain: str | None = None,
+                  exclude: Sequence[str] | None = None,
+                  min_score: float | None = None) -> Recommendations:
+        """Top-k items for one user text, best first. `domain`: only that domain (or several,
+        comma-separated); `exclude`: item ids to leave out (e.g. the history); `min_score`: only
+        items scoring at least this (with k=None: up to the server's MAX_K of them)."""
+        text = user_text if isinstance(user_text, bytes) else str(user_text).encode("utf-8")
+        inputs = [self._input("TEXT", np.array([[text]], dtype=np.object_), "BYTES")]
+        if k is not None:
+            inputs.append(self._input("K", np.array([[k]], dtype=np.int32), "INT32"))
+        if domain:
+            inputs.append(self._input("DOMAIN", _strings([domain]).reshape(1, 1), "BYTES"))
+        if exclude is not None and len(exclude):
+            inputs.append(self._input("EXCLUDE", _strings(list(exclude)).reshape(1, -1), "BYTES"))
+        if min_score is not None:
+            inputs.append(self._input("MIN_SCORE", np.array([[min_score]], dtype=np.float32),
+                                      "FP32"))
+        result = self._call("recommend", inputs, ["ITEM_IDS", "SCORES", "DOMAINS"])
+        ids = _decode(result.as_numpy("ITEM_IDS")[0])
+        scores = result.as_numpy("SCORES")[0]
+        domains = _decode(result.as_numpy("DOMAINS")[0])
+        keep = [i for i, v in enumerate(ids) if v]  # rows of a batch are padded with ""
+        return Recommendations([ids[i] for i in keep], scores[keep], [domains[i] for i in keep])
+
+    def embed_items(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """(n, dim) float32 item-tower embeddings of `texts`, in order."""
+        if isinstance(texts, str):
+            raise TypeError("embed_items takes a list of texts")
+        parts = []
+        for start in range(0, len(texts), batch_size):
+            chunk = _strings(texts[start:start + batch_size]).reshape(-1, 1)
+            result = self._call("embed_items", [self._input("TEXT", chunk, "BYTES")],
+                                ["EMBEDDING"])
+            parts.append(result.as_numpy("EMBEDDING"))
+        if not parts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.concatenate(parts).astype(np.float32, copy=False)

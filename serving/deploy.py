@@ -1,0 +1,232 @@
+"""`towerlite deploy`: exported encoder(s) + a catalog → a Triton model repository per flavor.
+
+    OUT/portable/   tokenizer, user_encoder, item_encoder (python + onnxruntime), scorer,
+                    recommend, embed_items — served by the pip-installed Triton (`towerlite serve`)
+    OUT/native/     the same with encoders on the onnxruntime_onnx platform (stock NGC container)
+    OUT/deploy_report.json   inputs, settings, catalog counts, timings, versions
+
+Each flavor is built in OUT/.FLAVOR.staging, validated (every config.pbtxt parsed against
+Triton's ModelConfig), then renamed into place, so a failed deploy leaves the last good one.
+Weights and catalog files are hard-linked between flavors when the file system allows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+
+from towerlite.errors import TowerliteError
+
+from . import catalog as cat
+from . import index as ix
+from .repository import FLAVORS, RepositorySpec, validate_repository, write_code
+
+VARIANT_FILES = {"fp32": "model.onnx", "opt": "model_opt.onnx",
+                 "int8_dynamic": "model_int8_dynamic.onnx", "int8_static": "model_int8_static.onnx",
+                 "fp16": "model_fp16.onnx"}
+
+
+@dataclass(frozen=True)
+class EncoderExport:
+    """One exported encoder variant, as `towerlite export` wrote it."""
+
+    folder: Path
+    variant: str
+    onnx: Path
+    tokenizer_json: Path
+    dim: int
+    max_length: int
+    source_model: str
+
+    def describe(self) -> dict:
+        return {"folder": str(self.folder), "variant": self.variant, "file": self.onnx.name,
+                "sha256": cat.sha256_file(self.onnx), "dim": self.dim,
+                "max_length": self.max_length, "source_model": self.source_model}
+
+
+def load_export(folder: str | Path, variant: str) -> EncoderExport:
+    folder = Path(folder)
+    if variant not in VARIANT_FILES:
+        raise TowerliteError(f"unknown variant {variant!r}; choose from {', '.join(VARIANT_FILES)}")
+    if not folder.is_dir():
+        raise TowerliteError(f"{folder}: no such export folder (make one with `towerlite export`)")
+    onnx = folder / VARIANT_FILES[variant]
+    tok = folder / "tokenizer.json"
+    present = sorted(v for v, f in VARIANT_FILES.items() if (folder / f).is_file())
+    if not onnx.is_file():
+        raise TowerliteError(f"{folder} has no {variant} variant ({onnx.name}); it has "
+                             f"{', '.join(present) or 'no ONNX file'}")
+    if not tok.is_file():
+        raise TowerliteError(f"{folder} has no tokenizer.json (an export folder carries it)")
+    report = {}
+    if (folder / "export_report.json").is_file():
+        report = json.loads((folder / "export_report.json").read_text())
+    dim = report.get("dim")
+    if not dim:
+        import onnxruntime as ort
+
+        dim = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"]) \
+            .get_outputs()[0].shape[-1]
+    return EncoderExport(folder.resolve(), variant, onnx.resolve(), tok.resolve(), int(dim),
+                         int(report.get("max_length", 128)),
+                         str(report.get("source_model", folder)))
+
+
+def _place(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _write_index(folder: Path, embeddings, meta: dict, nprobe: int, log) -> dict:
+    """catalog/index.faiss and its recall against exact search, recorded in catalog.json."""
+    import numpy as np
+
+    t0 = time.perf_counter()
+    index = ix.build_ivf(embeddings)
+    build_s = time.perf_counter() - t0
+    ix.write_index(index, folder / "index.faiss")
+    rng = np.random.default_rng(0)
+    queries = embeddings[rng.choice(len(embeddings), size=min(200, len(embeddings)),
+                                    replace=False)]
+    measured = ix.recall_at_k(index, embeddings, queries, k=10, nprobe=nprobe)
+    meta = {**meta, "index": {"kind": "ivf_flat", "file": "index.faiss", "nlist": index.nlist,
+                              "nprobe": nprobe, "build_seconds": round(build_s, 2),
+                              "recall_vs_exact": {**measured, "queries_from": "catalog items"}}}
+    tmp = folder / ".catalog.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.replace(folder / "catalog.json")
+    log(f"ivf index: nlist {index.nlist}, nprobe {nprobe}, recall@10 {measured['recall']} vs "
+        f"exact; {measured['ivf_ms_per_query']} ms vs {measured['exact_ms_per_query']} ms a query")
+    return meta
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for dist in ("onnxruntime", "tokenizers", "numpy", "tritonclient", "nvidia-pytriton",
+                 "faiss-cpu"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def deploy(user_model: str | Path, out: str | Path, *, item_model: str | Path | None = None,
+           variant: str = "int8_dynamic", item_variant: str | None = None,
+           native_variant: str | None = None, catalog: str = "movielens",
+           items: pd.DataFrame | None = None, limit: int | None = None,
+           flavors: tuple[str, ...] = FLAVORS, spec: RepositorySpec | None = None,
+           index: str = "auto", nprobe: int | None = None, threads: int = 2,
+           progress: bool = True, log=print) -> dict:
+    """Write OUT/<flavor>/ for each flavor and OUT/deploy_report.json; returns the report.
+
+    `items` (an items frame with the loaders' ITEM_COLUMNS) replaces the named catalog;
+    `limit` keeps the first N items of each named dataset. `index`: exact, ivf (a FAISS
+    IVF-Flat index beside the matrix) or auto (ivf from 100k items)."""
+    from export.runtime import OnnxEncoder
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    for flavor in flavors:
+        if flavor not in FLAVORS:
+            raise TowerliteError(f"unknown flavor {flavor!r}; choose from {', '.join(FLAVORS)}")
+    user = load_export(user_model, variant)
+    item = load_export(item_model or user_model, item_variant or variant)
+    native_user = load_export(user_model, native_variant) if native_variant else user
+    native_item = load_export(item_model or user_model, native_variant) if native_variant else item
+    if user.dim != item.dim:
+        raise TowerliteError(f"the user tower is {user.dim}-d and the item tower {item.dim}-d: "
+                             "they must share one embedding space (distill the student into the "
+                             "teacher's space, with its projection head)")
+    same_tokenizer = cat.sha256_file(user.tokenizer_json) == cat.sha256_file(item.tokenizer_json)
+    spec = replace(spec or RepositorySpec(), dim=user.dim, max_length=user.max_length,
+                   item_tokenizer=not same_tokenizer)
+
+    # catalog: render, embed with the item tower (cached per model), order for the scorer
+    t_items = time.perf_counter()
+    if items is not None:
+        prepared = cat.prepare_items(items)
+        source = {"catalog": "given items frame", "rows": int(len(items))}
+    else:
+        names = cat.catalog_names(catalog)
+        prepared = cat.catalog_items(names, limit)
+        source = {"catalog": catalog, "datasets": list(names), "limit": limit}
+    log(f"catalog: {len(prepared):,} items "
+        f"({', '.join(f'{d}: {n:,}' for d, n in prepared['domain'].value_counts(sort=False).items())})")
+    encoder = OnnxEncoder(item.onnx, item.tokenizer_json, max_length=spec.max_length,
+                          threads=threads)
+    item_sha = cat.sha256_file(item.onnx)
+    texts = prepared["text"].tolist()
+    cache = cat.cache_dir_for(item_sha, texts, spec.max_length)
+    cached = (cache / "embeddings.npy").is_file()
+    t_embed = time.perf_counter()
+    embeddings = cat.embed_catalog(texts, encoder, cache_dir=cache, progress=progress)
+    embed_s = time.perf_counter() - t_embed
+    log(f"catalog embeddings: {'cache hit' if cached else f'{embed_s:.1f} s'} ({cache})")
+
+    catalog_info = {"item_model": item.describe(), "max_length": spec.max_length,
+                    "text": "towerlite.data.render.item_text", "source": source}
+    out.mkdir(parents=True, exist_ok=True)
+    first_catalog = None
+    written = {}
+    for flavor in flavors:
+        staging = out / f".{flavor}.staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        write_code(staging, spec, flavor)
+        _place(user.tokenizer_json, staging / "tokenizer" / "1" / "tokenizer.json")
+        if spec.item_tokenizer:
+            _place(item.tokenizer_json, staging / "item_tokenizer" / "1" / "tokenizer.json")
+        u, i = (user, item) if flavor == "portable" else (native_user, native_item)
+        _place(u.onnx, staging / "user_encoder" / "1" / "model.onnx")
+        _place(i.onnx, staging / "item_encoder" / "1" / "model.onnx")
+        catalog_dir = staging / "scorer" / "1" / "catalog"
+        if first_catalog is None:
+            meta = cat.write_catalog(catalog_dir, prepared, embeddings, catalog_info)
+            index_kind = ix.choose(index, len(prepared))
+            if index_kind == "ivf":
+                meta = _write_index(catalog_dir, embeddings, meta, nprobe or ix.DEFAULT_NPROBE,
+                                    log)
+        else:
+            for f in first_catalog.iterdir():
+                _place(f, catalog_dir / f.name)
+        validate_repository(staging)
+        final = out / flavor
+        old = out / f".{flavor}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        staging.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+        first_catalog = final / "scorer" / "1" / "catalog"
+        written[flavor] = str(final)
+        log(f"wrote {final}")
+
+    report = {
+        "repositories": written,
+        "user_tower": user.describe(), "item_tower": item.describe(),
+        "native_encoders": {"user": native_user.variant, "item": native_item.variant},
+        "separate_item_tokenizer": spec.item_tokenizer,
+        "catalog": {**source, "count": meta["count"], "dim": meta["dim"],
+                    "domains": meta["domains"], "embedding_cache": str(cache),
+                    "cache_hit": cached, "embed_seconds": round(embed_s, 2),
+                    "index": meta.get("index") or {"kind": "exact"},
+                    "prepare_seconds": round(t_embed - t_items, 2)},
+        "spec": spec.to_json(), "versions": _versions(),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    tmp = out / ".deploy_report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(out / "deploy_report.json")
+    return report

@@ -1,0 +1,352 @@
+"""One description of the served model set → both flavors' Triton model repositories.
+
+    tokenizer ─► user_encoder ─► scorer          ensemble `recommend`:   TEXT → ITEM_IDS, SCORES, DOMAINS
+    [item_tokenizer] ─► item_encoder             ensemble `embed_items`: TEXT → EMBEDDING
+
+`RepositorySpec` holds every setting; `model_configs(spec, flavor)` renders each model's
+config.pbtxt text for `portable` (encoders as python models running onnxruntime; runs on the
+pip-installed Triton) or `native` (encoders on the `onnxruntime_onnx` platform, GPU instances,
+optional TensorRT). `write_code` writes configs and model.py files; `validate_repository` parses
+every config.pbtxt against Triton's ModelConfig protobuf. Weights and the catalog are written by
+`serving.deploy`.
+
+Regenerate the committed `model_repository/` (configs + model.py, default spec):
+
+    python -m serving.repository --out model_repository
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from towerlite.errors import TowerliteError
+
+FLAVORS = ("portable", "native")
+MODEL_CODE = Path(__file__).parent / "triton_models"
+# model name → the file in serving/triton_models/ that is its model.py (per flavor)
+PYTHON_MODELS = {
+    "portable": {"tokenizer": "tokenizer.py", "item_tokenizer": "tokenizer.py",
+                 "user_encoder": "onnx_encoder.py", "item_encoder": "onnx_encoder.py",
+                 "scorer": "scorer.py"},
+    "native": {"tokenizer": "tokenizer.py", "item_tokenizer": "tokenizer.py", "scorer": "scorer.py"},
+}
+
+
+@dataclass(frozen=True)
+class RepositorySpec:
+    """Everything the configs depend on. Defaults: the student (384-d, 128 tokens) on 2 cores."""
+
+    dim: int = 384
+    max_length: int = 128
+    buckets: tuple[int, ...] = (16, 32, 64, 128)
+    # the item tower's tokenizer differs from the user tower's (e.g. teacher items, student users)
+    item_tokenizer: bool = False
+    max_batch_size: int = 64
+    max_text_bytes: int = 65536
+    default_k: int = 10
+    max_k: int = 1000
+    # portable encoders: python-model instances × onnxruntime threads each. Two one-thread
+    # user-encoder instances were the best throughput on 2 cores in the reference build.
+    user_encoder_instances: int = 2
+    user_encoder_threads: int = 1
+    item_encoder_instances: int = 1
+    item_encoder_threads: int = 2
+    scorer_instances: int = 1
+    scorer_index: str = "auto"
+    tokenizer_instances: int = 1
+    # dynamic batching: the user path waits little (latency), the item path longer (throughput)
+    user_queue_delay_us: int = 100
+    item_queue_delay_us: int = 2000
+    # native flavor
+    gpu_instances: int = 1
+    tensorrt: bool = False
+    tensorrt_precision: str = "FP16"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# config.pbtxt text
+
+def _io(kind: str, name: str, dtype: str, dims: list[int], optional: bool = False,
+        comment: str = "") -> str:
+    note = f"  # {comment}" if comment else ""
+    opt = "\n    optional: true" if optional else ""
+    return (f"  {{{note}\n    name: \"{name}\"\n    data_type: {dtype}\n"
+            f"    dims: [ {', '.join(map(str, dims))} ]{opt}\n  }}")
+
+
+def _block(kind: str, entries: list[str]) -> str:
+    return f"{kind} [\n" + ",\n".join(entries) + "\n]"
+
+
+def _params(values: dict[str, object]) -> str:
+    return "\n".join(f"parameters {{ key: \"{k}\" value: {{ string_value: \"{v}\" }} }}"
+                     for k, v in values.items())
+
+
+def _dynamic(delay_us: int, preferred: list[int]) -> str:
+    pref = f"\n  preferred_batch_size: [ {', '.join(map(str, preferred))} ]" if preferred else ""
+    return f"dynamic_batching {{{pref}\n  max_queue_delay_microseconds: {delay_us}\n}}"
+
+
+def _instances(count: int, kind: str = "KIND_CPU") -> str:
+    return f"instance_group [ {{ count: {count}, kind: {kind} }} ]"
+
+
+def _header(name: str, what: str, backend: str | None = None, platform: str | None = None,
+            max_batch_size: int = 0) -> str:
+    lines = [f"# {name}: {what}", "# written by `towerlite deploy` (serving/repository.py); "
+             "edit the spec there, not this file", f"name: \"{name}\""]
+    if backend:
+        lines.append(f"backend: \"{backend}\"")
+    if platform:
+        lines.append(f"platform: \"{platform}\"")
+    lines.append(f"max_batch_size: {max_batch_size}")
+    return "\n".join(lines)
+
+
+def tokenizer_config(spec: RepositorySpec, name: str = "tokenizer") -> str:
+    which = "item" if name == "item_tokenizer" else "user (and item)"
+    return "\n".join([
+        _header(name, f"{which} text → input_ids, attention_mask, padded to length buckets "
+                "so requests of similar length batch together", backend="python",
+                max_batch_size=spec.max_batch_size),
+        _block("input", [_io("input", "TEXT", "TYPE_STRING", [1], comment="UTF-8 text")]),
+        _block("output", [_io("output", "input_ids", "TYPE_INT64", [-1]),
+                          _io("output", "attention_mask", "TYPE_INT64", [-1])]),
+        _dynamic(0, []),
+        _instances(spec.tokenizer_instances),
+        _params({"MAX_LENGTH": spec.max_length,
+                 "BUCKETS": ",".join(str(b) for b in spec.buckets if b <= spec.max_length),
+                 "MAX_TEXT_BYTES": spec.max_text_bytes}),
+    ]) + "\n"
+
+
+def _warmup(spec: RepositorySpec) -> str:
+    width = spec.buckets[0] if spec.buckets else spec.max_length
+    return (f"model_warmup [ {{\n  name: \"bucket_{width}\"\n  batch_size: 1\n"
+            f"  inputs {{ key: \"input_ids\" value: {{ data_type: TYPE_INT64 dims: [ {width} ] "
+            "zero_data: true } }\n"
+            f"  inputs {{ key: \"attention_mask\" value: {{ data_type: TYPE_INT64 dims: [ {width} ] "
+            "zero_data: true } }\n} ]")
+
+
+def encoder_config(spec: RepositorySpec, name: str, flavor: str) -> str:
+    tower = "user" if name == "user_encoder" else "item"
+    delay = spec.user_queue_delay_us if tower == "user" else spec.item_queue_delay_us
+    io = [_block("input", [_io("input", "input_ids", "TYPE_INT64", [-1]),
+                           _io("input", "attention_mask", "TYPE_INT64", [-1])]),
+          _block("output", [_io("output", "sentence_embedding", "TYPE_FP32", [spec.dim],
+                                comment="L2-normalized inside the graph")])]
+    preferred = [b for b in (4, 8, 16, 32) if b <= spec.max_batch_size]
+    if flavor == "portable":
+        instances = spec.user_encoder_instances if tower == "user" else spec.item_encoder_instances
+        threads = spec.user_encoder_threads if tower == "user" else spec.item_encoder_threads
+        return "\n".join([
+            _header(name, f"{tower} tower: exported ONNX encoder run by onnxruntime inside a "
+                    "python model (portable flavor)", backend="python",
+                    max_batch_size=spec.max_batch_size),
+            *io, _dynamic(delay, preferred), _instances(instances),
+            _params({"THREADS": threads}), _warmup(spec)]) + "\n"
+    trt_params = (f"parameters {{ key: \"precision_mode\" value: \"{spec.tensorrt_precision}\" }}\n"
+                  "        parameters { key: \"max_workspace_size_bytes\" value: \"1073741824\" }\n"
+                  "        parameters { key: \"trt_engine_cache_enable\" value: \"true\" }")
+    trt = ("optimization { execution_accelerators {\n  gpu_execution_accelerator: [ {\n"
+           f"        name: \"tensorrt\"\n        {trt_params}\n  }} ]\n}}}}")
+    if not spec.tensorrt:
+        trt = ("# TensorRT execution accelerator (deploy --tensorrt writes it uncommented); the "
+               "length buckets\n# bound how many engine shapes it builds:\n"
+               + "\n".join("# " + line for line in trt.splitlines()))
+    return "\n".join([
+        _header(name, f"{tower} tower: exported ONNX encoder on Triton's onnxruntime backend "
+                "(native flavor)", platform="onnxruntime_onnx", max_batch_size=spec.max_batch_size),
+        "default_model_filename: \"model.onnx\"",
+        *io, _dynamic(delay, preferred), _instances(spec.gpu_instances, "KIND_GPU"), trt,
+        _warmup(spec)]) + "\n"
+
+
+def scorer_config(spec: RepositorySpec) -> str:
+    return "\n".join([
+        _header("scorer", "top-k over the memory-mapped catalog (exact dot product = cosine), "
+                "with domain filter, exclusions and a minimum score", backend="python",
+                max_batch_size=spec.max_batch_size),
+        _block("input", [
+            _io("input", "EMBEDDING", "TYPE_FP32", [spec.dim], comment="user embedding"),
+            _io("input", "K", "TYPE_INT32", [1], optional=True,
+                comment=f"results wanted (default {spec.default_k}, at most {spec.max_k})"),
+            _io("input", "DOMAIN", "TYPE_STRING", [1], optional=True,
+                comment="only this domain (or several, comma-separated)"),
+            _io("input", "EXCLUDE", "TYPE_STRING", [-1], optional=True,
+                comment="item ids to leave out, e.g. the user's history"),
+            _io("input", "MIN_SCORE", "TYPE_FP32", [1], optional=True,
+                comment="only items scoring at least this"),
+        ]),
+        _block("output", [_io("output", "ITEM_IDS", "TYPE_STRING", [-1]),
+                          _io("output", "SCORES", "TYPE_FP32", [-1]),
+                          _io("output", "DOMAINS", "TYPE_STRING", [-1])]),
+        _instances(spec.scorer_instances),
+        # INDEX "auto": use catalog/index.faiss when deploy built one (large catalogs);
+        # "exact": always the exact matrix product
+        _params({"CATALOG_DIR": "catalog", "DEFAULT_K": spec.default_k, "MAX_K": spec.max_k,
+                 "INDEX": spec.scorer_index}),
+        ("model_warmup [ {\n  name: \"zero_user\"\n  batch_size: 1\n"
+         f"  inputs {{ key: \"EMBEDDING\" value: {{ data_type: TYPE_FP32 dims: [ {spec.dim} ] "
+         "zero_data: true } }\n} ]"),
+    ]) + "\n"
+
+
+def _step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
+    maps = [f"      input_map {{ key: \"{k}\" value: \"{v}\" }}" for k, v in inputs.items()]
+    maps += [f"      output_map {{ key: \"{k}\" value: \"{v}\" }}" for k, v in outputs.items()]
+    return "    {\n" + f"      model_name: \"{model}\"\n      model_version: -1\n" + \
+        "\n".join(maps) + "\n    }"
+
+
+def recommend_config(spec: RepositorySpec) -> str:
+    return "\n".join([
+        _header("recommend", "user text → top-k item ids, scores, domains "
+                "(tokenizer → user_encoder → scorer)", platform="ensemble",
+                max_batch_size=spec.max_batch_size),
+        _block("input", [
+            _io("input", "TEXT", "TYPE_STRING", [1], comment="the user's text (history, profile)"),
+            _io("input", "K", "TYPE_INT32", [1], optional=True),
+            _io("input", "DOMAIN", "TYPE_STRING", [1], optional=True),
+            _io("input", "EXCLUDE", "TYPE_STRING", [-1], optional=True),
+            _io("input", "MIN_SCORE", "TYPE_FP32", [1], optional=True)]),
+        _block("output", [_io("output", "ITEM_IDS", "TYPE_STRING", [-1]),
+                          _io("output", "SCORES", "TYPE_FP32", [-1]),
+                          _io("output", "DOMAINS", "TYPE_STRING", [-1])]),
+        "ensemble_scheduling {\n  step [\n" + ",\n".join([
+            _step("tokenizer", {"TEXT": "TEXT"},
+                  {"input_ids": "user_input_ids", "attention_mask": "user_attention_mask"}),
+            _step("user_encoder", {"input_ids": "user_input_ids",
+                                   "attention_mask": "user_attention_mask"},
+                  {"sentence_embedding": "user_embedding"}),
+            _step("scorer", {"EMBEDDING": "user_embedding", "K": "K", "DOMAIN": "DOMAIN",
+                             "EXCLUDE": "EXCLUDE", "MIN_SCORE": "MIN_SCORE"},
+                  {"ITEM_IDS": "ITEM_IDS", "SCORES": "SCORES", "DOMAINS": "DOMAINS"}),
+        ]) + "\n  ]\n}",
+    ]) + "\n"
+
+
+def embed_items_config(spec: RepositorySpec) -> str:
+    tokenizer = "item_tokenizer" if spec.item_tokenizer else "tokenizer"
+    return "\n".join([
+        _header("embed_items", f"item text → item embedding ({tokenizer} → item_encoder)",
+                platform="ensemble", max_batch_size=spec.max_batch_size),
+        _block("input", [_io("input", "TEXT", "TYPE_STRING", [1])]),
+        _block("output", [_io("output", "EMBEDDING", "TYPE_FP32", [spec.dim])]),
+        "ensemble_scheduling {\n  step [\n" + ",\n".join([
+            _step(tokenizer, {"TEXT": "TEXT"},
+                  {"input_ids": "item_input_ids", "attention_mask": "item_attention_mask"}),
+            _step("item_encoder", {"input_ids": "item_input_ids",
+                                   "attention_mask": "item_attention_mask"},
+                  {"sentence_embedding": "EMBEDDING"}),
+        ]) + "\n  ]\n}",
+    ]) + "\n"
+
+
+def model_configs(spec: RepositorySpec, flavor: str) -> dict[str, str]:
+    """{model name: config.pbtxt text} for one flavor."""
+    if flavor not in FLAVORS:
+        raise TowerliteError(f"unknown flavor {flavor!r}; choose from {', '.join(FLAVORS)}")
+    configs = {"tokenizer": tokenizer_config(spec)}
+    if spec.item_tokenizer:
+        configs["item_tokenizer"] = tokenizer_config(spec, "item_tokenizer")
+    configs["user_encoder"] = encoder_config(spec, "user_encoder", flavor)
+    configs["item_encoder"] = encoder_config(spec, "item_encoder", flavor)
+    configs["scorer"] = scorer_config(spec)
+    configs["recommend"] = recommend_config(spec)
+    configs["embed_items"] = embed_items_config(spec)
+    return configs
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+def parse_config(text: str, source: str = "config.pbtxt"):
+    """ModelConfig protobuf of a config.pbtxt; TowerliteError with the parser's line:column."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    try:
+        return text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise TowerliteError(f"{source}: not a valid Triton model config: {exc}") from None
+
+
+def validate_repository(root: Path) -> dict[str, object]:
+    """Parse every */config.pbtxt, check names match folders and ensemble steps name models of
+    the repository with matching tensors. Returns {model name: ModelConfig}."""
+    root = Path(root)
+    configs = {}
+    for path in sorted(root.glob("*/config.pbtxt")):
+        cfg = parse_config(path.read_text(), str(path))
+        if cfg.name and cfg.name != path.parent.name:
+            raise TowerliteError(f"{path}: name {cfg.name!r} differs from its folder "
+                                 f"{path.parent.name!r}")
+        configs[path.parent.name] = cfg
+    if not configs:
+        raise TowerliteError(f"{root}: no */config.pbtxt found")
+    for name, cfg in configs.items():
+        if cfg.platform != "ensemble":
+            continue
+        for step in cfg.ensemble_scheduling.step:
+            target = configs.get(step.model_name)
+            if target is None:
+                raise TowerliteError(f"{root / name / 'config.pbtxt'}: step model "
+                                     f"{step.model_name!r} is not in the repository")
+            inputs = {i.name for i in target.input}
+            outputs = {o.name for o in target.output}
+            for key in step.input_map:
+                if key not in inputs:
+                    raise TowerliteError(f"{root / name / 'config.pbtxt'}: {step.model_name} has "
+                                         f"no input {key!r}")
+            for key in step.output_map:
+                if key not in outputs:
+                    raise TowerliteError(f"{root / name / 'config.pbtxt'}: {step.model_name} has "
+                                         f"no output {key!r}")
+    return configs
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+def write_code(root: Path, spec: RepositorySpec, flavor: str) -> list[Path]:
+    """Write config.pbtxt and model.py files (and empty ensemble version folders) of a flavor."""
+    root = Path(root)
+    written = []
+    for name, text in model_configs(spec, flavor).items():
+        folder = root / name
+        (folder / "1").mkdir(parents=True, exist_ok=True)
+        (folder / "config.pbtxt").write_text(text)
+        written.append(folder / "config.pbtxt")
+        code = PYTHON_MODELS[flavor].get(name)
+        if code:
+            shutil.copyfile(MODEL_CODE / code, folder / "1" / "model.py")
+            written.append(folder / "1" / "model.py")
+        elif "ensemble" in text.split("platform:", 1)[-1][:20]:
+            (folder / "1" / ".gitkeep").write_text("")
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving.repository",
+                                     description="Write both flavors' configs and model.py files "
+                                                 "(no weights, no catalog) for the default spec.")
+    parser.add_argument("--out", type=Path, default=Path("model_repository"))
+    args = parser.parse_args(argv)
+    for flavor in FLAVORS:
+        write_code(args.out / flavor, RepositorySpec(), flavor)
+        validate_repository(args.out / flavor)
+        print(f"wrote {args.out / flavor}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,307 @@
+"""Start and stop a real local Triton server: the 2.51 binary inside the `nvidia-pytriton` wheel.
+
+    with start_server("model_repository/portable") as server:
+        print(server.http_url, server.grpc_url)
+
+What it takes on a plain Linux machine (see DESIGN.md): a backend directory holding the wheel's
+python backend and the stub built for this Python, the wheel's bundled libraries and this
+Python's libdir on LD_LIBRARY_PATH, this environment's `bin/` first on PATH (the stub runs the
+first `python3` there, so model.py files see this environment's numpy, onnxruntime, tokenizers).
+Ports are picked free on 127.0.0.1 and a random `--id` is checked on `/v2`: a port clash shows
+only after the models load, as the other server answering.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from towerlite.errors import TowerliteError
+
+READY_TIMEOUT_S = 180.0
+
+
+def pytriton_root() -> Path:
+    """site-packages/pytriton/tritonserver of the installed nvidia-pytriton wheel."""
+    try:
+        import pytriton
+    except ImportError:
+        raise TowerliteError("nvidia-pytriton is not installed (it carries the Triton server "
+                             "binary); install the project's pinned dependencies") from None
+    root = Path(pytriton.__file__).parent / "tritonserver"
+    if not (root / "bin" / "tritonserver").is_file():
+        raise TowerliteError(f"{root}/bin/tritonserver is missing: the nvidia-pytriton install "
+                             "is incomplete; reinstall nvidia-pytriton==0.7.0")
+    return root
+
+
+def backend_directory(cache: Path | None = None) -> Path:
+    """A --backend-directory whose python/ holds the wheel's backend and this Python's stub."""
+    root = pytriton_root()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise TowerliteError(f"nvidia-pytriton has no python backend stub for Python {version}")
+    if cache is None:
+        from towerlite.home import writable_home
+
+        cache = writable_home() / "triton" / f"backends-py{version}"
+    python_dir = cache / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    for src in (root / "backends" / "python" / "libtriton_python.so",
+                root / "backends" / "python" / "triton_python_backend_utils.py", stub):
+        dst = python_dir / src.name
+        if not dst.is_file() or dst.stat().st_size != src.stat().st_size:
+            tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
+            shutil.copy2(src, tmp)
+            tmp.replace(dst)
+    return cache
+
+
+def server_env() -> dict[str, str]:
+    """The environment tritonserver and its python stubs need."""
+    import pytriton
+
+    libs = Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
+    pylib = sysconfig.get_config_var("LIBDIR") or ""
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        p for p in (str(libs), pylib, env.get("LD_LIBRARY_PATH", "")) if p)
+    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+    return env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _get_json(url: str, timeout: float = 2.0) -> tuple[int, dict | None]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            body = r.read()
+            return r.status, (json.loads(body) if body else None)
+    except urllib.error.HTTPError as e:
+        return e.code, None
+    except (urllib.error.URLError, OSError, ValueError):
+        return 0, None
+
+
+_NOISE = ("CudaDriverHelper", "NVML", "DCGM", "pinned memory", "CUDA memory pool",
+          "failed to load all models")
+
+
+def explain_log(log_text: str, max_lines: int = 6) -> str:
+    """Why a Triton log says it did not start: each model's own load error first, then port
+    errors, then the last error lines (CUDA/NVML noise of a CPU machine left out)."""
+    problems = []
+    for m in re.finditer(r"failed to load '([^']+)' version (\d+): (.*)$", log_text, re.MULTILINE):
+        detail = m.group(3).rstrip('"').replace("\\n", " ")
+        problems.append(f"model '{m.group(1)}' (version {m.group(2)}) failed to load: "
+                        f"{' '.join(detail.split())}")
+    for line in log_text.splitlines():
+        if re.search(r"address already in use|failed to start \w+ service|socket .* in use",
+                     line, re.IGNORECASE):
+            problems.append(" ".join(line.split()))
+    if not problems:
+        problems = [" ".join(ln.split()) for ln in log_text.splitlines()
+                    if re.match(r"^(E\d{4}|error:)", ln) and not any(n in ln for n in _NOISE)]
+        problems = problems or [" ".join(ln.split()) for ln in log_text.splitlines()[-3:]]
+    picked = list(dict.fromkeys(problems))[:max_lines]
+    return "\n  ".join(picked) if picked else "(the server log is empty)"
+
+
+@dataclass
+class TritonServer:
+    """A running tritonserver process (see `start_server`)."""
+
+    repository: Path
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    server_id: str
+    log_path: Path
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server and its python-backend stub processes."""
+        if not self.alive():
+            return 0
+        pids = [self.process.pid] + _children(self.process.pid)
+        total = 0
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        return total
+
+    def pss_bytes(self) -> int:
+        """Proportional set size (shared pages such as the memory-mapped catalog counted once)."""
+        if not self.alive():
+            return 0
+        total = 0
+        for pid in [self.process.pid] + _children(self.process.pid):
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+        return total
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM, wait for Triton's own clean shutdown, SIGKILL the group if it hangs."""
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    with contextlib.suppress(OSError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            out.append(int(child))
+            out.extend(_children(int(child)))
+    return out
+
+
+def launch(repository: str | Path, *, host: str = "127.0.0.1", http_port: int | None = None,
+           grpc_port: int | None = None, metrics_port: int | None = None,
+           log_path: str | Path | None = None, extra_args: list[str] | None = None,
+           ready_timeout: float = READY_TIMEOUT_S, nice: int = 0) -> TritonServer:
+    """Start tritonserver on `repository` and wait until it is ready and answers with our id.
+
+    Raises TowerliteError naming the cause (port taken, the model's own load error, …) when it
+    does not come up; the process is stopped before raising."""
+    repository = Path(repository).resolve()
+    if not repository.is_dir():
+        raise TowerliteError(f"{repository}: no such model repository (run `towerlite deploy`)")
+    if not any(p.joinpath("config.pbtxt").is_file() for p in repository.iterdir() if p.is_dir()):
+        raise TowerliteError(f"{repository} holds no model (no */config.pbtxt); point --repository "
+                             "at a flavor folder written by `towerlite deploy`, e.g. "
+                             "model_repository/portable")
+    ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
+    for name, port in ports.items():
+        if port is not None and port_in_use(port, host):
+            raise TowerliteError(f"port {port} ({name}) on {host} is already in use; pick another "
+                                 f"with --{name}-port or stop what holds it")
+    ports = {k: v or free_port(host) for k, v in ports.items()}
+    server_id = f"towerlite-{uuid.uuid4().hex[:12]}"
+    if log_path is None:
+        log_path = Path(tempfile.mkdtemp(prefix="towerlite-triton-")) / "tritonserver.log"
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [str(pytriton_root() / "bin" / "tritonserver"),
+           f"--model-repository={repository}", f"--backend-directory={backend_directory()}",
+           f"--id={server_id}", f"--http-address={host}", f"--grpc-address={host}",
+           f"--metrics-address={host}", f"--http-port={ports['http']}",
+           f"--grpc-port={ports['grpc']}", f"--metrics-port={ports['metrics']}",
+           "--allow-http=true", "--allow-grpc=true", "--allow-metrics=true",
+           "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0",
+           *(extra_args or [])]
+    if nice:
+        cmd = ["nice", "-n", str(nice), *cmd]
+    log = open(log_path, "wb")  # noqa: SIM115  (the child keeps writing it)
+    try:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(),
+                                start_new_session=True)
+    except OSError as exc:
+        log.close()
+        raise TowerliteError(f"cannot run tritonserver: {exc}") from exc
+    log.close()
+    server = TritonServer(repository, host, ports["http"], ports["grpc"], ports["metrics"],
+                          server_id, log_path, proc)
+    try:
+        _wait_ready(server, ready_timeout)
+    except BaseException:
+        server.stop(timeout=10)
+        raise
+    return server
+
+
+def _wait_ready(server: TritonServer, timeout: float) -> None:
+    base = f"http://{server.http_url}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise TowerliteError(
+                f"tritonserver exited (code {server.process.returncode}) before it was ready:\n  "
+                f"{explain_log(server.log_text())}\n  full log: {server.log_path}")
+        status, _ = _get_json(f"{base}/v2/health/ready", timeout=1.0)
+        if status == 200:
+            _, meta = _get_json(f"{base}/v2")
+            name = (meta or {}).get("name")
+            if name == server.server_id:
+                return
+            raise TowerliteError(
+                f"another server answers on {server.http_url} (it says it is {name!r}, ours is "
+                f"{server.server_id!r}): the port was taken after it was chosen; try again")
+        time.sleep(0.2)
+    raise TowerliteError(f"tritonserver was not ready within {timeout:.0f} s:\n  "
+                         f"{explain_log(server.log_text())}\n  full log: {server.log_path}")
+
+
+@contextlib.contextmanager
+def start_server(repository: str | Path, **kwargs) -> Iterator[TritonServer]:
+    """A ready local Triton server on `repository` for the duration of the block."""
+    server = launch(repository, **kwargs)
+    try:
+        yield server
+    finally:
+        server.stop()

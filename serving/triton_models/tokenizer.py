@@ -1,0 +1,95 @@
+"""Triton python model `tokenizer`: TEXT (UTF-8 bytes) → input_ids, attention_mask (int64).
+
+Runs inside Triton's python backend: imports only numpy, tokenizers and
+triton_python_backend_utils. Each request is padded to the smallest length bucket that holds its
+longest text (e.g. 16/32/64/128 tokens), so requests of similar length have the same shape and
+the encoder's dynamic batcher can put them in one batch. Texts longer than MAX_LENGTH tokens are
+truncated; texts over MAX_TEXT_BYTES bytes, empty texts and non-UTF-8 bytes are rejected with an
+error that names the problem (the other requests of the batch are served).
+
+Parameters (config.pbtxt): MAX_LENGTH, BUCKETS ("16,32,64,128"), MAX_TEXT_BYTES.
+Files in the version folder: tokenizer.json.
+"""
+
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from tokenizers import Tokenizer
+
+
+def _params(model_config):
+    return {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = _params(config)
+        folder = os.path.join(args["model_repository"], args["model_version"])
+        self.max_length = int(params.get("MAX_LENGTH", "128"))
+        self.buckets = sorted({min(int(b), self.max_length)
+                               for b in params.get("BUCKETS", "").split(",") if b.strip()}
+                              | {self.max_length})
+        self.max_text_bytes = int(params.get("MAX_TEXT_BYTES", "65536"))
+        path = os.path.join(folder, "tokenizer.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} is missing (towerlite deploy writes it)")
+        tok = Tokenizer.from_file(path)
+        self.pad_id = (tok.padding or {}).get("pad_id", 0)
+        tok.no_padding()
+        tok.enable_truncation(max_length=self.max_length)
+        self.tokenizer = tok
+
+    def _texts(self, request):
+        raw = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().reshape(-1)
+        texts = []
+        for i, value in enumerate(raw):
+            if not isinstance(value, bytes):
+                value = str(value).encode()
+            if len(value) > self.max_text_bytes:
+                raise ValueError(f"text {i} is {len(value):,} bytes; the limit is "
+                                 f"{self.max_text_bytes:,} bytes (MAX_TEXT_BYTES)")
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"text {i} is not valid UTF-8 ({exc.reason} at byte "
+                                 f"{exc.start})") from None
+            if not text.strip():
+                raise ValueError(f"text {i} is empty")
+            texts.append(text)
+        return raw.shape[0], texts
+
+    def bucket(self, length):
+        for b in self.buckets:
+            if length <= b:
+                return b
+        return self.buckets[-1]
+
+    def execute(self, requests):
+        parsed, all_texts = [], []
+        for request in requests:
+            try:
+                rows, texts = self._texts(request)
+                parsed.append((len(all_texts), rows))
+                all_texts.extend(texts)
+            except ValueError as exc:
+                parsed.append(pb_utils.TritonError(f"tokenizer: {exc}"))
+        encodings = self.tokenizer.encode_batch(all_texts) if all_texts else []
+        responses = []
+        for item in parsed:
+            if isinstance(item, pb_utils.TritonError):
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=item))
+                continue
+            start, rows = item
+            ids_list = [e.ids for e in encodings[start:start + rows]]
+            width = self.bucket(max(len(t) for t in ids_list))
+            ids = np.full((rows, width), self.pad_id, dtype=np.int64)
+            mask = np.zeros((rows, width), dtype=np.int64)
+            for r, t in enumerate(ids_list):
+                ids[r, :len(t)] = t
+                mask[r, :len(t)] = 1
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("input_ids", ids), pb_utils.Tensor("attention_mask", mask)]))
+        return responses

@@ -1,0 +1,591 @@
+"""Serving: the model repository (both flavors parse against Triton's ModelConfig), the catalog,
+and the two-tower ensemble on a REAL Triton server (the 2.51 binary from nvidia-pytriton) with
+the real all-MiniLM-L6-v2 export (user tower int8, item tower fp32) over a slice of the real
+MovieLens and Book-Crossing catalogs. One server for the module."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving import catalog as cat
+from serving.client import Client, ServingError
+from serving.repository import (FLAVORS, MODEL_CODE, RepositorySpec, model_configs, parse_config,
+                                validate_repository, write_code)
+from towerlite.errors import TowerliteError
+
+# faiss's SWIG bindings warn on import under Python 3.11+
+pytestmark = pytest.mark.filterwarnings("ignore:builtin type .* has no __module__:DeprecationWarning")
+
+ROOT = Path(__file__).resolve().parent.parent
+N_MOVIES, N_BOOKS = 300, 200
+
+
+# ---------------------------------------------------------------------------------------------
+# repository description → config.pbtxt (no server)
+
+SPECS = {"default": RepositorySpec(),
+         "teacher_items_trt": replace(RepositorySpec(), dim=768, item_tokenizer=True, tensorrt=True)}
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+@pytest.mark.parametrize("spec_name", list(SPECS))
+def test_every_config_parses_as_model_config(flavor, spec_name):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    spec = SPECS[spec_name]
+    configs = model_configs(spec, flavor)
+    expected = {"tokenizer", "user_encoder", "item_encoder", "scorer", "recommend", "embed_items"}
+    assert set(configs) == expected | ({"item_tokenizer"} if spec.item_tokenizer else set())
+    parsed = {n: text_format.Parse(t, model_config_pb2.ModelConfig()) for n, t in configs.items()}
+    for name, cfg in parsed.items():
+        assert cfg.name == name
+        assert cfg.max_batch_size == spec.max_batch_size
+    for name in ("user_encoder", "item_encoder"):
+        enc = parsed[name]
+        assert enc.HasField("dynamic_batching") and len(enc.model_warmup) == 1
+        assert enc.output[0].dims == [spec.dim]
+        if flavor == "native":
+            assert enc.platform == "onnxruntime_onnx" and enc.default_model_filename == "model.onnx"
+            assert enc.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+            accel = enc.optimization.execution_accelerators.gpu_execution_accelerator
+            assert [a.name for a in accel] == (["tensorrt"] if spec.tensorrt else [])
+        else:
+            assert enc.backend == "python" and not enc.platform
+    scorer = parsed["scorer"]
+    assert {i.name for i in scorer.input if i.optional} == {"K", "DOMAIN", "EXCLUDE", "MIN_SCORE"}
+    assert parsed["recommend"].platform == "ensemble"
+    steps = [s.model_name for s in parsed["embed_items"].ensemble_scheduling.step]
+    assert steps == ["item_tokenizer" if spec.item_tokenizer else "tokenizer", "item_encoder"]
+
+
+def test_committed_repository_is_what_the_generator_writes(tmp_path):
+    """model_repository/ in git holds exactly the configs and model.py files of the default
+    spec (regenerate: python -m serving.repository --out model_repository)."""
+    for flavor in FLAVORS:
+        written = write_code(tmp_path / flavor, RepositorySpec(), flavor)
+        validate_repository(ROOT / "model_repository" / flavor)
+        for path in written:
+            committed = ROOT / "model_repository" / flavor / path.relative_to(tmp_path / flavor)
+            assert committed.is_file(), f"{committed} is missing"
+            assert committed.read_text() == path.read_text(), f"{committed} is stale"
+
+
+ALLOWED_IMPORTS = {"json", "os", "numpy", "onnxruntime", "tokenizers", "triton_python_backend_utils"}
+
+
+@pytest.mark.parametrize("source", sorted(p.name for p in MODEL_CODE.glob("*.py")))
+def test_triton_models_import_only_what_a_stock_container_has(source):
+    """numpy, onnxruntime, tokenizers, triton_python_backend_utils (+ json, os) at module level;
+    faiss only inside a function, for catalogs that ship an index."""
+    tree = ast.parse((MODEL_CODE / source).read_text())
+    top, lazy = set(), set()
+    for node in ast.walk(tree):
+        names = set()
+        if isinstance(node, ast.Import):
+            names = {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names = {(node.module or "").split(".")[0]}
+        (top if node in tree.body else lazy).update(names)
+    assert top <= ALLOWED_IMPORTS, top - ALLOWED_IMPORTS
+    assert lazy <= {"faiss"}, lazy
+
+
+def test_broken_config_is_a_clear_error(tmp_path):
+    write_code(tmp_path, RepositorySpec(), "portable")
+    cfg = tmp_path / "scorer" / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace("max_batch_size: 64", "max_batch_size: sixty-four"))
+    with pytest.raises(TowerliteError, match=r"scorer/config.pbtxt: not a valid Triton model "
+                                             r"config: \d+:\d+"):
+        validate_repository(tmp_path)
+    write_code(tmp_path, RepositorySpec(), "portable")
+    shutil.rmtree(tmp_path / "user_encoder")
+    with pytest.raises(TowerliteError, match="step model 'user_encoder' is not in the repository"):
+        validate_repository(tmp_path)
+    with pytest.raises(TowerliteError, match="not a valid Triton model config"):
+        parse_config('name: "x" input [ { name: "A" data_type: TYPE_NOPE dims: [1] } ]')
+
+
+# ---------------------------------------------------------------------------------------------
+# catalog (no server)
+
+class CountingEncoder:
+    dim = 3
+
+    def __init__(self):
+        self.calls = 0
+
+    def encode(self, texts, batch_size=32):
+        self.calls += 1
+        return np.array([[len(t), 1.0, 0.0] for t in texts], dtype=np.float32)
+
+
+def test_catalog_embeddings_are_cached_per_chunk_and_resume(tmp_path, monkeypatch):
+    monkeypatch.setattr(cat, "CHUNK", 4)
+    texts = [f"item {i}" * (i % 3 + 1) for i in range(10)]
+    enc = CountingEncoder()
+    first = cat.embed_catalog(texts, enc, cache_dir=tmp_path, progress=False)
+    assert enc.calls == 3 and (tmp_path / "embeddings.npy").is_file()
+    assert not list(tmp_path.glob("chunk-*"))
+    again = cat.embed_catalog(texts, enc, cache_dir=tmp_path, progress=False)
+    assert enc.calls == 3
+    np.testing.assert_array_equal(first, again)
+    # an interrupted run left two chunks: only the missing one is encoded
+    (tmp_path / "embeddings.npy").unlink()
+    for c in range(2):
+        np.save(tmp_path / f"chunk-{c:05d}.npy", first[c * 4:(c + 1) * 4])
+    resumed = cat.embed_catalog(texts, enc, cache_dir=tmp_path, progress=False)
+    assert enc.calls == 4
+    np.testing.assert_array_equal(first, resumed)
+
+
+@pytest.fixture(scope="module")
+def items(cache):
+    import pandas as pd
+
+    from towerlite.data import load_bookcrossing, load_movielens
+
+    movies = load_movielens()
+    books = load_bookcrossing()
+    frame = pd.concat([movies.items.head(N_MOVIES), books.items.head(N_BOOKS)], ignore_index=True)
+    return frame, movies
+
+
+def test_catalog_text_is_the_shared_rendering_and_domains_are_contiguous(items, tmp_path):
+    from towerlite.data.render import item_text
+
+    frame, _ = items
+    prepared = cat.prepare_items(frame)
+    by_id = {r["item_id"]: r for r in frame.to_dict("records")}
+    assert len(prepared) == len(frame)
+    for row in prepared.itertuples():
+        assert row.text == item_text(by_id[row.item_id])
+    assert list(dict.fromkeys(prepared["domain"])) == ["movie", "book"]
+    emb = np.random.default_rng(0).normal(size=(len(prepared), 8)).astype(np.float32)
+    meta = cat.write_catalog(tmp_path, prepared, emb, {"item_model": "test"})
+    assert meta["domains"] == [{"name": "movie", "start": 0, "stop": N_MOVIES},
+                               {"name": "book", "start": N_MOVIES, "stop": N_MOVIES + N_BOOKS}]
+    matrix_t = np.load(tmp_path / "embeddings_t.npy", mmap_mode="r")
+    assert matrix_t.shape == (8, len(prepared)) and matrix_t.flags["C_CONTIGUOUS"]
+    ids = np.load(tmp_path / "item_ids.npy")
+    for d in meta["domains"]:  # sorted within a domain: the scorer binary-searches EXCLUDE ids
+        part = ids[d["start"]:d["stop"]]
+        assert (part[:-1] < part[1:]).all()
+    back, back_ids, _ = cat.read_catalog(tmp_path)
+    np.testing.assert_array_equal(back, emb)
+    assert list(back_ids) == prepared["item_id"].tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# a real export, a real deploy, a real server
+
+@pytest.fixture(scope="module")
+def exported(cache, tmp_path_factory):
+    from export.pipeline import ExportConfig, run
+
+    out = tmp_path_factory.mktemp("serving-export")
+    run(ExportConfig(model="student-start", out=out, variants=("fp32", "int8_dynamic"),
+                     parity_texts_per_source=8, measure_speed=False), log=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def deployed(exported, items, tmp_path_factory):
+    from serving.deploy import deploy
+
+    frame, _ = items
+    out = tmp_path_factory.mktemp("serving-repo")
+    # users by the int8 student, items by the fp32 model: the towers may differ
+    report = deploy(exported, out, variant="int8_dynamic", item_variant="fp32", items=frame,
+                    progress=False, log=lambda *_: None)
+    return out, report
+
+
+@pytest.fixture(scope="module")
+def server(deployed, tmp_path_factory):
+    from serving.triton import start_server
+
+    out, _ = deployed
+    log = tmp_path_factory.mktemp("triton-log") / "tritonserver.log"
+    with start_server(out / "portable", log_path=log) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module", params=["grpc", "http"])
+def client(server, request):
+    url = server.grpc_url if request.param == "grpc" else server.http_url
+    with Client(url, request.param) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def reference(exported, deployed):
+    """The in-process pipeline over the same ONNX files and the same catalog files."""
+    from export.runtime import OnnxEncoder
+
+    out, report = deployed
+    user = OnnxEncoder(exported / "model_int8_dynamic.onnx", max_length=128)
+    item = OnnxEncoder(exported / "model.onnx", max_length=128)
+    emb, ids, meta = cat.read_catalog(out / "portable" / "scorer" / "1" / "catalog")
+    buckets = report["spec"]["buckets"]
+
+    def user_vector(text):
+        # the served tokenizer pads each request to its length bucket; dynamic int8 quantizes
+        # activations per tensor, so the same padding is what makes the two comparable
+        tokens = user.token_ids([text])[0]
+        width = next(b for b in buckets if len(tokens) <= b)
+        ids_ = np.zeros((1, width), dtype=np.int64)
+        mask = np.zeros((1, width), dtype=np.int64)
+        ids_[0, :len(tokens)], mask[0, :len(tokens)] = tokens, 1
+        return user.run(ids_, mask)[0]
+
+    def top(text, k=10, domain=None, exclude=(), min_score=None):
+        scores = np.asarray(emb) @ user_vector(text)
+        keep = np.ones(len(ids), dtype=bool)
+        if domain:
+            d = next(d for d in meta["domains"] if d["name"] == domain)
+            keep[:] = False
+            keep[d["start"]:d["stop"]] = True
+        keep &= ~np.isin(ids, list(exclude))
+        if min_score is not None:
+            keep &= scores >= min_score
+        order = [i for i in np.argsort(-scores, kind="stable") if keep[i]][:k]
+        return [ids[i] for i in order], scores[order]
+
+    return {"top": top, "user_vector": user_vector, "item": item, "ids": ids, "meta": meta}
+
+
+@pytest.fixture(scope="module")
+def users(items):
+    """Real MovieLens users: their liked movies inside the served slice, and their text."""
+    from towerlite.data import user_histories, user_text
+
+    frame, movies = items
+    in_slice = set(frame["item_id"])
+    by_id = {r["item_id"]: r for r in frame.to_dict("records")}
+    histories = user_histories(movies.interactions, min_rating=movies.positive_threshold)
+    chosen = []
+    for user_id, hist in histories.items():
+        hist = [i for i in hist if i in in_slice]
+        if len(hist) >= 6:
+            chosen.append((user_id, hist[-10:], user_text([by_id[i] for i in hist], max_items=10)))
+        if len(chosen) == 4:
+            break
+    assert len(chosen) == 4
+    return chosen
+
+
+def test_recommend_equals_the_in_process_pipeline(client, reference, users):
+    for _, _, text in users:
+        got = client.recommend(text, k=10)
+        want_ids, want_scores = reference["top"](text, k=10)
+        assert got.item_ids == want_ids
+        np.testing.assert_allclose(got.scores, want_scores, atol=1e-4)
+        assert got.domains == ["movie" if i in set(reference["ids"][:N_MOVIES]) else "book"
+                               for i in got.item_ids]
+
+
+def test_exclude_removes_the_history(client, reference, users):
+    hits = 0
+    for _, history, text in users:
+        plain = client.recommend(text, k=10)
+        hits += len(set(plain.item_ids) & set(history))
+        got = client.recommend(text, k=10, exclude=history)
+        assert not set(got.item_ids) & set(history)
+        assert got.item_ids == reference["top"](text, k=10, exclude=history)[0]
+    assert hits > 0, "without EXCLUDE a user's own history comes back (the reason it exists)"
+
+
+def test_domain_filter_crosses_domains(client, reference, users):
+    _, _, text = users[0]  # a movie history asking for books
+    got = client.recommend(text, k=5, domain="book")
+    assert got.domains == ["book"] * 5
+    assert got.item_ids == reference["top"](text, k=5, domain="book")[0]
+    both = client.recommend(text, k=5, domain="movie,book")
+    assert both.item_ids == reference["top"](text, k=5)[0]
+
+
+def test_min_score_returns_a_threshold_list(client, reference, users):
+    _, _, text = users[1]
+    best = client.recommend(text, k=20)
+    threshold = float(best.scores[12])
+    got = client.recommend(text, k=None, min_score=threshold)
+    want_ids, _ = reference["top"](text, k=1000, min_score=threshold)
+    assert got.item_ids == want_ids and len(got) >= 12
+    assert (got.scores >= threshold).all()
+    capped = client.recommend(text, k=5, min_score=threshold)
+    assert capped.item_ids == want_ids[:5]
+    assert len(client.recommend(text, k=10, min_score=1.01)) == 0
+
+
+def test_embed_items_equals_the_item_tower(client, reference):
+    texts = [  # varied lengths, several buckets, more than one batch
+        "[movie] Heat (1995). Action|Crime|Thriller", "x",
+        "[book] Clara Callan by Richard Bruce Wright (2001). HarperFlamingo Canada",
+        "A long description of a film about heists, crews, detectives and betrayal. " * 8]
+    texts = texts * 10
+    got = client.embed_items(texts, batch_size=16)
+    want = reference["item"].encode(texts)
+    assert got.shape == (len(texts), 384)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+BAD_REQUESTS = {
+    "empty text": (dict(user_text=""), "text 0 is empty"),
+    "1 MB text": (dict(user_text="a" * (1 << 20)), "1,048,576 bytes; the limit is 65,536"),
+    "non-UTF-8 bytes": (dict(user_text=b"caf\xe9 \xff"), "not valid UTF-8"),
+    "k larger than the catalog": (dict(user_text="x", k=N_MOVIES + N_BOOKS + 1),
+                                  "larger than the 500 items"),
+    "k of 0": (dict(user_text="x", k=0), "K must be between 1 and 1000"),
+    "unknown domain": (dict(user_text="x", domain="music"), "unknown domain 'music'"),
+    "unknown exclude id": (dict(user_text="x", exclude=["Heat (1995)", "no-such-item"]),
+                           "1 EXCLUDE id(s) not in the catalog: 'no-such-item'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_request_is_a_clear_error_and_the_server_keeps_serving(client, case):
+    kwargs, message = BAD_REQUESTS[case]
+    with pytest.raises(ServingError) as err:
+        client.recommend(**kwargs)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+    assert len(client.recommend("[movie] Heat (1995). Action|Crime|Thriller", k=3)) == 3
+
+
+@pytest.mark.parametrize("case", ["TEXT as INT32", "K as FP32", "TEXT of the wrong shape",
+                                  "EMBEDDING of the wrong size"])
+def test_wrong_dtype_or_shape_is_a_clear_error(server, case):
+    import tritonclient.grpc as tc
+    from tritonclient.utils import InferenceServerException
+
+    def tensor(name, array, dtype):
+        t = tc.InferInput(name, list(array.shape), dtype)
+        t.set_data_from_numpy(array)
+        return t
+
+    text = tensor("TEXT", np.array([[b"[movie] Heat (1995)"]], dtype=object), "BYTES")
+    model, inputs, expected = {
+        "TEXT as INT32": ("recommend", [tensor("TEXT", np.array([[7]], np.int32), "INT32")],
+                          "'TEXT' data-type is 'INT32', but model 'recommend' expects 'BYTES'"),
+        "K as FP32": ("recommend", [text, tensor("K", np.array([[3.0]], np.float32), "FP32")],
+                      "'K' data-type is 'FP32', but model 'recommend' expects 'INT32'"),
+        "TEXT of the wrong shape": ("recommend", [tensor("TEXT", np.array([[b"a", b"b"]],
+                                                                          dtype=object), "BYTES")],
+                                    "unexpected shape"),
+        "EMBEDDING of the wrong size": ("scorer", [tensor("EMBEDDING", np.ones((1, 5), np.float32),
+                                                          "FP32")], "unexpected shape"),
+    }[case]
+    with tc.InferenceServerClient(server.grpc_url) as raw:
+        with pytest.raises(InferenceServerException, match=expected):
+            raw.infer(model, inputs)
+    with Client(server.grpc_url) as c:
+        assert len(c.recommend("[movie] Heat (1995)", k=2)) == 2
+
+
+def test_concurrent_requests_all_succeed(server, users):
+    texts = [t for _, _, t in users] * 6
+    results, errors = [None] * len(texts), []
+
+    def work(i):
+        try:
+            with Client(server.grpc_url) as c:
+                results[i] = c.recommend(texts[i], k=10)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert all(r is not None and len(r) == 10 for r in results)
+
+
+def test_server_down_is_one_clear_line():
+    from serving.triton import free_port
+
+    for protocol in ("grpc", "http"):
+        with Client(f"127.0.0.1:{free_port()}", protocol, timeout_s=5) as c:
+            with pytest.raises(ServingError, match="cannot reach Triton at") as err:
+                c.recommend("x")
+            assert "\n" not in str(err.value)
+            assert not c.ready()
+
+
+def test_port_in_use_is_reported(server, deployed):
+    from serving.triton import launch
+
+    out, _ = deployed
+    with pytest.raises(TowerliteError, match=f"port {server.http_port} .* already in use"):
+        launch(out / "portable", http_port=server.http_port)
+
+
+def test_another_server_on_the_port_is_found_by_its_id(server, tmp_path):
+    """A port taken between choosing and binding: readiness answers, but from the other server."""
+    from serving.triton import TritonServer, _wait_ready
+
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        impostor = TritonServer(tmp_path, "127.0.0.1", server.http_port, 0, 0, "towerlite-ours",
+                                tmp_path / "log", sleeper)
+        with pytest.raises(TowerliteError, match="another server answers"):
+            _wait_ready(impostor, timeout=20)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_model_load_failure_names_the_model_and_its_error(tmp_path, deployed):
+    from serving.triton import launch
+
+    out, _ = deployed
+    repo = tmp_path / "repo"
+    shutil.copytree(out / "portable" / "tokenizer", repo / "tokenizer")
+    (repo / "tokenizer" / "1" / "tokenizer.json").unlink()
+    with pytest.raises(TowerliteError) as err:
+        launch(repo, log_path=tmp_path / "triton.log", ready_timeout=120)
+    message = str(err.value)
+    assert "model 'tokenizer' (version 1) failed to load" in message
+    assert "tokenizer/1/tokenizer.json is missing (towerlite deploy writes it)" in message
+    assert "CUDA" not in message and "NVML" not in message
+    assert str(tmp_path / "triton.log") in str(err.value)
+
+
+def test_deploy_refuses_bad_inputs_clearly(exported, tmp_path):
+    from serving.deploy import deploy
+
+    with pytest.raises(TowerliteError, match="has no fp16 variant"):
+        deploy(exported, tmp_path / "a", variant="fp16")
+    with pytest.raises(TowerliteError, match="no such export folder"):
+        deploy(tmp_path / "missing", tmp_path / "a")
+    other = tmp_path / "teacher-like"
+    other.mkdir()
+    for name in ("model.onnx", "tokenizer.json"):
+        os.link(exported / name, other / name)
+    (other / "export_report.json").write_text(json.dumps({"dim": 768, "max_length": 128}))
+    with pytest.raises(TowerliteError, match="user tower is 384-d and the item tower 768-d"):
+        deploy(exported, tmp_path / "a", item_model=other, item_variant="fp32")
+    with pytest.raises(TowerliteError, match="unknown catalog"):
+        deploy(exported, tmp_path / "a", catalog="music")
+
+
+def test_deploy_report_says_which_tower_ran_which_model(deployed):
+    out, report = deployed
+    saved = json.loads((out / "deploy_report.json").read_text())
+    assert saved["user_tower"]["variant"] == "int8_dynamic"
+    assert saved["item_tower"]["variant"] == "fp32"
+    assert saved["catalog"]["count"] == N_MOVIES + N_BOOKS
+    assert set(saved["repositories"]) == set(FLAVORS)
+    for flavor in FLAVORS:
+        validate_repository(out / flavor)
+    assert not list(out.glob(".*.staging"))
+
+
+def test_cli_deploy_then_serve_until_sigterm(exported, tmp_path):
+    out = tmp_path / "repo"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run([sys.executable, "-m", "towerlite", "deploy", "--user-model",
+                           str(exported), "--catalog", "movielens", "--limit", "40",
+                           "--flavor", "portable", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "deployed 40 items (384-d)" in done.stdout
+    assert (out / "portable" / "scorer" / "1" / "catalog" / "embeddings_t.npy").is_file()
+    assert not (out / "native").exists()
+    proc = subprocess.Popen([sys.executable, "-m", "towerlite", "serve", "--repository", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = []
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("Ctrl-C"):
+                break
+        text = "".join(lines)
+        assert "Triton is ready" in text, text + proc.stderr.read() if proc.poll() else text
+        grpc = next(ln.split()[-1] for ln in lines if ln.strip().startswith("gRPC"))
+        with Client(grpc) as c:
+            assert len(c.recommend("[movie] Toy Story (1995)", k=3)) == 3
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        assert "stopped" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_serve_reports_a_missing_repository(tmp_path):
+    from conftest import run_cli
+
+    done = run_cli("serve", "--repository", str(tmp_path / "nothing"))
+    assert done.returncode == 1
+    assert "no such model repository" in done.stderr and "towerlite deploy" in done.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# the FAISS index option
+
+def test_ivf_index_recall_against_exact():
+    from serving import index as ix
+
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(4000, 32)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    index = ix.build_ivf(emb)
+    assert index.nlist == ix.nlist_for(4000) == 102  # 4·√n, at least 39 points a list
+    queries = emb[:50] + 0.1 * rng.normal(size=(50, 32)).astype(np.float32)
+    full = ix.recall_at_k(index, emb, queries, k=10, nprobe=index.nlist)
+    assert full["recall"] == 1.0  # every list visited: exact
+    some = ix.recall_at_k(index, emb, queries, k=10, nprobe=8)
+    assert 0.2 < some["recall"] < 1.0 and some["queries"] == 50
+    assert ix.choose("auto", 99_999) == "exact" and ix.choose("auto", 100_000) == "ivf"
+    with pytest.raises(TowerliteError, match="unknown index"):
+        ix.choose("hnsw", 10)
+
+
+def test_served_ivf_index_answers_like_exact_when_it_visits_every_list(
+        exported, items, reference, users, tmp_path):
+    """deploy --index ivf on the same slice; with nprobe = nlist the index must return exactly
+    the exact top-k (also with a one-domain selector and exclusions)."""
+    from serving.deploy import deploy
+    from serving.triton import start_server
+
+    frame, _ = items
+    report = deploy(exported, tmp_path, variant="int8_dynamic", item_variant="fp32", items=frame,
+                    flavors=("portable",), index="ivf", nprobe=12, progress=False,
+                    log=lambda *_: None)
+    meta = report["catalog"]["index"]
+    assert meta["kind"] == "ivf_flat" and meta["nlist"] == 12
+    assert meta["recall_vs_exact"]["recall"] == 1.0
+    assert (tmp_path / "portable" / "scorer" / "1" / "catalog" / "index.faiss").is_file()
+    with start_server(tmp_path / "portable", log_path=tmp_path / "triton.log") as srv:
+        with Client(srv.grpc_url) as c:
+            for _, history, text in users[:2]:
+                got = c.recommend(text, k=10, exclude=history)
+                want_ids, want_scores = reference["top"](text, k=10, exclude=history)
+                assert got.item_ids == want_ids
+                np.testing.assert_allclose(got.scores, want_scores, atol=1e-4)
+                books = c.recommend(text, k=5, domain="book")
+                assert books.item_ids == reference["top"](text, k=5, domain="book")[0]
+        assert "index.faiss" in (tmp_path / "portable" / "scorer" / "1" / "catalog" /
+                                 "catalog.json").read_text()
