@@ -13,8 +13,9 @@ Each builder takes the source file and writes its output atomically (temp file, 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
 import os
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -82,15 +83,14 @@ def int8_static(src: Path, dst: Path, batches: list[dict[str, np.ndarray]],
     pre = dst.with_name(dst.stem + ".pre.onnx")
     # symbolic shape inference gives up on the traced HF graph; ONNX shape inference suffices.
     # It writes temp files (sym_shape_infer_temp.onnx + external data) into the current folder:
-    # run it from the output folder, never the caller's.
+    # run it from a scratch folder, never the caller's.
     cwd = os.getcwd()
-    os.chdir(dst.parent)
-    try:
-        quant_pre_process(str(src.resolve()), str(pre.resolve()), skip_symbolic_shape=True)
-    finally:
-        os.chdir(cwd)
-        for leftover in dst.parent.glob("sym_shape_infer_temp.onnx*"):
-            leftover.unlink()
+    with tempfile.TemporaryDirectory(dir=dst.parent) as scratch:
+        os.chdir(scratch)
+        try:
+            quant_pre_process(str(src.resolve()), str(pre.resolve()), skip_symbolic_shape=True)
+        finally:
+            os.chdir(cwd)
     settings = {"format": "QDQ", "weight_type": "QInt8", "activation_type": "QUInt8",
                 "calibration": method, "calibration_batches": len(batches),
                 "calibration_texts": int(sum(len(b["input_ids"]) for b in batches)),
