@@ -47,9 +47,9 @@ class DistillConfig:
     candidates: tuple[Candidate, ...] = (
         Candidate("minilm6-proj", "minilm6-proj", "embed"),
         Candidate("minilm3-proj", "minilm3-proj", "embed"),
-        Candidate("minilm3-proj-score", "minilm3-proj", "embed+score"),
+        Candidate("minilm6-proj-score", "minilm6-proj", "embed+score"),
     )
-    serve: str = "best-minilm3-proj"  # a candidate name, or best-<student> (best retrieval NDCG@10)
+    serve: str = "best-minilm6-proj"  # a candidate name, or best-<student> (best retrieval NDCG@10)
     mix: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MIX))
     history_items: int = 10  # liked items rendered into a user text
     max_length: int = 128

@@ -75,6 +75,23 @@ def pair_indices(n_pairs: int, batch: int, step: int, seed: int, d: Dist) -> np.
     return picked[d.rank::d.world]
 
 
+def pair_every(n_texts: int, n_pairs: int, cfg) -> int:
+    """One user–item step after every `every - 1` corpus steps, so each epoch sees the pairs
+    about once. Pair steps are separate because user texts are long: mixed into every corpus
+    batch they padded it to the maximum length (7× the step time, measured)."""
+    corpus_batches = math.ceil(n_texts / cfg.batch_size)
+    pair_batches = max(1, n_pairs // cfg.pair_batch_size)
+    return max(2, round(corpus_batches / pair_batches) + 1)
+
+
+def step_kind(step: int, every: int) -> tuple[str, int]:
+    """("corpus", index of the corpus batch) or ("pairs", index of the pair batch)."""
+    if not every:
+        return "corpus", step
+    cycle, pos = divmod(step, every)
+    return ("pairs", cycle) if pos == every - 1 else ("corpus", cycle * (every - 1) + pos)
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     import torch
 
@@ -90,7 +107,9 @@ def train(module, tokenizer, texts: list[str], targets: np.ndarray, pairs: list[
     from tqdm.auto import tqdm
 
     use_score = loss_name == "embed+score" and len(pairs) >= 2
-    total = cfg.epochs * math.ceil(len(texts) / cfg.batch_size)
+    corpus_steps = cfg.epochs * math.ceil(len(texts) / cfg.batch_size)
+    every = pair_every(len(texts), len(pairs), cfg) if use_score else 0
+    total = corpus_steps + (corpus_steps // (every - 1) if every else 0)
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     warmup = max(1, int(cfg.warmup_fraction * total))
@@ -115,12 +134,12 @@ def train(module, tokenizer, texts: list[str], targets: np.ndarray, pairs: list[
     bar = tqdm(total=total, initial=start, unit="step", desc="training", disable=d.rank != 0)
     for step in range(start, total):
         t0 = time.perf_counter()
-        idx = list(batch_indices(lengths, cfg.batch_size, step, cfg.seed, d))
-        n_text, n_pair = len(idx), 0
-        if use_score:
-            chosen = [pairs[i] for i in pair_indices(len(pairs), cfg.pair_batch_size, step, cfg.seed, d)]
-            n_pair = len(chosen)
-            idx += [u for u, _ in chosen] + [i for _, i in chosen]
+        kind, k = step_kind(step, every)
+        if kind == "pairs":  # user texts and their next items: embed + in-batch score loss
+            chosen = [pairs[i] for i in pair_indices(len(pairs), cfg.pair_batch_size, k, cfg.seed, d)]
+            idx = [u for u, _ in chosen] + [i for _, i in chosen]
+        else:
+            idx = list(batch_indices(lengths, cfg.batch_size, k, cfg.seed, d))
         batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                           max_length=cfg.max_length, return_tensors="pt")
         emb = model(batch["input_ids"], batch["attention_mask"])
@@ -128,9 +147,9 @@ def train(module, tokenizer, texts: list[str], targets: np.ndarray, pairs: list[
         loss_e = embed_loss(emb, target)
         loss = loss_e
         entry = {"step": step + 1, "embed": round(loss_e.item(), 6)}
-        if n_pair >= 2:
-            u, it = slice(n_text, n_text + n_pair), slice(n_text + n_pair, None)
-            loss_s = score_loss(emb[u], emb[it], target[u], target[it], cfg.score_temperature)
+        if kind == "pairs":
+            n = len(chosen)
+            loss_s = score_loss(emb[:n], emb[n:], target[:n], target[n:], cfg.score_temperature)
             loss = loss + cfg.score_weight * loss_s
             entry["score"] = round(loss_s.item(), 6)
         opt.zero_grad(set_to_none=True)
@@ -149,5 +168,5 @@ def train(module, tokenizer, texts: list[str], targets: np.ndarray, pairs: list[
     bar.close()
     d.barrier()
     return {"steps": total, "history": history, "train_seconds": round(seconds, 1),
-            "texts_per_step": cfg.batch_size + (2 * cfg.pair_batch_size if use_score else 0),
+            "texts_per_step": cfg.batch_size, "pair_step_every": every,
             "resumed_at_step": start}
