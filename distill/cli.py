@@ -35,8 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def build_config(args: argparse.Namespace) -> DistillConfig:
     data = dict(PRESETS[args.preset])
     if args.config:
-        DistillConfig.load(args.config)  # checks the file on its own, so errors name it
-        data.update(json.loads(args.config.read_text()))
+        own = DistillConfig.read(args.config)  # checked alone, so errors name the file
+        data.update(own)
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:

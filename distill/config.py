@@ -86,12 +86,15 @@ class DistillConfig:
         return cls(**data)
 
     @classmethod
-    def load(cls, path: Path) -> DistillConfig:
+    def read(cls, path: Path) -> dict:
+        """A config file's fields (only those it sets), checked as a whole config."""
         try:
-            return cls.from_json(json.loads(Path(path).read_text()))
+            data = json.loads(Path(path).read_text())
+            cls.from_json(data)
+            return data
         except FileNotFoundError:
             raise TowerliteError(f"config {path}: no such file") from None
-        except (json.JSONDecodeError, TypeError) as exc:
+        except (json.JSONDecodeError, TypeError, AttributeError, TowerliteError) as exc:
             raise TowerliteError(f"config {path}: not a valid distill config ({exc})") from None
 
 

@@ -25,7 +25,7 @@ from .config import DistillConfig, check
 from .evaluate import agreement, retrieval
 from .students import build_student, check_spec, fit_projection, output_dim, save_student, start_config
 from .teacher_cache import cache_key, teacher_embeddings
-from .texts import check_mix, eval_set, training_set
+from .texts import Catalogs, check_mix, eval_set, training_set
 from .train import Dist, init_distributed, train
 
 PROJECTION_FIT_TEXTS = 4000
@@ -119,15 +119,13 @@ def run(cfg: DistillConfig, log=print) -> dict:
 
     from towerlite.home import writable_home
 
-    from .texts import _Catalogs
-
     d: Dist = init_distributed()
     say = log if d.rank == 0 else (lambda *a, **k: None)
     teacher_folder, teacher_dim = preflight(cfg, say)
     torch.manual_seed(cfg.seed)
     out, started, timings = Path(cfg.out), time.monotonic(), {}
     say("loading the corpora and interactions (training part; held-out texts and users kept apart)")
-    cat = _Catalogs()
+    cat = Catalogs()
     tr = training_set(cfg.mix, cfg.history_items, cfg.seed, cat)
     ev = eval_set(cfg.eval_texts_per_source, cfg.eval_users, cfg.history_items, cfg.seed,
                   cfg.eval_catalog_items, cat)
@@ -181,10 +179,10 @@ def run(cfg: DistillConfig, log=print) -> dict:
     d.close()  # evaluation runs on the first process alone
     if d.rank != 0:
         return {}
-    return _evaluate_and_report(cfg, ev, t_eval, tr, t_train, trained, teacher_folder, teacher_dim, timings, started, say)
+    return _evaluate_and_report(cfg, teacher, ev, t_eval, tr, t_train, trained, teacher_folder, teacher_dim, timings, started, say)
 
 
-def _evaluate_and_report(cfg, ev, t_eval, tr, t_train, trained, teacher_folder, teacher_dim, timings, started, say) -> dict:
+def _evaluate_and_report(cfg, teacher, ev, t_eval, tr, t_train, trained, teacher_folder, teacher_dim, timings, started, say) -> dict:
     from towerlite.models import SentenceEncoder
 
     t0, out = time.monotonic(), Path(cfg.out)
@@ -196,7 +194,7 @@ def _evaluate_and_report(cfg, ev, t_eval, tr, t_train, trained, teacher_folder, 
                    "agreement": agreement(t_eval["texts"], t_eval["texts"], [r.source for r in ev.texts]),
                    "retrieval": retrieval(t_eval["users"], t_eval["items"], ev.catalog_ids, ev.cases)}
     start = time.perf_counter()
-    _Teacher(cfg.teacher, cfg.max_length, say)(speed_texts)
+    teacher(speed_texts)
     teacher_row["pytorch_sentences_per_s"] = round(len(speed_texts) / (time.perf_counter() - start), 1)
     rows = {"teacher": teacher_row}
     ref = SentenceEncoder("student-start", log=say, attn_implementation="eager")

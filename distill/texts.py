@@ -53,7 +53,7 @@ def _corpus(sources) -> dict[str, list[TextRecord]]:
     return by_source
 
 
-class _Catalogs:
+class Catalogs:
     """The two interaction datasets, loaded once, with item texts by id and liked histories."""
 
     def __init__(self):
@@ -68,7 +68,7 @@ class _Catalogs:
         return self.items[name].loc[ids].to_dict("records")
 
 
-def _user_pairs(cat: _Catalogs, n: int, history_items: int, rng: random.Random) -> list[tuple[str, str]]:
+def _user_pairs(cat: Catalogs, n: int, history_items: int, rng: random.Random) -> list[tuple[str, str]]:
     """Up to n (user text, next liked item text) pairs from training users, half per dataset:
     a random cut in each user's liked items, never at the last one (the evaluation target)."""
     pairs = []
@@ -85,7 +85,7 @@ def _user_pairs(cat: _Catalogs, n: int, history_items: int, rng: random.Random) 
     return pairs
 
 
-def training_set(mix: dict[str, int], history_items: int, seed: int, cat: _Catalogs | None = None) -> TrainSet:
+def training_set(mix: dict[str, int], history_items: int, seed: int, cat: Catalogs | None = None) -> TrainSet:
     check_mix(mix)
     by_source = _corpus(mix)
     texts, sources, index = [], [], {}
@@ -103,7 +103,7 @@ def training_set(mix: dict[str, int], history_items: int, seed: int, cat: _Catal
                 add(rec.text, source)
     pairs = []
     if mix.get(USER_SOURCE):
-        cat = cat or _Catalogs()
+        cat = cat or Catalogs()
         for u_text, i_text in _user_pairs(cat, mix[USER_SOURCE], history_items, random.Random(seed)):
             pairs.append((add(u_text, USER_SOURCE), add(i_text, "pair-item")))
     if not texts:
@@ -112,12 +112,12 @@ def training_set(mix: dict[str, int], history_items: int, seed: int, cat: _Catal
 
 
 def eval_set(per_source: int, n_users: int, history_items: int, seed: int, n_items: int = 0,
-             cat: _Catalogs | None = None) -> EvalSet:
+             cat: Catalogs | None = None) -> EvalSet:
     """Held-out texts of every corpus source (+ held-out users' texts) and MovieLens retrieval
     cases of held-out users over the whole movie catalog."""
     by_source = _corpus(_CORPUS_OF)
     records = [r for recs in by_source.values() for r in balanced_sample(recs, per_source, seed, heldout=True)]
-    cat = cat or _Catalogs()
+    cat = cat or Catalogs()
     ml = cat.data["movielens"]
     held = {u: items for u, items in cat.histories["movielens"].items() if is_heldout_user(u)}
     cases = leave_last_out(held, history_items)
