@@ -59,13 +59,14 @@ def summary_table(report: dict) -> str:
     rows = report["evaluation"]
     sources = [s for s in next(iter(rows.values()))["agreement"] if s != "all"]
     lines = ["| model | dim | PyTorch sent/s | Spearman | top-10 overlap | cos to teacher | Recall@10 | NDCG@10 "
-             "| Recall@10, teacher items |", "|---|---|---|---|---|---|---|---|---|"]
+             "| MRR | serves teacher's top-10 | Recall@10, teacher items |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         a, ret = r["agreement"]["all"], r["retrieval"]
         asym = r.get("retrieval_teacher_items", {}).get("recall@10")
         lines.append(f"| {name} | {r['dim']} | {r['pytorch_sentences_per_s']} | {_f(a['spearman'])} | "
                      f"{_f(a['top10_overlap'])} | {_f(a['mean_cosine'])} | {_f(ret['recall@10'], 4)} | "
-                     f"{_f(ret['ndcg@10'], 4)} | {_f(asym, 4)} |")
+                     f"{_f(ret['ndcg@10'], 4)} | {_f(ret.get('mrr'), 4)} | {_f(ret.get('teacher_top10_overlap'))} | "
+                     f"{_f(asym, 4)} |")
     lines += ["", "Spearman of pairwise cosines with the teacher, per held-out source:", "",
               "| model | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
     for name, r in rows.items():

@@ -4,12 +4,16 @@ agreement  how closely a model's geometry follows the teacher's on held-out text
            Spearman of pairwise cosines, top-10 neighbour overlap, and mean cosine to the
            teacher's own embedding when the model lives in the teacher's space.
 retrieval  user history text → next liked item over the whole catalog (history excluded),
-           Recall@k and NDCG@k.
+           Recall@k, NDCG@k, MRR (towerlite.metrics), and the overlap of the model's top-k with
+           the teacher's: how close it comes to serving what the teacher would.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from towerlite.metrics import (bootstrap_ci, dot_scores, per_user, summarize, target_ranks, top_k,
+                               top_k_overlap)
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -55,25 +59,27 @@ def agreement(teacher: np.ndarray, student: np.ndarray, groups: list[str]) -> di
     return out
 
 
-def retrieval(users: np.ndarray, items: np.ndarray, item_ids: list[str],
-              cases: list[tuple[str, list[str], str]], k: int = 10) -> dict:
-    """Recall@k and NDCG@k of the target among all items but the user's history."""
+def _case_rows(item_ids: list[str], cases) -> tuple[list[int], list[list[int]]]:
     pos = {item: i for i, item in enumerate(item_ids)}
-    scores = users @ items.T
-    hits, gains = [], []
-    for row, (_, history, target) in enumerate(cases):
-        s = scores[row].copy()
-        s[[pos[h] for h in history]] = -np.inf
-        rank = int((s > s[pos[target]]).sum())  # 0-based rank of the target
-        hits.append(rank < k)
-        gains.append(1.0 / np.log2(rank + 2) if rank < k else 0.0)
-    return {f"recall@{k}": round(float(np.mean(hits)), 4), f"recall@{k}_ci95": bootstrap_ci(hits),
-            f"ndcg@{k}": round(float(np.mean(gains)), 4), f"ndcg@{k}_ci95": bootstrap_ci(gains),
-            "users": len(cases)}
+    return [pos[t] for *_, t in cases], [[pos[h] for h in history] for _, history, _ in cases]
 
 
-def bootstrap_ci(values, n: int = 1000, seed: int = 0) -> list[float]:
-    """95% percentile-bootstrap interval of a mean over users."""
-    v = np.asarray(values, dtype=np.float64)
-    means = v[np.random.default_rng(seed).integers(0, len(v), (n, len(v)))].mean(1)
-    return [round(float(x), 4) for x in np.percentile(means, [2.5, 97.5])]
+def recommended(users: np.ndarray, items: np.ndarray, item_ids: list[str], cases, k: int = 10) -> np.ndarray:
+    """Each user's top-k item indices (history excluded): what this tower pair would serve."""
+    _, exclude = _case_rows(item_ids, cases)
+    return top_k(dot_scores(users, items), len(cases), exclude, k)
+
+
+def retrieval(users: np.ndarray, items: np.ndarray, item_ids: list[str],
+              cases: list[tuple[str, list[str], str]], k: int = 10,
+              teacher_top: np.ndarray | None = None) -> dict:
+    """Recall@k, NDCG@k and MRR of the target among all items but the user's history; with
+    the teacher's own top-k lists, also how much of them this model serves too."""
+    targets, exclude = _case_rows(item_ids, cases)
+    scores = dot_scores(users, items)
+    out = summarize(per_user(*target_ranks(scores, targets, exclude), ks=(k,), ndcg_k=k))
+    if teacher_top is not None:
+        overlap = top_k_overlap(top_k(scores, len(cases), exclude, k), teacher_top)
+        out[f"teacher_top{k}_overlap"] = round(float(overlap.mean()), 4)
+        out[f"teacher_top{k}_overlap_ci95"] = bootstrap_ci(overlap)
+    return out

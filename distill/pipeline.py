@@ -22,7 +22,7 @@ import numpy as np
 from towerlite.files import ensure_writable_dir, write_json_atomic
 
 from .config import DistillConfig, check
-from .evaluate import agreement, retrieval
+from .evaluate import agreement, recommended, retrieval
 from .students import build_student, check_spec, fit_projection, output_dim, save_student, start_config
 from .teacher_cache import cache_key, teacher_embeddings
 from .texts import Catalogs, check_mix, eval_set, training_set
@@ -88,9 +88,10 @@ def evaluate_row(encode, ev, t_eval: dict, speed_texts: list[str]) -> dict:
     users, items = encode(ev.user_texts), encode(ev.catalog_texts)
     row = {"dim": int(texts.shape[1]),
            "agreement": agreement(t_eval["texts"], texts, [r.source for r in ev.texts]),
-           "retrieval": retrieval(users, items, ev.catalog_ids, ev.cases)}
+           "retrieval": retrieval(users, items, ev.catalog_ids, ev.cases, teacher_top=t_eval["top"])}
     if texts.shape[1] == t_eval["items"].shape[1]:
-        row["retrieval_teacher_items"] = retrieval(users, t_eval["items"], ev.catalog_ids, ev.cases)
+        row["retrieval_teacher_items"] = retrieval(users, t_eval["items"], ev.catalog_ids, ev.cases,
+                                                   teacher_top=t_eval["top"])
     start = time.perf_counter()
     encode(speed_texts)
     row["pytorch_sentences_per_s"] = round(len(speed_texts) / (time.perf_counter() - start), 1)
@@ -190,6 +191,7 @@ def _evaluate_and_report(cfg, teacher, ev, t_eval, tr, t_train, trained, teacher
     all_texts = [r.text for r in ev.texts]
     speed_texts = [all_texts[i] for i in rng.permutation(len(all_texts))[:cfg.speed_texts]]
     say("evaluating on held-out texts and users")
+    t_eval["top"] = recommended(t_eval["users"], t_eval["items"], ev.catalog_ids, ev.cases)
     teacher_row = {"dim": teacher_dim,
                    "agreement": agreement(t_eval["texts"], t_eval["texts"], [r.source for r in ev.texts]),
                    "retrieval": retrieval(t_eval["users"], t_eval["items"], ev.catalog_ids, ev.cases)}
