@@ -14,7 +14,7 @@ DESCRIPTION = (
     "Distill the teacher (default all-mpnet-base-v2) into small students on a mix of real "
     "corpora (Brown genres, IMDB/Rotten Tomatoes reviews, WordNet glosses, MovieLens and "
     "Book-Crossing item texts, user-history texts from the training interactions). Teacher "
-    "embeddings are cached in $TOWERLITE_HOME/teacher-cache; training checkpoints in "
+    "embeddings are cached in $TOWERLITE_HOME/embedding-cache; training checkpoints in "
     "OUT/checkpoints, so an interrupted run resumes when started again with the same config. "
     "Writes OUT/candidates/<name>/ (Hugging Face folders), OUT/model/ (the served candidate) and "
     "OUT/distill_report.json, and prints the evaluation table.")

@@ -65,7 +65,7 @@ class DistillConfig:
     eval_users: int = 600  # held-out MovieLens users for retrieval (0 = all held out)
     eval_catalog_items: int = 0  # 0 = the whole movie catalog (a smaller one keeps the users' items)
     speed_texts: int = 256  # held-out texts each model's PyTorch speed is measured on
-    teacher_chunk: int = 512  # texts per teacher-cache file (the unit of resume)
+    teacher_chunk: int = 512  # texts per embedding-cache file (the unit of resume)
 
     def to_json(self) -> dict:
         return asdict(self)

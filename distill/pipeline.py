@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from towerlite.embedding_cache import cache_key, cache_root, cached_embeddings
 from towerlite.files import ensure_writable_dir, write_json_atomic
 
 from .config import DistillConfig, check
 from .evaluate import agreement, recommended, retrieval
 from .students import build_student, check_spec, fit_projection, output_dim, save_student, start_config
-from .teacher_cache import cache_key, teacher_embeddings
 from .texts import Catalogs, check_mix, eval_set, training_set
 from .train import Dist, init_distributed, train
 
@@ -118,8 +118,6 @@ def _serve_choice(cfg: DistillConfig, rows: dict) -> str:
 def run(cfg: DistillConfig, log=print) -> dict:
     import torch
 
-    from towerlite.home import writable_home
-
     d: Dist = init_distributed()
     say = log if d.rank == 0 else (lambda *a, **k: None)
     teacher_folder, teacher_dim = preflight(cfg, say)
@@ -136,15 +134,15 @@ def run(cfg: DistillConfig, log=print) -> dict:
         f"{len(ev.texts)} texts, {len(ev.cases)} MovieLens users over {len(ev.catalog_ids):,} movies")
 
     t0, teacher = time.monotonic(), _Teacher(cfg.teacher, cfg.max_length, say)
-    cache_dir = writable_home() / "teacher-cache"
+    cache_dir = cache_root()
     common = dict(encode=teacher, chunk=cfg.teacher_chunk, rank=d.rank, world=d.world, barrier=d.barrier,
                   progress=d.rank == 0)
     train_key = cache_key(teacher_folder, cfg.max_length, tr.texts)
-    t_train, n_train = teacher_embeddings(tr.texts, cache_dir, train_key, label="teacher (training texts)", **common)
+    t_train, n_train = cached_embeddings(tr.texts, cache_dir, train_key, label="teacher embeddings (training texts)", **common)
     t_eval, n_eval = {}, 0
     for part, texts in (("texts", [r.text for r in ev.texts]), ("users", ev.user_texts), ("items", ev.catalog_texts)):
-        t_eval[part], n = teacher_embeddings(texts, cache_dir, cache_key(teacher_folder, cfg.max_length, texts),
-                                             label=f"teacher (evaluation {part})", **common)
+        t_eval[part], n = cached_embeddings(texts, cache_dir, cache_key(teacher_folder, cfg.max_length, texts),
+                                             label=f"teacher embeddings (evaluation {part})", **common)
         n_eval += n
     timings["teacher_s"] = round(time.monotonic() - t0, 1)
     timings["teacher_texts_encoded"] = n_train + n_eval

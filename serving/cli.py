@@ -145,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve", description=SERVE_DESCRIPTION)
     add_serve_arguments(p)
     p.set_defaults(func=serve_command)
+    from .quality import cli as eval_cli
+
+    p = sub.add_parser("eval", description=eval_cli.DESCRIPTION)
+    eval_cli.add_arguments(p)
+    p.set_defaults(func=eval_cli.command)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

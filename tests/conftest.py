@@ -20,6 +20,17 @@ def cache():
     return home()
 
 
+@pytest.fixture(scope="session")
+def exported(cache, tmp_path_factory):
+    """The packaged student start exported to ONNX fp32 and int8 (shared by serving and eval)."""
+    from export.pipeline import ExportConfig, run
+
+    out = tmp_path_factory.mktemp("export-student-start")
+    run(ExportConfig(model="student-start", out=out, variants=("fp32", "int8_dynamic"),
+                     parity_texts_per_source=8, measure_speed=False), log=lambda *_: None)
+    return out
+
+
 @pytest.fixture
 def private_home(tmp_path, monkeypatch):
     home = tmp_path / "home"

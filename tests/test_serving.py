@@ -193,16 +193,6 @@ def test_catalog_text_is_the_shared_rendering_and_domains_are_contiguous(items, 
 # a real export, a real deploy, a real server
 
 @pytest.fixture(scope="module")
-def exported(cache, tmp_path_factory):
-    from export.pipeline import ExportConfig, run
-
-    out = tmp_path_factory.mktemp("serving-export")
-    run(ExportConfig(model="student-start", out=out, variants=("fp32", "int8_dynamic"),
-                     parity_texts_per_source=8, measure_speed=False), log=lambda *_: None)
-    return out
-
-
-@pytest.fixture(scope="module")
 def deployed(exported, items, tmp_path_factory):
     from serving.deploy import deploy
 

@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description=serving_cli.SERVE_DESCRIPTION)
     serving_cli.add_serve_arguments(p)
     p.set_defaults(func=serving_cli.serve_command)
+
+    from serving.quality import cli as eval_cli
+
+    p = sub.add_parser("eval", help="recommendation quality of every tower setting vs baselines",
+                       description=eval_cli.DESCRIPTION)
+    eval_cli.add_arguments(p)
+    p.set_defaults(func=eval_cli.command)
     return parser
 
 

@@ -23,10 +23,14 @@ def ensure_writable_dir(folder: Path, what: str = "output folder") -> Path:
     return folder
 
 
-def write_json_atomic(path: Path, data) -> Path:
+def write_text_atomic(path: Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
+    tmp.write_text(text)
     tmp.replace(path)
     return path
+
+
+def write_json_atomic(path: Path, data) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=1))

@@ -63,3 +63,19 @@ def leave_last_out(histories: dict[str, list[str]], max_history: int = 10,
         if len(history) >= min_history:
             cases.append((user, history, target))
     return cases
+
+
+def ordered_likes(data, seed: int = 0) -> dict[str, list[str]]:
+    """{user: liked item ids in the order leave-last-out reads them}: by time where the
+    dataset has timestamps (MovieLens), else shuffled by a seed and the user id (Book-Crossing's
+    file order is sorted by ISBN, which would make the "last" item an alphabetical accident).
+    Only items in the catalog count; a repeated rating of one item counts once."""
+    from .render import user_histories
+
+    inter = data.interactions[data.interactions["item_id"].isin(data.items["item_id"])]
+    likes = {u: list(dict.fromkeys(items)) for u, items in
+             user_histories(inter, data.positive_threshold).items()}
+    if (inter["timestamp"] < 0).all():
+        for user, items in likes.items():
+            random.Random(f"{seed}:{user}").shuffle(items)
+    return likes

@@ -1,8 +1,7 @@
-"""Teacher embeddings, computed once and kept on disk.
+"""Embeddings computed once and kept on disk: distill's teacher targets, eval's towers.
 
-The teacher is the slow part (≈15–20 sentences/s on 2 cores), so its embeddings are cached
-under $TOWERLITE_HOME/teacher-cache/<key>/, keyed by the teacher's files and the exact text
-list. The work is cut into chunks, each written atomically: an interrupted pass resumes at
+The teacher is the slow part (≈15–20 sentences/s on 2 cores), so embeddings are cached under
+$TOWERLITE_HOME/embedding-cache/<key>/, keyed by the model's files and the exact text list. The work is cut into chunks, each written atomically: an interrupted pass resumes at
 the first missing chunk, and under torchrun every process computes its own share of chunks.
 """
 
@@ -17,8 +16,11 @@ import numpy as np
 
 
 def model_fingerprint(folder: str) -> str:
-    """Names, sizes and mtimes of the model folder's files: changes when the model does."""
+    """Names, sizes and mtimes of the model's files (a folder, or one file such as an .onnx):
+    changes when the model does."""
     path = Path(folder)
+    if path.is_file():
+        return f"{path.resolve()}:{path.stat().st_size}:{int(path.stat().st_mtime)}"
     if not path.is_dir():
         return folder
     parts = [f"{p.relative_to(path)}:{p.stat().st_size}:{int(p.stat().st_mtime)}"
@@ -39,9 +41,15 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def teacher_embeddings(texts: list[str], cache_dir: Path, key: str, encode: Callable[[list[str]], np.ndarray],
+def cache_root() -> Path:
+    from .home import writable_home
+
+    return writable_home() / "embedding-cache"
+
+
+def cached_embeddings(texts: list[str], cache_dir: Path, key: str, encode: Callable[[list[str]], np.ndarray],
                        chunk: int = 512, rank: int = 0, world: int = 1, barrier=lambda: None,
-                       progress: bool = True, label: str = "teacher") -> tuple[np.ndarray, int]:
+                       progress: bool = True, label: str = "model") -> tuple[np.ndarray, int]:
     """(embeddings of `texts`, number of texts this call had to encode). `encode` is only
     called for chunks missing from the cache (the teacher need not even be loaded otherwise)."""
     from tqdm.auto import tqdm
@@ -51,7 +59,7 @@ def teacher_embeddings(texts: list[str], cache_dir: Path, key: str, encode: Call
     files = [folder / f"{i:05d}.npy" for i in range(0, len(texts), chunk)]
     mine = [k for k, f in enumerate(files) if k % world == rank and not f.is_file()]
     todo = sum(len(texts[k * chunk:(k + 1) * chunk]) for k in mine)
-    with tqdm(total=todo, unit="text", desc=f"{label} embeddings", disable=not (progress and todo)) as bar:
+    with tqdm(total=todo, unit="text", desc=f"{label}", disable=not (progress and todo)) as bar:
         for k in mine:
             part = texts[k * chunk:(k + 1) * chunk]
             _save_atomic(files[k], encode(part).astype(np.float32))

@@ -1,0 +1,80 @@
+"""One evaluation: every tower setting and baseline on the same cases, in one report.
+
+Rows, in order: the towers as given (user and item texts by the same model), then for every
+non-teacher tower in the teacher's space the asymmetric setting (items by the teacher offline,
+users by that tower online), then the baselines. Each row: Recall@10, Recall@50, NDCG@10, MRR
+with 95% bootstrap intervals, the same on the cold-start slice, and each metric as a share of
+the teacher's.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from towerlite.metrics import dot_scores, per_user, summarize, target_ranks
+
+from .baselines import BASELINES
+from .cases import Cases
+from .towers import Tower
+
+METRICS = ("recall@10", "recall@50", "ndcg@10", "mrr")
+
+
+def metric_rows(cases: Cases, scores, cold: np.ndarray) -> tuple[dict, dict]:
+    above, tied = target_ranks(scores, cases.targets, cases.seen)
+    values = per_user(above, tied, ks=(10, 50), ndcg_k=10)
+    return summarize(values), summarize(values, cold)
+
+
+def _row(cases: Cases, scores, cold, **about) -> dict:
+    t0 = time.perf_counter()
+    overall, cold_start = metric_rows(cases, scores, cold)
+    return {**about, "metrics": overall, "cold_start": cold_start,
+            "rank_s": round(time.perf_counter() - t0, 1)}
+
+
+def _kept(rows: dict, teacher: str | None) -> None:
+    if teacher is None:
+        return
+    ref = rows[teacher]["metrics"]
+    for row in rows.values():
+        row["kept_vs_teacher"] = {m: (round(100 * row["metrics"][m] / ref[m], 1) if ref[m] else None)
+                                  for m in METRICS}
+
+
+def evaluate(cases: Cases, towers: list[Tower], baselines: bool = True, cold_max: int = 2,
+             log=print) -> dict:
+    cold = cases.target_counts <= cold_max
+    rows, emb = {}, {}
+    for tower in towers:
+        t0 = time.perf_counter()
+        users = tower.embed(cases.user_texts, f"{cases.dataset} user texts")
+        items = tower.embed(cases.item_texts, f"{cases.dataset} catalog")
+        emb[tower.name, tower.runtime] = (users, items)
+        label = f"{tower.name} ({tower.runtime})"
+        rows[label] = _row(cases, dot_scores(users, items), cold, kind="text towers",
+                           users_by=label, items_by=label, dim=int(users.shape[1]),
+                           encode_s=round(time.perf_counter() - t0, 1))
+        log(f"{label}: Recall@10 {rows[label]['metrics']['recall@10']}")
+    teacher = next((t for t in towers if t.name == "teacher"), None)
+    if teacher is not None:
+        t_items = emb[teacher.name, teacher.runtime][1]
+        for tower in towers:
+            users = emb[tower.name, tower.runtime][0]
+            if tower is teacher or users.shape[1] != t_items.shape[1]:
+                continue
+            label = f"{tower.name} ({tower.runtime}) users × teacher items"
+            rows[label] = _row(cases, dot_scores(users, t_items), cold, kind="asymmetric",
+                               users_by=f"{tower.name} ({tower.runtime})",
+                               items_by=f"teacher ({teacher.runtime})", dim=int(users.shape[1]))
+    if baselines:
+        for name, build in BASELINES.items():
+            rows[name] = _row(cases, build(cases), cold, kind="baseline", users_by=None, items_by=None)
+            log(f"{name}: Recall@10 {rows[name]['metrics']['recall@10']}")
+    _kept(rows, f"teacher ({teacher.runtime})" if teacher is not None else None)
+    return {"dataset": cases.dataset, "domain": cases.domain,
+            "cases": {**cases.settings, "cold_start_max_other_likes": cold_max,
+                      "cold_start_users": int(cold.sum())},
+            "rows": rows}

@@ -1,0 +1,40 @@
+"""The evaluation's markdown table (the JSON report holds everything else)."""
+
+from __future__ import annotations
+
+
+def _ci(m: dict, name: str, digits: int = 4) -> str:
+    v, ci = m.get(name), m.get(f"{name}_ci95")
+    if v is None:
+        return "-"
+    return f"{v:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else f"{v:.{digits}f}"
+
+
+def _pct(row: dict, name: str) -> str:
+    v = row.get("kept_vs_teacher", {}).get(name)
+    return "-" if v is None else f"{v:.0f}%"
+
+
+def markdown(report: dict) -> str:
+    c = report["cases"]
+    catalog = f"{c['catalog_items']:,} items" + ("" if c["catalog_full"] else " (sampled: every evaluated "
+                                                                             "user's items + random others)")
+    lines = [f"### {report['dataset']}: {c['users']:,} held-out users, leave-last-out ({c['order']}), "
+             f"{catalog}", "",
+             "| row | Recall@10 [95% CI] | Recall@50 | NDCG@10 | MRR | R@10 vs teacher | NDCG@10 vs teacher "
+             f"| cold-start R@10 ({c['cold_start_users']} users) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, row in report["rows"].items():
+        m = row["metrics"]
+        lines.append(f"| {name} | {_ci(m, 'recall@10')} | {_ci(m, 'recall@50')} | {_ci(m, 'ndcg@10')} | "
+                     f"{m['mrr']:.4f} | {_pct(row, 'recall@10')} | {_pct(row, 'ndcg@10')} | "
+                     f"{_ci(row['cold_start'], 'recall@10')} |")
+    served = report.get("via_triton")
+    if served:
+        lines += ["", f"Through Triton ({served['url']}, {served['protocol']}) vs in-process "
+                      f"{served['compared_with']}: same top-10 for {served['same_top10_share']:.1%} of users; "
+                      "|Δ| " + ", ".join(f"{k} {v:g}" for k, v in served["abs_diff"].items())
+                  + f" (tolerance {served['tolerance']:g}): " + ("agree" if served["agree"] else "DISAGREE")]
+    lines += ["", f"Cold start: targets liked by at most {c['cold_start_max_other_likes']} other users in the "
+                  "training part. Percentages are of the teacher's own metric on the same cases."]
+    return "\n".join(lines)

@@ -1,0 +1,107 @@
+"""Tower settings: what encodes the user texts and the item texts of a row.
+
+A `--model` spec names one of
+    teacher, student-start     the packaged models, in PyTorch fp32
+    a Hugging Face folder      PyTorch fp32 (a distilled student: distill's OUT/model)
+    an export folder           every ONNX variant in it (`towerlite export` output), or one:
+                               FOLDER:int8_dynamic
+Embeddings are cached per model file and text list (towerlite.embedding_cache), so a second
+evaluation of the same model encodes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from towerlite.errors import TowerliteError
+
+from ..deploy import VARIANT_FILES
+
+PACKAGED = ("teacher", "student-start")
+
+
+@dataclass
+class Tower:
+    name: str  # the row label
+    runtime: str  # "PyTorch fp32" or "ONNX <variant>"
+    path: str  # the model folder or .onnx file (what the cache is keyed on)
+    max_length: int
+    load: Callable[[], Callable[[list[str]], np.ndarray]]  # loaded only when the cache misses
+    _encode: Callable | None = None
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if self._encode is None:
+            self._encode = self.load()
+        return self._encode(texts)
+
+    def embed(self, texts: list[str], what: str) -> np.ndarray:
+        from towerlite.embedding_cache import cache_key, cache_root, cached_embeddings
+
+        key = cache_key(self.path, self.max_length, texts)
+        emb, _ = cached_embeddings(texts, cache_root(), key, encode=self.encode, chunk=2048,
+                                   label=f"{self.name}: {what}")
+        return emb
+
+
+def _pytorch(spec: str, name: str) -> Tower:
+    from towerlite.models import resolve_model
+
+    folder = resolve_model(spec, log=lambda *a: None)
+
+    def load():
+        from towerlite.models import SentenceEncoder
+
+        enc = SentenceEncoder(folder, log=lambda *a: None)
+        return lambda texts: enc.encode(texts, max_length=128)
+
+    return Tower(name, "PyTorch fp32", folder, 128, load)
+
+
+def _onnx(folder: Path, variant: str, name: str) -> Tower:
+    import json
+
+    report = folder / "export_report.json"
+    max_length = json.loads(report.read_text()).get("max_length", 128) if report.is_file() else 128
+    path = folder / VARIANT_FILES[variant]
+
+    def load():
+        from export.runtime import OnnxEncoder
+
+        enc = OnnxEncoder(path, folder / "tokenizer.json", max_length=max_length)
+        return enc.encode
+
+    return Tower(name, f"ONNX {variant}", str(path), max_length, load)
+
+
+def _export_name(folder: Path) -> str:
+    import json
+
+    report = folder / "export_report.json"
+    source = json.loads(report.read_text()).get("source_model") if report.is_file() else None
+    return Path(source).name if source else folder.name
+
+
+def towers_of(spec: str) -> list[Tower]:
+    """The tower(s) a --model spec names; a clear error for anything else."""
+    if spec in PACKAGED:
+        return [_pytorch(spec, spec)]
+    path_part, _, variant = spec.rpartition(":") if ":" in spec and spec.rsplit(":", 1)[1] in VARIANT_FILES \
+        else (spec, "", "")
+    folder = Path(path_part)
+    if not folder.is_dir():
+        raise TowerliteError(f"--model {spec!r}: not {' or '.join(PACKAGED)}, and {folder} is not a folder "
+                             "(a Hugging Face model folder or a `towerlite export` folder)")
+    present = [v for v, f in VARIANT_FILES.items() if (folder / f).is_file()]
+    if present:
+        if variant and variant not in present:
+            raise TowerliteError(f"--model {spec!r}: {folder} has no {variant} variant; it has {', '.join(present)}")
+        name = _export_name(folder)
+        return [_onnx(folder, v, name) for v in ([variant] if variant else present)]
+    if (folder / "config.json").is_file():
+        return [_pytorch(str(folder), folder.name)]
+    raise TowerliteError(f"--model {spec!r}: {folder} holds neither ONNX files nor a Hugging Face "
+                         "config.json")

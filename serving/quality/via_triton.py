@@ -1,0 +1,68 @@
+"""The same evaluation through the served `recommend` ensemble (`--via-triton URL`).
+
+Each user's text goes to `recommend` with k=50, the dataset's domain and everything the user
+liked before as EXCLUDE; the target's place in the answer gives Recall@10, Recall@50 and
+NDCG@10 exactly, and MRR cut at 50 (a target below 50 counts 0). The in-process row of the same
+ONNX model, cut the same way, must agree: identical metrics up to one user per metric whose
+target sits on a float32 score tie at a rank boundary, i.e. |Δ| ≤ 1/users.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from towerlite.errors import TowerliteError
+from towerlite.metrics import dot_scores, per_user, summarize, target_ranks, top_k
+
+from .cases import Cases
+from .towers import Tower
+
+K = 50
+
+
+def _cut(above: np.ndarray, tied: np.ndarray) -> dict[str, np.ndarray]:
+    values = per_user(np.minimum(above, K), tied * (above < K), ks=(10, 50), ndcg_k=10)
+    values["mrr@50"] = np.where(above < K, values.pop("mrr"), 0.0)
+    return values
+
+
+def served_row(cases: Cases, url: str, protocol: str = "grpc", log=print) -> tuple[dict, list[list[str]]]:
+    from tqdm.auto import tqdm
+
+    from ..client import Client
+
+    above, tops = [], []
+    with Client(url, protocol) as client:
+        if not client.ready():
+            raise TowerliteError(f"no ready Triton server at {url} ({protocol}); start one with "
+                                 "`towerlite serve REPOSITORY`")
+        for u in tqdm(range(len(cases.users)), desc=f"{cases.dataset} via Triton", unit="user"):
+            rec = client.recommend(cases.user_texts[u], k=K, domain=cases.domain,
+                                   exclude=[cases.item_ids[i] for i in cases.seen[u]])
+            target = cases.item_ids[cases.targets[u]]
+            above.append(rec.item_ids.index(target) if target in rec.item_ids else K)
+            tops.append(rec.item_ids[:10])
+    above = np.array(above)
+    return summarize(_cut(above, np.zeros_like(above))), tops
+
+
+def in_process_cut(cases: Cases, tower: Tower) -> tuple[dict, list[list[str]]]:
+    users = tower.embed(cases.user_texts, f"{cases.dataset} user texts")
+    items = tower.embed(cases.item_texts, f"{cases.dataset} catalog")
+    scores = dot_scores(users, items)
+    values = _cut(*target_ranks(scores, cases.targets, cases.seen))
+    top = top_k(scores, len(cases.users), cases.seen, 10)
+    return summarize(values), [[cases.item_ids[i] for i in row] for row in top]
+
+
+def compare(cases: Cases, tower: Tower, url: str, protocol: str = "grpc", log=print) -> dict:
+    served, served_top = served_row(cases, url, protocol, log)
+    local, local_top = in_process_cut(cases, tower)
+    names = ("recall@10", "recall@50", "ndcg@10", "mrr@50")
+    diff = {m: round(abs(served[m] - local[m]), 6) for m in names}
+    same_top = float(np.mean([a == b for a, b in zip(served_top, local_top)]))
+    tolerance = 1.0 / len(cases.users)
+    return {"url": url, "protocol": protocol, "compared_with": f"{tower.name} ({tower.runtime})",
+            "served": served, "in_process": local, "abs_diff": diff,
+            "same_top10_share": round(same_top, 4), "tolerance": round(tolerance, 6),
+            "agree": all(d <= tolerance + 1e-9 for d in diff.values())}

@@ -1,0 +1,167 @@
+"""`towerlite eval` on real data, small samples: metrics by hand, no leakage, the shared item
+rendering, the baselines, the CLI's errors, and the same numbers through a real Triton server."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli
+from towerlite.metrics import dot_scores, per_user, summarize, target_ranks
+
+
+def test_metrics_match_hand_computed_values():
+    # 3 users over 5 items; history masked; user 2's target ties with two other items
+    scores = np.array([[0.9, 0.8, 0.1, 0.5, 0.2],
+                       [0.9, 0.8, 0.1, 0.5, 0.2],
+                       [0.3, 0.3, 0.3, 0.9, 0.0]], dtype=np.float32)
+    above, tied = target_ranks(lambda a, b: scores[a:b], targets=[1, 3, 0], exclude=[[0], [], [3]])
+    assert above.tolist() == [0, 2, 0] and tied.tolist() == [0, 0, 2]
+    v = per_user(above, tied, ks=(1, 3), ndcg_k=2)
+    assert v["recall@1"].tolist() == pytest.approx([1, 0, 1 / 3])  # tied target: first 1 time in 3
+    assert v["recall@3"].tolist() == pytest.approx([1, 1, 1])
+    assert v["ndcg@2"].tolist() == pytest.approx([1, 0, (1 + 1 / np.log2(3)) / 3])
+    assert v["mrr"].tolist() == pytest.approx([1, 1 / 3, (1 + 1 / 2 + 1 / 3) / 3])
+    s = summarize(v)
+    assert s["users"] == 3 and s["mrr"] == pytest.approx(round((1 + 1 / 3 + 11 / 18) / 3, 4))
+    assert s["mrr_ci95"][0] <= s["mrr"] <= s["mrr_ci95"][1]
+
+
+@pytest.fixture(scope="module")
+def ml_cases(cache):
+    from serving.quality.cases import build_cases
+
+    return build_cases("movielens", users=200, max_history=5, catalog_items=600)
+
+
+@pytest.fixture(scope="module")
+def bx_cases(cache):
+    from serving.quality.cases import build_cases
+
+    return build_cases("bookcrossing", users=200, max_history=5, catalog_items=2000)
+
+
+def test_leave_last_out_never_leaks_the_target(ml_cases, bx_cases):
+    from towerlite.data import load_dataset
+    from towerlite.data.splits import is_heldout_user
+
+    ml = load_dataset("movielens")
+    liked = ml.interactions[ml.interactions["rating"] >= ml.positive_threshold]
+    last_time = liked.groupby("user_id")["timestamp"].max()
+    for cases in (ml_cases, bx_cases):
+        assert all(is_heldout_user(u) for u in cases.users)
+        for hist, seen, target in zip(cases.histories, cases.seen, cases.targets):
+            assert target not in hist and target not in seen
+            assert set(hist) <= set(seen) and len(hist) <= 5
+    by_id = ml.interactions.set_index(["user_id", "item_id"])["timestamp"]
+    for user, target in zip(ml_cases.users, ml_cases.targets):  # the target is the newest like
+        assert by_id[user, ml_cases.item_ids[target]] == last_time[user]
+
+
+def test_training_part_drops_exactly_the_targets(ml_cases):
+    from towerlite.data import load_dataset
+    from towerlite.data.splits import ordered_likes
+
+    likes = ordered_likes(load_dataset("movielens"))
+    in_catalog = set(ml_cases.item_ids)
+    total = sum(1 for items in likes.values() for i in items if i in in_catalog)
+    assert sum(map(len, ml_cases.train_likes)) == total - len(ml_cases.users)
+    counts = np.bincount(np.concatenate(ml_cases.train_likes), minlength=len(ml_cases.item_ids))
+    assert (counts[ml_cases.targets] == ml_cases.target_counts).all()
+
+
+def test_bookcrossing_order_is_seeded(cache):
+    from towerlite.data import load_dataset
+    from towerlite.data.splits import ordered_likes
+
+    bx = load_dataset("bookcrossing")
+    a, b, c = ordered_likes(bx, 0), ordered_likes(bx, 0), ordered_likes(bx, 1)
+    long = [u for u, items in a.items() if len(items) >= 5][:50]
+    assert all(a[u] == b[u] for u in long)
+    assert any(a[u] != c[u] for u in long) and all(sorted(a[u]) == sorted(c[u]) for u in long)
+
+
+def test_item_text_is_the_rendering_the_served_catalog_uses(ml_cases, bx_cases):
+    from serving.catalog import catalog_items
+
+    for cases, name in ((ml_cases, "movielens"), (bx_cases, "bookcrossing")):
+        served = catalog_items([name]).set_index("item_id")["text"]
+        assert [served[i] for i in cases.item_ids] == cases.item_texts
+
+
+def test_baselines_rank_by_the_training_part(ml_cases):
+    from serving.quality.baselines import co_occurrence, popularity
+
+    counts = np.bincount(np.concatenate(ml_cases.train_likes), minlength=len(ml_cases.item_ids))
+    pop = popularity(ml_cases)(0, 3)
+    assert (pop == counts).all()
+    # co-occurrence by hand for one user: sum over history of cosine co-occurrence
+    co = co_occurrence(ml_cases)(0, 1)[0]
+    sets = [set(t) for t in ml_cases.train_likes]
+    j = int(np.argmax(co))
+    by_hand = sum(sum(1 for s in sets if i in s and j in s) / np.sqrt(counts[i] * counts[j])
+                  for i in ml_cases.histories[0] if counts[i])
+    assert co[j] == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_eval_cli_writes_a_table_with_baselines_and_towers(cache, exported, tmp_path):
+    proc = run_cli("eval", "--dataset", "movielens", "--no-teacher", "--users", "60", "--catalog-items",
+                   "400", "--model", f"{exported}:int8_dynamic", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "eval_movielens.json").read_text())
+    rows = report["rows"]
+    assert {"student-start (PyTorch fp32)", "popularity", "co-occurrence"} <= set(rows)
+    assert any("ONNX int8_dynamic" in r for r in rows)
+    for row in rows.values():
+        m = row["metrics"]
+        assert 0 <= m["recall@10"] <= m["recall@50"] <= 1 and m["users"] == 60
+        assert m["recall@10_ci95"][0] <= m["recall@10"] <= m["recall@10_ci95"][1]
+    assert "| popularity |" in (tmp_path / "eval_movielens.md").read_text()
+    assert "| popularity |" in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "netflix"], "invalid choice"),
+    (["--dataset", "movielens", "--model", "/nonexistent/model"], "is not a folder"),
+    (["--dataset", "movielens", "--model", "tests"], "neither ONNX files nor"),
+])
+def test_eval_bad_input_gives_a_clear_error(cache, tmp_path, args, message):
+    proc = run_cli("eval", *args, "--out", str(tmp_path))
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-1000:]
+
+
+def test_unknown_dataset_in_the_library():
+    from serving.quality.cases import build_cases
+    from towerlite.errors import TowerliteError
+
+    with pytest.raises(TowerliteError, match="unknown dataset"):
+        build_cases("netflix")
+
+
+def test_served_recommend_gives_the_in_process_numbers(cache, exported, tmp_path_factory):
+    """The fp32 towers deployed over the evaluation's own catalog, through a real Triton."""
+    from serving.deploy import deploy
+    from serving.quality.cases import build_cases
+    from serving.quality.towers import towers_of
+    from serving.quality.via_triton import compare
+    from serving.triton import start_server
+    from towerlite.data import load_dataset
+
+    cases = build_cases("movielens", users=40, max_history=5, catalog_items=300)
+    items = load_dataset("movielens").items
+    items = items[items["item_id"].isin(cases.item_ids)]
+    repo = tmp_path_factory.mktemp("eval-repo")
+    deploy(exported, repo, variant="fp32", items=items, index="exact", flavors=("portable",),
+           progress=False, log=lambda *_: None)
+    (tower,) = towers_of(f"{exported}:fp32")
+    with start_server(repo / "portable", log_path=repo / "triton.log") as server:
+        result = compare(cases, tower, server.grpc_url, "grpc", log=lambda *_: None)
+    assert result["agree"], result
+    assert result["same_top10_share"] >= 0.95, result
+    assert result["served"]["users"] == 40
+    # and the cut metrics are the full ones where the target is in the top 50
+    users, items_emb = tower.embed(cases.user_texts, "u"), tower.embed(cases.item_texts, "i")
+    full = summarize(per_user(*target_ranks(dot_scores(users, items_emb), cases.targets, cases.seen)))
+    assert result["in_process"]["recall@10"] == full["recall@10"]
