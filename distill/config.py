@@ -50,6 +50,7 @@ class DistillConfig:
     )
     serve: str = "best-minilm6-proj"  # a candidate name, or best-<student> (best retrieval NDCG@10)
     mix: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MIX))
+    user_datasets: tuple[str, ...] = ("movielens", "bookcrossing")  # the user-history texts' sources
     history_items: int = 10  # liked items rendered into a user text
     max_length: int = 128
     epochs: int = 2
@@ -82,6 +83,8 @@ class DistillConfig:
                                 for k, v in data["students"].items()}
         if "candidates" in data:
             data["candidates"] = tuple(Candidate(**c) for c in data["candidates"])
+        if "user_datasets" in data:
+            data["user_datasets"] = tuple(data["user_datasets"])
         return cls(**data)
 
     @classmethod
@@ -112,11 +115,30 @@ TINY = dict(
 LOSSES = dict(candidates=[{"name": "minilm6-proj", "student": "minilm6-proj", "loss": "embed"},
                           {"name": "minilm3-proj", "student": "minilm3-proj", "loss": "embed"},
                           {"name": "minilm6-proj-score", "student": "minilm6-proj", "loss": "embed+score"}])
-PRESETS = {"default": {}, "tiny": TINY, "losses": LOSSES}
+
+# Same-budget 3-layer students for the cross-domain transfer comparison (docs/quality.md):
+# 3,000 corpus texts + 600 user–item pairs each, from every domain or from one domain only.
+def _transfer(mix: dict, user_datasets: list[str]) -> dict:
+    return dict(students={"minilm3-proj": {"start": "student-start", "layers": [0, 2, 4], "project": True}},
+                candidates=[{"name": "minilm3-proj", "student": "minilm3-proj", "loss": "embed"}],
+                serve="minilm3-proj", mix={**mix, "user-history": 600}, user_datasets=user_datasets,
+                speed_texts=64)
+
+
+TRANSFER = {
+    "transfer-multi": _transfer({"brown": 550, "imdb": 150, "rotten_tomatoes": 300, "wordnet": 550,
+                                 "movielens-1m": 725, "book-crossing": 725}, ["movielens", "bookcrossing"]),
+    "transfer-movies": _transfer({"imdb": 1000, "rotten_tomatoes": 1000, "movielens-1m": 1000}, ["movielens"]),
+    "transfer-books": _transfer({"book-crossing": 3000}, ["bookcrossing"]),
+}
+PRESETS = {"default": {}, "tiny": TINY, "losses": LOSSES, **TRANSFER}
 
 
 def check(cfg: DistillConfig) -> None:
     """Config errors, before anything is loaded."""
+    known_users = ("movielens", "bookcrossing")
+    if not cfg.user_datasets or set(cfg.user_datasets) - set(known_users):
+        raise TowerliteError(f"user_datasets must name some of {', '.join(known_users)}; got {list(cfg.user_datasets)}")
     for c in cfg.candidates:
         if c.student not in cfg.students:
             raise TowerliteError(f"candidate {c.name!r} names unknown student {c.student!r}; "

@@ -125,7 +125,7 @@ def run(cfg: DistillConfig, log=print) -> dict:
     out, started, timings = Path(cfg.out), time.monotonic(), {}
     say("loading the corpora and interactions (training part; held-out texts and users kept apart)")
     cat = Catalogs()
-    tr = training_set(cfg.mix, cfg.history_items, cfg.seed, cat)
+    tr = training_set(cfg.mix, cfg.history_items, cfg.seed, cat, tuple(cfg.user_datasets))
     ev = eval_set(cfg.eval_texts_per_source, cfg.eval_users, cfg.history_items, cfg.seed,
                   cfg.eval_catalog_items, cat)
     del cat

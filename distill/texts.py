@@ -68,12 +68,17 @@ class Catalogs:
         return self.items[name].loc[ids].to_dict("records")
 
 
-def _user_pairs(cat: Catalogs, n: int, history_items: int, rng: random.Random) -> list[tuple[str, str]]:
-    """Up to n (user text, next liked item text) pairs from training users, half per dataset:
-    a random cut in each user's liked items, never at the last one (the evaluation target)."""
+USER_DATASETS = ("movielens", "bookcrossing")
+
+
+def _user_pairs(cat: Catalogs, n: int, history_items: int, rng: random.Random,
+                datasets: tuple[str, ...] = USER_DATASETS) -> list[tuple[str, str]]:
+    """Up to n (user text, next liked item text) pairs from training users, split evenly over
+    the datasets: a random cut in each user's liked items, never at the last one (the
+    evaluation target)."""
     pairs = []
-    for k, name in enumerate(("movielens", "bookcrossing")):
-        want = n // 2 + (n % 2 if k == 0 else 0)
+    for k, name in enumerate(datasets):
+        want = n // len(datasets) + (n % len(datasets) if k == 0 else 0)
         users = [u for u, items in cat.histories[name].items() if len(items) >= 3 and not is_heldout_user(u)]
         for user in rng.sample(users, min(want, len(users))):
             items = cat.histories[name][user]
@@ -85,7 +90,8 @@ def _user_pairs(cat: Catalogs, n: int, history_items: int, rng: random.Random) -
     return pairs
 
 
-def training_set(mix: dict[str, int], history_items: int, seed: int, cat: Catalogs | None = None) -> TrainSet:
+def training_set(mix: dict[str, int], history_items: int, seed: int, cat: Catalogs | None = None,
+                 user_datasets: tuple[str, ...] = USER_DATASETS) -> TrainSet:
     check_mix(mix)
     by_source = _corpus(mix)
     texts, sources, index = [], [], {}
@@ -104,7 +110,8 @@ def training_set(mix: dict[str, int], history_items: int, seed: int, cat: Catalo
     pairs = []
     if mix.get(USER_SOURCE):
         cat = cat or Catalogs()
-        for u_text, i_text in _user_pairs(cat, mix[USER_SOURCE], history_items, random.Random(seed)):
+        for u_text, i_text in _user_pairs(cat, mix[USER_SOURCE], history_items, random.Random(seed),
+                                           tuple(user_datasets)):
             pairs.append((add(u_text, USER_SOURCE), add(i_text, "pair-item")))
     if not texts:
         raise TowerliteError(f"the data mix {mix} selected no texts")

@@ -125,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description=eval_cli.DESCRIPTION)
     eval_cli.add_arguments(p)
     p.set_defaults(func=eval_cli.command)
+
+    from serving.bench import cli as bench_cli
+
+    p = sub.add_parser("bench", help="latency and throughput of a running server; `bench compare`",
+                       description=bench_cli.DESCRIPTION)
+    bench_cli.add_arguments(p)
+    p.set_defaults(func=bench_cli.command)
     return parser
 
 

@@ -1,0 +1,128 @@
+"""`towerlite bench` and `towerlite bench compare`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from towerlite.errors import TowerliteError
+
+DESCRIPTION = (
+    "Drive a running Triton server (towerlite serve) with real user texts of held-out "
+    "MovieLens users (and Book-Crossing users when the served catalog has books), varied "
+    "lengths, seeded; after a warm-up, per concurrency level: throughput, client-side latency "
+    "p50/p90/p95/p99/max, errors, and the server-side queue/compute split of every composing "
+    "model from Triton's statistics. Engines: perf_analyzer (from tritonclient 2.51's wheel; "
+    "fed an --input-data file of the same texts) or a built-in asyncio generator; auto picks "
+    "perf_analyzer when it runs here. Writes OUT/bench.json, bench.csv and bench.png, prints a "
+    "table; exits 1 when any request failed (they are counted in the report). "
+    "`towerlite bench compare A.json B.json …` puts reports side by side.")
+
+COMPARE_DESCRIPTION = (
+    "Compare bench reports made with the same inputs (e.g. teacher fp32, student fp32, student "
+    "int8 served in turn): one table with throughput and latency ratios against the first "
+    "report at each concurrency, and one plot. Reports with different inputs (texts, K, domain) "
+    "are refused unless --force. Writes OUT/compare.json, compare.md and compare.png.")
+
+
+def concurrency_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated positive integers, "
+                                         "e.g. 1,2,4,8,16")
+    return tuple(dict.fromkeys(values))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .runner import DATASET_CHOICES, ENGINES
+
+    p.add_argument("--url", help="the server's HOST:PORT (gRPC port, or HTTP with --protocol "
+                                 "http), as `towerlite serve` prints it")
+    p.add_argument("--model", default="recommend", help="model to drive (default recommend)")
+    p.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
+    p.add_argument("--concurrency", type=concurrency_list, default=(1, 2, 4, 8, 16),
+                   help="concurrency levels, comma-separated (default 1,2,4,8,16)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--duration", type=float, metavar="S",
+                        help="seconds measured per level (default 10)")
+    length.add_argument("--requests", type=int, metavar="N", help="requests measured per level")
+    p.add_argument("--engine", default="auto", choices=ENGINES,
+                   help="load generator (default auto: perf_analyzer where it runs, else builtin)")
+    p.add_argument("--perf-analyzer", type=Path, metavar="PATH",
+                   help="perf_analyzer binary (default: PATH, this environment's bin/, "
+                        "$TOWERLITE_HOME/perf_analyzer, else extracted from tritonclient's wheel)")
+    p.add_argument("--texts", type=int, default=1000,
+                   help="distinct request texts, one held-out user each (default 1000)")
+    p.add_argument("--datasets", default="auto", choices=DATASET_CHOICES,
+                   help="where the users come from (default auto: the served catalog's domains)")
+    p.add_argument("--max-history", type=int, default=10,
+                   help="a text holds 1…N of the user's latest liked items (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=int, default=10, help="results per request (default 10)")
+    p.add_argument("--domain", help="domain filter on every request (movie, book)")
+    p.add_argument("--warmup", type=int, default=50,
+                   help="requests sent before measuring (default 50)")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds a request may take before it counts as failed (builtin engine; "
+                        "default 30)")
+    p.add_argument("--label", help="name of this run in tables and compare (default MODEL@URL)")
+    p.add_argument("--out", type=Path, default=Path("runs/bench"),
+                   help="report folder (default runs/bench)")
+
+    sub = p.add_subparsers(dest="bench_action", metavar="compare")
+    c = sub.add_parser("compare", help="compare reports made with the same inputs",
+                       description=COMPARE_DESCRIPTION)
+    c.add_argument("reports", nargs="+", type=Path, metavar="REPORT.json")
+    c.add_argument("--label", dest="compare_labels", action="append", metavar="LABEL",
+                   help="name of each report, in order (default: the label each report has)")
+    c.add_argument("--force", action="store_true", help="compare reports made with different inputs")
+    c.add_argument("--out", dest="compare_out", type=Path, metavar="DIR",
+                   default=Path("runs/bench/compare"),
+                   help="folder for compare.json/.md/.png (default runs/bench/compare)")
+    c.set_defaults(func=compare_command)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def command(args: argparse.Namespace) -> int:
+    from .report import table, write
+    from .runner import BenchConfig, run
+
+    if not args.url:
+        raise TowerliteError("--url HOST:PORT is required (or `towerlite bench compare A.json "
+                             "B.json`)")
+    cfg = BenchConfig(url=args.url, out=args.out, model=args.model, protocol=args.protocol,
+                      concurrency=args.concurrency,
+                      duration_s=None if args.requests is not None else
+                      (10.0 if args.duration is None else args.duration),
+                      requests=args.requests, engine=args.engine, texts=args.texts,
+                      datasets=args.datasets, seed=args.seed, k=args.k, domain=args.domain,
+                      max_history=args.max_history, warmup=args.warmup, timeout_s=args.timeout,
+                      perf_analyzer=args.perf_analyzer, label=args.label)
+    report = run(cfg, log=_log)
+    paths = write(report, args.out)
+    print(table(report))
+    print(f"\nreport: {paths['json']}  ({paths['csv'].name}, {paths['png'].name})")
+    failed = sum(lv["errors"] for lv in report["levels"])
+    if failed:
+        total = failed + sum(lv["requests"] for lv in report["levels"])
+        first = next(lv for lv in report["levels"] if lv["errors"])
+        raise TowerliteError(f"{failed:,} of {total:,} requests failed (first, at concurrency "
+                             f"{first['concurrency']}: {first['first_error']}); they are "
+                             f"counted in {paths['json']}")
+    return 0
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    from .compare import compare, markdown
+
+    result = compare(args.reports, args.compare_out, args.compare_labels, args.force)
+    print(markdown(result))
+    print(f"\nwritten: {args.compare_out / 'compare.json'} (.md, .png)")
+    return 0

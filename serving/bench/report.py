@@ -1,0 +1,216 @@
+"""The benchmark report: one schema for both engines, written as JSON (everything), CSV (one
+row per concurrency level, the server split flattened), a printed table and a PNG of latency
+against throughput. `validate` is the schema's check, used by the tests and by `compare`."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import platform
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from towerlite.errors import TowerliteError
+from towerlite.files import write_json_atomic, write_text_atomic
+
+SCHEMA = "towerlite-bench/1"
+LATENCY_KEYS = ("mean", "min", "p50", "p90", "p95", "p99", "max")
+LEVEL_KEYS = ("concurrency", "requests", "errors", "error_rate", "first_error", "wall_s",
+              "throughput_rps", "latency_ms", "client_cpu_s", "server", "notes", "engine_own")
+TOP_KEYS = ("schema", "label", "created", "engine", "server", "settings", "inputs", "machine",
+            "versions", "warmup", "levels", "seconds")
+INTERESTING_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
+                     "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def machine() -> dict:
+    """What the numbers depend on: cores, CPU and its vector flags, and how busy it was."""
+    info = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity") else os.cpu_count(), "cpu_flags": []}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            info["cpu"] = value.strip()
+        elif key.strip() == "flags":
+            present = set(value.split())
+            info["cpu_flags"] = [f for f in INTERESTING_FLAGS if f in present]
+            break
+    return info
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def versions() -> dict:
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("towerlite", "tritonclient", "grpcio", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def validate(report: dict) -> dict:
+    """The report's schema, checked; TowerliteError naming what is missing or inconsistent."""
+    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
+        raise TowerliteError(f"not a towerlite bench report (schema {SCHEMA!r} expected)")
+    missing = [k for k in TOP_KEYS if k not in report]
+    missing += [f"levels[{i}].{k}" for i, lv in enumerate(report["levels"]) for k in LEVEL_KEYS
+                if k not in lv]
+    if missing:
+        raise TowerliteError(f"bench report lacks {', '.join(missing)}")
+    if "fingerprint" not in report["inputs"]:
+        raise TowerliteError("bench report lacks inputs.fingerprint")
+    for lv in report["levels"]:
+        lat = lv["latency_ms"]
+        if lat is None:
+            if lv["requests"]:
+                raise TowerliteError(f"concurrency {lv['concurrency']}: requests but no latencies")
+            continue
+        values = [lat[k] for k in ("min", "p50", "p90", "p95", "p99", "max")]
+        if values != sorted(values):
+            raise TowerliteError(f"concurrency {lv['concurrency']}: percentiles out of order")
+    return report
+
+
+# -- table and CSV ------------------------------------------------------------------------------
+
+def _fmt(value, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _split_cell(row: dict | None) -> str:
+    """queue/compute in ms for one composing model."""
+    if not row or not row.get("requests"):
+        return "-"
+    compute = sum(row[f"compute_{p}_us"] or 0 for p in ("input", "infer", "output"))
+    return f"{row['queue_us'] / 1e3:.2f}/{compute / 1e3:.2f}"
+
+
+def client_cpu_ms(lv: dict) -> float | None:
+    sent = lv["requests"] + lv["errors"]
+    return lv["client_cpu_s"] * 1e3 / sent if lv.get("client_cpu_s") is not None and sent else None
+
+
+def table(report: dict) -> str:
+    composing = report["server"]["composing_models"]
+    header = ["conc", "ok", "errors", "req/s", "mean", "p50", "p90", "p95", "p99", "max",
+              "client cpu"]
+    header += [f"{m} q/c" for m in composing]
+    rows = []
+    for lv in report["levels"]:
+        lat = lv["latency_ms"] or {}
+        rows.append([str(lv["concurrency"]), f"{lv['requests']:,}", str(lv["errors"]),
+                     _fmt(lv["throughput_rps"])]
+                    + [_fmt(lat.get(k), 2) for k in ("mean", "p50", "p90", "p95", "p99", "max")]
+                    + [_fmt(client_cpu_ms(lv), 2)]
+                    + [_split_cell(lv["server"].get(m)) for m in composing])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
+    s, e = report["settings"], report["engine"]
+    inputs = report["inputs"]
+    lines.insert(1, "-" * len(lines[0]))
+    head = (f"{report['label']}: {report['server']['model']} at {report['server']['protocol']}://"
+            f"{report['server']['url']}, engine {e['name']}, {inputs['count']:,} texts "
+            f"({', '.join(f'{k} {v}' for k, v in inputs['datasets'].items())}), K={inputs['k']}"
+            f"{', domain ' + inputs['domain'] if inputs['domain'] else ''}, "
+            + (f"{s['duration_s']:g} s" if s.get("duration_s") else f"{s['requests']:,} requests")
+            + " per level")
+    notes = ["latency in ms, client side; client cpu = the load generator's own CPU ms per "
+             "request; q/c = server queue / compute ms per request (Triton statistics)"]
+    for lv in report["levels"]:
+        if lv["errors"]:
+            notes.append(f"concurrency {lv['concurrency']}: {lv['errors']:,} failed; first: "
+                         f"{lv['first_error']}")
+    return "\n".join([head, *lines, *notes])
+
+
+def csv_text(report: dict) -> str:
+    composing = [report["server"]["model"], *report["server"]["composing_models"]]
+    fields = ["label", "engine", "fingerprint", "concurrency", "requests", "errors",
+              "throughput_rps"] + [f"{k}_ms" for k in LATENCY_KEYS] + ["client_cpu_ms"]
+    phases = ("requests", "avg_batch", "request_us", "queue_us", "compute_input_us",
+              "compute_infer_us", "compute_output_us")
+    fields += [f"{m}_{p}" for m in dict.fromkeys(composing) for p in phases]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields + ["first_error"])
+    writer.writeheader()
+    for lv in report["levels"]:
+        row = {"label": report["label"], "engine": report["engine"]["name"],
+               "fingerprint": report["inputs"]["fingerprint"], "concurrency": lv["concurrency"],
+               "requests": lv["requests"], "errors": lv["errors"],
+               "throughput_rps": lv["throughput_rps"], "first_error": lv["first_error"] or ""}
+        row.update({f"{k}_ms": (lv["latency_ms"] or {}).get(k) for k in LATENCY_KEYS})
+        cpu = client_cpu_ms(lv)
+        row["client_cpu_ms"] = None if cpu is None else round(cpu, 3)
+        for m in dict.fromkeys(composing):
+            row.update({f"{m}_{p}": (lv["server"].get(m) or {}).get(p) for p in phases})
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+# -- plot ---------------------------------------------------------------------------------------
+
+def plot(series: list[tuple[str, list[dict]]], path: Path, title: str) -> Path:
+    """Latency (p50 solid, p99 dashed) against throughput, one colour per series, each point
+    labelled with its concurrency."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for i, (label, levels) in enumerate(series):
+        done = [lv for lv in levels if lv["latency_ms"]]
+        x = [lv["throughput_rps"] for lv in done]
+        colour = f"C{i % 10}"
+        ax.plot(x, [lv["latency_ms"]["p50"] for lv in done], "o-", color=colour,
+                label=f"{label} p50")
+        ax.plot(x, [lv["latency_ms"]["p99"] for lv in done], "s--", color=colour, alpha=0.6,
+                label=f"{label} p99")
+        for lv, xi in zip(done, x):
+            ax.annotate(f"c={lv['concurrency']}", (xi, lv["latency_ms"]["p50"]),
+                        textcoords="offset points", xytext=(4, -10), fontsize=7, color=colour)
+    ax.set_xlabel("throughput (requests/s)")
+    ax.set_ylabel("latency (ms, client side)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.set_xlim(left=0)
+    shown = [lv["latency_ms"][k] for _, levels in series for lv in levels if lv["latency_ms"]
+             for k in ("p50", "p99")]
+    if shown and min(shown) > 0 and max(shown) / min(shown) > 30:
+        ax.set_yscale("log")  # a saturated level's tail would flatten every other point
+    else:
+        ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write(report: dict, out: Path) -> dict[str, Path]:
+    """OUT/bench.json, bench.csv, bench.png (each written atomically)."""
+    validate(report)
+    out = Path(out)
+    paths = {"json": write_json_atomic(out / "bench.json", report),
+             "csv": write_text_atomic(out / "bench.csv", csv_text(report))}
+    paths["png"] = plot([(report["label"], report["levels"])], out / "bench.png",
+                        f"{report['label']} — {report['server']['model']}, "
+                        f"{report['engine']['name']}, {report['server']['protocol']}")
+    return paths

@@ -1,0 +1,329 @@
+"""`towerlite bench` against a REAL Triton server (the 2.51 binary from nvidia-pytriton) serving
+the real all-MiniLM-L6-v2 export over 300 MovieLens movies + 100 Book-Crossing books: the report
+has every field with ordered percentiles, failed requests are counted, a server that is down is
+one line and exit 1, perf_analyzer and the built-in generator both produce valid reports (the
+former skipped, with the reason, where its binary cannot run), and `bench compare` refuses
+reports of different inputs unless forced. Short runs: the numbers are not the point here."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import numpy as np
+import pytest
+
+from serving.bench.measured import Measured, latency_summary, summarize
+from serving.bench.report import validate
+from conftest import run_cli
+from towerlite.errors import TowerliteError
+
+# faiss's SWIG bindings warn on import under Python 3.11+
+pytestmark = pytest.mark.filterwarnings("ignore:builtin type .* has no __module__:DeprecationWarning")
+
+N_MOVIES, N_BOOKS = 300, 100
+SMALL = ["--concurrency", "1,3", "--requests", "24", "--texts", "40", "--warmup", "6"]
+
+
+# ---------------------------------------------------------------------------------------------
+# no server
+
+def test_latency_summary_is_ordered_and_in_ms():
+    lat = list(np.random.default_rng(0).lognormal(-4, 0.6, size=500))
+    s = latency_summary(lat)
+    assert s["min"] <= s["p50"] <= s["p90"] <= s["p95"] <= s["p99"] <= s["max"]
+    assert s["max"] == pytest.approx(max(lat) * 1e3, abs=1e-3)
+    assert latency_summary([]) is None
+    lv = summarize(Measured(2, [0.010, 0.020], wall_s=0.5, errors=2, first_error="boom"))
+    assert lv["throughput_rps"] == 4.0 and lv["error_rate"] == 0.5 and lv["first_error"] == "boom"
+
+
+def test_perf_analyzer_output_is_parsed(tmp_path):
+    from serving.bench.perf_analyzer import failed_level, parse_csv, parse_export
+
+    reqs = [{"timestamp": t, "response_timestamps": [t + 10_000_000]} for t in
+            (1_000_000_000, 1_010_000_000, 1_020_000_000)]
+    export = tmp_path / "p.json"
+    export.write_text(json.dumps({"experiments": [{
+        "experiment": {"mode": "concurrency", "value": 1}, "requests": reqs,
+        "window_boundaries": [990_000_000, 1_990_000_000]}]}))
+    lat, wall = parse_export(export, 1, by_count=True)
+    assert lat == pytest.approx([0.01] * 3) and wall == pytest.approx(0.03)
+    assert parse_export(export, 1, by_count=False)[1] == pytest.approx(1.0)
+    (tmp_path / "p.csv").write_text("Concurrency,Inferences/Second,Client Send,p50 latency,"
+                                    "p99 latency\n1,99.5,4,8417,39789\n")
+    assert parse_csv(tmp_path / "p.csv") == {"throughput_rps": 99.5, "p50_ms": 8.417,
+                                             "p99_ms": 39.789}
+    out = ("Request concurrency: 2\nThread [0] had error: in ensemble 'recommend', scorer: K must "
+           "be between 1 and 1000 (MAX_K); got 5000\n\nThread [1] had error: x\n")
+    failed = failed_level(out, 2, "recommend")
+    assert failed.errors == 2 and failed.first_error.startswith("scorer: K must be")
+    assert failed_level("Failed to obtain stable measurement.", 2, "recommend") is None
+
+
+def test_bad_arguments_are_clear():
+    from serving.bench.probe import host_port
+
+    assert host_port("grpc://127.0.0.1:8001/") == "127.0.0.1:8001"
+    with pytest.raises(TowerliteError, match="not HOST:PORT"):
+        host_port("localhost")
+    proc = run_cli("bench", "--url", "127.0.0.1:1", "--concurrency", "1,zero")
+    assert proc.returncode == 2 and "comma-separated positive integers" in proc.stderr
+    proc = run_cli("bench")
+    assert proc.returncode == 1 and "--url HOST:PORT is required" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# request texts
+
+def test_request_texts_are_held_out_users_varied_and_seeded(cache):
+    from serving.bench.inputs import build_requests, perf_analyzer_data
+
+    a = build_requests(["movielens"], 60, seed=0)
+    assert build_requests(["movielens"], 60, seed=0).fingerprint == a.fingerprint
+    assert build_requests(["movielens"], 60, seed=1).fingerprint != a.fingerprint
+    assert build_requests(["movielens"], 60, seed=0, k=5).fingerprint != a.fingerprint
+    assert len(set(a.texts)) == 60 and all(t.startswith("[movie] ") for t in a.texts)
+    assert min(a.items_per_text) == 1 and max(a.items_per_text) >= 8  # varied lengths
+    assert all(n == t.count("[movie] ") for n, t in zip(a.items_per_text, a.texts))
+    data = perf_analyzer_data(build_requests(["movielens"], 3, domain="movie"))["data"]
+    assert data[0]["TEXT"]["shape"] == [1] and data[0]["K"]["content"] == [10]
+    assert data[0]["DOMAIN"]["content"] == ["movie"]
+
+
+# ---------------------------------------------------------------------------------------------
+# a real server
+
+@pytest.fixture(scope="module")
+def server(exported, cache, tmp_path_factory):
+    import pandas as pd
+
+    from serving.deploy import deploy
+    from serving.triton import start_server
+    from towerlite.data import load_bookcrossing, load_movielens
+
+    frame = pd.concat([load_movielens().items.head(N_MOVIES),
+                       load_bookcrossing().items.head(N_BOOKS)], ignore_index=True)
+    out = tmp_path_factory.mktemp("bench-repo")
+    deploy(exported, out, variant="int8_dynamic", item_variant="fp32", items=frame,
+           index="exact", flavors=("portable",), progress=False, log=lambda *_: None)
+    log = tmp_path_factory.mktemp("bench-triton-log") / "tritonserver.log"
+    with start_server(out / "portable", log_path=log) as srv:
+        yield srv
+
+
+def bench(capsys, *args):
+    """`towerlite bench …` in this process: (exit code, stdout, stderr)."""
+    from towerlite.cli import main
+
+    capsys.readouterr()
+    code = main(["bench", *args])
+    got = capsys.readouterr()
+    return code, got.out, got.err
+
+
+def read(folder) -> dict:
+    return validate(json.loads((folder / "bench.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def builtin_run(server, tmp_path_factory):
+    from towerlite.cli import main
+
+    out = tmp_path_factory.mktemp("bench-builtin")
+    assert main(["bench", "--url", server.grpc_url, "--engine", "builtin", "--datasets",
+                 "movielens", "--label", "builtin", "--out", str(out), *SMALL]) == 0
+    return out
+
+
+def test_report_has_every_field_and_percentiles_are_ordered(builtin_run):
+    r = read(builtin_run)
+    assert r["engine"]["name"] == "builtin" and r["server"]["version"] == "2.51.0"
+    assert r["server"]["composing_models"] == ["tokenizer", "user_encoder", "scorer"]
+    assert r["server"]["domains"] == ["movie", "book"]
+    assert r["inputs"]["datasets"] == {"movielens": 40} and len(r["inputs"]["fingerprint"]) == 16
+    assert r["inputs"]["chars"]["min"] < r["inputs"]["chars"]["max"]
+    assert r["machine"]["cores"] >= 1 and "cpu_flags" in r["machine"]
+    assert r["versions"]["tritonclient"] == "2.51.0" and r["warmup"]["requests"] == 6
+    assert [lv["concurrency"] for lv in r["levels"]] == [1, 3]
+    for lv in r["levels"]:
+        assert lv["requests"] == 24 and lv["errors"] == 0 and lv["throughput_rps"] > 0
+        assert lv["client_cpu_s"] > 0  # the generator's own CPU: it shares the machine
+        lat = lv["latency_ms"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+        # the server's own counters saw exactly this level's requests, in every composing model
+        for model in ("recommend", "tokenizer", "user_encoder", "scorer"):
+            split = lv["server"][model]
+            assert split["requests"] == 24 and split["failed"] == 0
+            assert split["compute_infer_us"] > 0 and split["queue_us"] >= 0
+    rows = (builtin_run / "bench.csv").read_text().splitlines()
+    assert len(rows) == 3 and "p99_ms" in rows[0] and "user_encoder_queue_us" in rows[0]
+    assert (builtin_run / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table_is_printed_and_books_join_when_the_catalog_has_them(server, capsys, tmp_path):
+    code, out, err = bench(capsys, "--url", server.http_url, "--protocol", "http", "--engine",
+                           "builtin", "--concurrency", "2", "--duration", "1", "--texts", "20",
+                           "--warmup", "0", "--out", str(tmp_path))
+    assert code == 0, err
+    assert "p99" in out and "user_encoder q/c" in out and "report:" in out
+    r = read(tmp_path)
+    assert r["inputs"]["datasets"] == {"movielens": 10, "bookcrossing": 10}
+    assert r["settings"]["duration_s"] == 1.0 and r["server"]["protocol"] == "http"
+    assert r["levels"][0]["requests"] > 0 and r["levels"][0]["wall_s"] >= 1.0
+
+
+def test_failed_requests_are_counted_not_hidden(server, capsys, tmp_path):
+    from serving.bench.builtin import Load, run_level
+    from serving.bench.inputs import RequestSet
+
+    # every request rejected (K above the scorer's MAX_K): exit 1, the report still written
+    code, out, err = bench(capsys, "--url", server.grpc_url, "--engine", "builtin", "--datasets",
+                           "movielens", "--k", "2000", "--concurrency", "2", "--requests", "10",
+                           "--texts", "10", "--warmup", "0", "--out", str(tmp_path))
+    assert code == 1
+    assert err.strip().splitlines()[-1].startswith("towerlite: error: 10 of 10 requests failed")
+    assert "K must be between 1 and 1000" in err
+    lv = read(tmp_path)["levels"][0]
+    assert lv["errors"] == 10 and lv["requests"] == 0 and lv["latency_ms"] is None
+    # the server saw them fail too (the ensemble's counter: a python model's per-request error
+    # counts as a success of its batch there, and Triton 2.51 counts an ensemble failure twice)
+    assert lv["server"]["recommend"]["failed"] >= 10 and lv["server"]["recommend"]["requests"] == 0
+    # half of them rejected (empty text): counted apart, latencies of the others only
+    half = RequestSet(["[movie] Heat (1995). Action|Crime|Thriller", ""] * 4)
+    m = run_level(server.grpc_url, "grpc", "recommend", half, 2, Load(requests=8))
+    assert m.errors == 4 and len(m.latencies_s) == 4 and "empty" in m.first_error.lower()
+
+
+def test_a_server_that_is_down_is_one_line_and_exit_1(tmp_path):
+    from serving.triton import free_port
+
+    for protocol in ("grpc", "http"):
+        proc = run_cli("bench", "--url", f"127.0.0.1:{free_port()}", "--protocol", protocol,
+                       "--out", str(tmp_path))
+        assert proc.returncode == 1
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert lines[0].startswith(f"towerlite: error: cannot reach Triton at {protocol}://")
+        assert "is the server running?" in lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# perf_analyzer
+
+@pytest.fixture(scope="module")
+def perf_analyzer():
+    """The binary from tritonclient's wheel, or a skip that says why it cannot run here."""
+    from serving.bench.perf_analyzer import PerfAnalyzerUnavailable, _env, check, find_binary, lib_dir
+
+    binary = find_binary()
+    if binary is None:
+        pytest.skip("perf_analyzer is not installed (tritonclient==2.51.0's manylinux1 wheel "
+                    "puts it in the environment's bin/)")
+    try:
+        check(binary, _env(lib_dir()))
+    except PerfAnalyzerUnavailable as exc:
+        pytest.skip(f"perf_analyzer cannot run on this machine: {exc}")
+    return binary
+
+
+@pytest.fixture(scope="module")
+def pa_run(server, perf_analyzer, tmp_path_factory):
+    from towerlite.cli import main
+
+    out = tmp_path_factory.mktemp("bench-pa")
+    assert main(["bench", "--url", server.grpc_url, "--engine", "perf_analyzer", "--datasets",
+                 "movielens", "--label", "perf_analyzer", "--out", str(out), *SMALL]) == 0
+    return out
+
+
+def test_perf_analyzer_report_has_the_same_schema(pa_run, builtin_run):
+    from serving.bench.inputs import RequestSet
+
+    r, b = read(pa_run), read(builtin_run)
+    assert r["engine"]["name"] == "perf_analyzer" and "2.51.0" in r["engine"]["version"]
+    assert r["inputs"]["fingerprint"] == b["inputs"]["fingerprint"]  # the same requests
+    fed = json.loads((pa_run / "perf_analyzer" / "input_data.json").read_text())["data"]
+    texts = [d["TEXT"]["content"][0] for d in fed]  # what perf_analyzer was fed: the same texts
+    assert len(texts) == 40 and RequestSet(texts).fingerprint == b["inputs"]["fingerprint"]
+    for lv, blv in zip(r["levels"], b["levels"]):
+        assert lv["requests"] == 24 and lv["errors"] == 0
+        lat = lv["latency_ms"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+        assert lv["server"]["scorer"]["requests"] >= 24
+        assert lv["engine_own"]["throughput_rps"] > 0 and "p50_ms" in lv["engine_own"]
+        # same server, same requests: the engines agree to well within an order of magnitude
+        # (docs/benchmarks.md has the measured agreement; a busy test machine is noisy)
+        assert 1 / 3 < lat["p50"] / blv["latency_ms"]["p50"] < 3
+    assert set(r["levels"][0]) == set(b["levels"][0])
+
+
+def test_perf_analyzer_over_http_for_a_duration(server, perf_analyzer, capsys, tmp_path):
+    code, out, err = bench(capsys, "--url", server.http_url, "--protocol", "http", "--engine",
+                           "perf_analyzer", "--datasets", "movielens", "--concurrency", "2",
+                           "--duration", "1", "--texts", "10", "--warmup", "0",
+                           "--out", str(tmp_path))
+    assert code == 0, err
+    lv = read(tmp_path)["levels"][0]
+    # three windows adding up to about the duration (perf_analyzer stretches them a little)
+    assert lv["requests"] > 0 and 0.9 <= lv["wall_s"] < 5 and lv["client_cpu_s"] > 0
+    assert lv["server"]["recommend"]["requests"] >= lv["requests"]
+
+
+def test_perf_analyzer_counts_a_failed_request(server, perf_analyzer, capsys, tmp_path):
+    code, out, err = bench(capsys, "--url", server.grpc_url, "--engine", "perf_analyzer",
+                           "--datasets", "movielens", "--k", "2000", "--concurrency", "1",
+                           "--requests", "5", "--texts", "5", "--warmup", "0",
+                           "--out", str(tmp_path))
+    assert code == 1 and "requests failed" in err
+    lv = read(tmp_path)["levels"][0]
+    assert lv["errors"] >= 1 and "K must be between 1 and 1000" in lv["first_error"]
+    assert lv["notes"] and lv["latency_ms"] is None
+
+
+def test_auto_falls_back_to_builtin_when_perf_analyzer_cannot_run(server, capsys, tmp_path):
+    fake = tmp_path / "perf_analyzer"
+    fake.write_text("#!/bin/sh\necho 'perf_analyzer: error while loading shared libraries: "
+                    "libb64.so.0d: cannot open shared object file' >&2\nexit 127\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    args = ["--url", server.grpc_url, "--perf-analyzer", str(fake), "--datasets", "movielens",
+            "--concurrency", "1", "--requests", "5", "--texts", "5", "--warmup", "0"]
+    code, out, err = bench(capsys, *args, "--out", str(tmp_path / "auto"))
+    assert code == 0 and "using the built-in asyncio generator" in err
+    engine = read(tmp_path / "auto")["engine"]
+    assert engine["name"] == "builtin" and "libb64.so.0d" in engine["fallback_reason"]
+    code, out, err = bench(capsys, *args, "--engine", "perf_analyzer", "--out", str(tmp_path / "pa"))
+    assert code == 1 and err.strip().splitlines() == [err.strip()]  # one line
+    assert err.startswith("towerlite: error:") and "cannot run here" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# compare
+
+def test_compare_needs_the_same_inputs_unless_forced(builtin_run, server, capsys, tmp_path):
+    other = tmp_path / "other"
+    code, _, err = bench(capsys, "--url", server.grpc_url, "--engine", "builtin", "--datasets",
+                         "movielens", "--seed", "1", "--concurrency", "1", "--requests", "8",
+                         "--texts", "8", "--warmup", "0", "--label", "seed 1", "--out", str(other))
+    assert code == 0, err
+    # the same report twice: same inputs, ratios of 1
+    a = str(builtin_run / "bench.json")
+    code, out, _ = bench(capsys, "compare", a, a, "--out", str(tmp_path / "same"))
+    assert code == 0 and "req/s ×" in out
+    result = json.loads((tmp_path / "same" / "compare.json").read_text())
+    assert [r["label"] for r in result["reports"]] == ["builtin", "builtin (2)"]
+    assert all(r["throughput_x"] == 1.0 and r["p50_x"] == 1.0 for r in result["rows"])
+    assert (tmp_path / "same" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    # different texts: refused, then forced
+    b = str(other / "bench.json")
+    code, _, err = bench(capsys, "compare", a, b, "--out", str(tmp_path / "diff"))
+    assert code == 1 and "different inputs" in err and "--force" in err
+    assert not (tmp_path / "diff" / "compare.json").exists()
+    code, out, _ = bench(capsys, "compare", a, b, "--force", "--label", "A", "--label", "B",
+                         "--out", str(tmp_path / "forced"))
+    assert code == 0 and "inputs differ (forced)" in out
+    assert json.loads((tmp_path / "forced" / "compare.json").read_text())["forced"] is True
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    code, _, err = bench(capsys, "compare", a, str(bad), "--out", str(tmp_path / "x"))
+    assert code == 1 and "not a towerlite bench report" in err
