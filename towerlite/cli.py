@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from . import __version__
 from .errors import TowerliteError
@@ -64,6 +65,13 @@ def cmd_assets(args: argparse.Namespace) -> int:
     print(f"\ncache: {home()}" + ("" if args.verify else "   (sizes checked; --verify re-hashes)"))
     for r in rows:
         print(f"  {r['name']}: {r['summary']}; license: {r['license']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run
+
+    run(args.out)
     return 0
 
 
@@ -132,6 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description=bench_cli.DESCRIPTION)
     bench_cli.add_arguments(p)
     p.set_defaults(func=bench_cli.command)
+
+    p = sub.add_parser(
+        "demo", help="the whole chain on the embedded default, one summary",
+        description="Run prepare, distill (preset demo), export (fp32, int8), deploy (portable, "
+                    "MovieLens), serve, eval (in-process and through Triton) and bench, then print "
+                    "one summary: quality kept and latency won against the teacher, with where the "
+                    "reports are. Writes under OUT (default runs/demo) and OUT/demo_summary.json; "
+                    "stops the server however it ends.")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

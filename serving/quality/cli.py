@@ -54,6 +54,10 @@ def _towers(args) -> list:
 
     specs = ([] if args.no_teacher else ["teacher"]) + ([] if args.no_start else ["student-start"]) + args.model
     towers = [t for spec in specs for t in towers_of(spec)]
+    labels = [(t.name, t.runtime) for t in towers]
+    for t in towers:  # two folders named alike (e.g. runs/a/model, runs/b/model): add the parent
+        if labels.count((t.name, t.runtime)) > 1:
+            t.name = f"{Path(t.path).parent.name}/{t.name}"
     if not towers and args.no_baselines:
         raise TowerliteError("nothing to evaluate: no towers and --no-baselines")
     if args.via_triton and not any(t.runtime.startswith("ONNX") for t in towers):
