@@ -121,6 +121,7 @@ def test_two_process_torchrun(tiny_run, tmp_path):
       "--set", 'candidates=[{"name": "s", "student": "s", "loss": "embed"}]', "--set", "serve=s"],
      "set project=true"),
     (["--set", "lr_typo=1"], "unknown config field"),
+    (["--set", 'user_datasets=["netflix"]'], "user_datasets must name some of"),
 ])
 def test_bad_input_fails_fast(cache, tmp_path, args, message):
     start = time.monotonic()
@@ -135,3 +136,24 @@ def test_unwritable_output_fails_fast(cache, tmp_path):
     blocker.write_text("not a folder")  # works as root too, unlike permissions
     proc = run_cli("distill", "--preset", "tiny", "--out", str(blocker / "out"))
     assert proc.returncode == 1 and "not writable" in proc.stderr, proc.stderr
+
+
+def test_every_preset_is_a_valid_config():
+    from distill.config import PRESETS, DistillConfig, check
+    from distill.texts import check_mix
+
+    for name, fields in PRESETS.items():
+        cfg = DistillConfig.from_json(dict(fields))
+        check(cfg)
+        check_mix(cfg.mix)
+        assert cfg.serve.removeprefix("best-") in {c.name for c in cfg.candidates} | set(cfg.students), name
+
+
+def test_single_domain_user_texts_come_from_that_domain_only(cache):
+    from distill.texts import Catalogs, training_set
+
+    cat = Catalogs()
+    for dataset, tag in (("movielens", "[movie]"), ("bookcrossing", "[book]")):
+        tr = training_set({"user-history": 30}, 10, 0, cat, user_datasets=(dataset,))
+        assert len(tr.pairs) >= 20
+        assert all(tr.texts[i].startswith(tag) and tr.texts[u].startswith(tag) for u, i in tr.pairs)
