@@ -140,8 +140,9 @@ def test_unknown_dataset_in_the_library():
         build_cases("netflix")
 
 
-def test_served_recommend_gives_the_in_process_numbers(cache, exported, tmp_path_factory):
-    """The fp32 towers deployed over the evaluation's own catalog, through a real Triton."""
+@pytest.mark.parametrize("variant", ["fp32", "int8_dynamic"])
+def test_served_recommend_gives_the_in_process_numbers(cache, exported, tmp_path_factory, variant):
+    """The towers deployed over the evaluation's own catalog, through a real Triton."""
     from serving.deploy import deploy
     from serving.quality.cases import build_cases
     from serving.quality.towers import towers_of
@@ -153,9 +154,9 @@ def test_served_recommend_gives_the_in_process_numbers(cache, exported, tmp_path
     items = load_dataset("movielens").items
     items = items[items["item_id"].isin(cases.item_ids)]
     repo = tmp_path_factory.mktemp("eval-repo")
-    deploy(exported, repo, variant="fp32", items=items, index="exact", flavors=("portable",),
+    deploy(exported, repo, variant=variant, items=items, index="exact", flavors=("portable",),
            progress=False, log=lambda *_: None)
-    (tower,) = towers_of(f"{exported}:fp32")
+    (tower,) = towers_of(f"{exported}:{variant}")
     with start_server(repo / "portable", log_path=repo / "triton.log") as server:
         result = compare(cases, tower, server.grpc_url, "grpc", log=lambda *_: None)
     assert result["agree"], result
@@ -165,3 +166,19 @@ def test_served_recommend_gives_the_in_process_numbers(cache, exported, tmp_path
     users, items_emb = tower.embed(cases.user_texts, "u"), tower.embed(cases.item_texts, "i")
     full = summarize(per_user(*target_ranks(dot_scores(users, items_emb), cases.targets, cases.seen)))
     assert result["in_process"]["recall@10"] == full["recall@10"]
+
+
+def test_embedding_cache_is_reused_whatever_chunk_size_asks(tmp_path):
+    from towerlite.embedding_cache import cached_embeddings
+
+    texts = [f"text {i}" for i in range(10)]
+    calls = []
+
+    def encode(batch):
+        calls.append(len(batch))
+        return np.array([[float(t.split()[1])] for t in batch], dtype=np.float32)
+
+    first, n1 = cached_embeddings(texts, tmp_path, "k", encode, chunk=4, progress=False)
+    again, n2 = cached_embeddings(texts, tmp_path, "k", encode, chunk=8, progress=False)
+    assert n1 == 10 and n2 == 0 and calls == [4, 4, 2]
+    assert (first == again).all() and first[:, 0].tolist() == list(range(10))

@@ -56,6 +56,9 @@ def cached_embeddings(texts: list[str], cache_dir: Path, key: str, encode: Calla
 
     folder = cache_dir / key
     folder.mkdir(parents=True, exist_ok=True)
+    first = folder / "00000.npy"
+    if first.is_file():  # a folder keeps the chunk size it was started with, whoever resumes it
+        chunk = int(np.load(first, mmap_mode="r").shape[0])
     files = [folder / f"{i:05d}.npy" for i in range(0, len(texts), chunk)]
     mine = [k for k, f in enumerate(files) if k % world == rank and not f.is_file()]
     todo = sum(len(texts[k * chunk:(k + 1) * chunk]) for k in mine)
@@ -65,5 +68,7 @@ def cached_embeddings(texts: list[str], cache_dir: Path, key: str, encode: Calla
             _save_atomic(files[k], encode(part).astype(np.float32))
             bar.update(len(part))
     barrier()
-    arrays = [np.load(f) for f in files]
-    return np.concatenate(arrays), todo
+    out = np.concatenate([np.load(f) for f in files])
+    if len(out) != len(texts):
+        raise RuntimeError(f"embedding cache {folder} holds {len(out)} rows for {len(texts)} texts; delete it")
+    return out, todo

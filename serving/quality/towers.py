@@ -12,7 +12,7 @@ evaluation of the same model encodes nothing.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,19 +30,22 @@ class Tower:
     runtime: str  # "PyTorch fp32" or "ONNX <variant>"
     path: str  # the model folder or .onnx file (what the cache is keyed on)
     max_length: int
-    load: Callable[[], Callable[[list[str]], np.ndarray]]  # loaded only when the cache misses
-    _encode: Callable | None = None
+    load: Callable[[], object]  # the encoder (an object with .encode), loaded on a cache miss
+    _model: object | None = None
+
+    def model(self):
+        if self._model is None:
+            self._model = self.load()
+        return self._model
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        if self._encode is None:
-            self._encode = self.load()
-        return self._encode(texts)
+        return self.model().encode(texts)
 
     def embed(self, texts: list[str], what: str) -> np.ndarray:
         from towerlite.embedding_cache import cache_key, cache_root, cached_embeddings
 
         key = cache_key(self.path, self.max_length, texts)
-        emb, _ = cached_embeddings(texts, cache_root(), key, encode=self.encode, chunk=2048,
+        emb, _ = cached_embeddings(texts, cache_root(), key, encode=self.encode, chunk=512,
                                    label=f"{self.name}: {what}")
         return emb
 
@@ -56,7 +59,8 @@ def _pytorch(spec: str, name: str) -> Tower:
         from towerlite.models import SentenceEncoder
 
         enc = SentenceEncoder(folder, log=lambda *a: None)
-        return lambda texts: enc.encode(texts, max_length=128)
+        enc.pipeline = replace(enc.pipeline, max_seq_length=128)  # as distill and export truncate
+        return enc
 
     return Tower(name, "PyTorch fp32", folder, 128, load)
 
@@ -71,8 +75,7 @@ def _onnx(folder: Path, variant: str, name: str) -> Tower:
     def load():
         from export.runtime import OnnxEncoder
 
-        enc = OnnxEncoder(path, folder / "tokenizer.json", max_length=max_length)
-        return enc.encode
+        return OnnxEncoder(path, folder / "tokenizer.json", max_length=max_length)
 
     return Tower(name, f"ONNX {variant}", str(path), max_length, load)
 

@@ -3,8 +3,11 @@
 Each user's text goes to `recommend` with k=50, the dataset's domain and everything the user
 liked before as EXCLUDE; the target's place in the answer gives Recall@10, Recall@50 and
 NDCG@10 exactly, and MRR cut at 50 (a target below 50 counts 0). The in-process row of the same
-ONNX model, cut the same way, must agree: identical metrics up to one user per metric whose
-target sits on a float32 score tie at a rank boundary, i.e. |Δ| ≤ 1/users.
+ONNX model, cut the same way, must agree. Dynamic int8 quantizes activations per tensor, so its
+output depends on the batch a text was encoded in (≈1e-2 in cosine); the in-process side
+therefore encodes as the server does: each user text alone, padded to the served tokenizer's
+length bucket, and the catalog in deploy's batches. Then they must agree: identical metrics up to one user per metric
+whose target sits on a float32 score tie at a rank boundary, i.e. |Δ| ≤ 1/users.
 """
 
 from __future__ import annotations
@@ -46,9 +49,37 @@ def served_row(cases: Cases, url: str, protocol: str = "grpc", log=print) -> tup
     return summarize(_cut(above, np.zeros_like(above))), tops
 
 
-def in_process_cut(cases: Cases, tower: Tower) -> tuple[dict, list[list[str]]]:
-    users = tower.embed(cases.user_texts, f"{cases.dataset} user texts")
-    items = tower.embed(cases.item_texts, f"{cases.dataset} catalog")
+def served_buckets(url: str, protocol: str) -> list[int]:
+    """The length buckets the served tokenizer pads each request to (its BUCKETS parameter)."""
+    from ..client import Client
+
+    with Client(url, protocol) as client:
+        config = client._client.get_model_config("tokenizer", **({"as_json": True} if protocol == "grpc" else {}))
+    params = config.get("config", config).get("parameters", {})
+    return sorted(int(b) for b in params.get("BUCKETS", {}).get("string_value", "").split(",") if b.strip())
+
+
+def bucketed_users(tower: Tower, texts: list[str], buckets: list[int]) -> np.ndarray:
+    """User embeddings as the server computes them: one request at a time, padded to its
+    length bucket. Dynamic int8 quantizes activations per tensor, padding included, so this
+    is what makes an int8 tower comparable; for fp32 it changes nothing beyond 1e-6."""
+    enc = tower.model()
+    out = []
+    for tokens in enc.token_ids(texts):
+        width = next((b for b in buckets if len(tokens) <= b), len(tokens))
+        ids = np.full((1, width), enc.pad_id, dtype=np.int64)
+        mask = np.zeros((1, width), dtype=np.int64)
+        ids[0, :len(tokens)], mask[0, :len(tokens)] = tokens, 1
+        out.append(enc.run(ids, mask)[0])
+    return np.asarray(out, dtype=np.float32)
+
+
+def in_process_cut(cases: Cases, tower: Tower, buckets: list[int]) -> tuple[dict, list[list[str]]]:
+    from ..catalog import embed_catalog
+
+    users = bucketed_users(tower, cases.user_texts, buckets)
+    # the catalog batched exactly as `towerlite deploy` embeds it, for the same reason
+    items = embed_catalog(cases.item_texts, tower.model(), cache_dir=None, progress=False)
     scores = dot_scores(users, items)
     values = _cut(*target_ranks(scores, cases.targets, cases.seen))
     top = top_k(scores, len(cases.users), cases.seen, 10)
@@ -57,7 +88,7 @@ def in_process_cut(cases: Cases, tower: Tower) -> tuple[dict, list[list[str]]]:
 
 def compare(cases: Cases, tower: Tower, url: str, protocol: str = "grpc", log=print) -> dict:
     served, served_top = served_row(cases, url, protocol, log)
-    local, local_top = in_process_cut(cases, tower)
+    local, local_top = in_process_cut(cases, tower, served_buckets(url, protocol))
     names = ("recall@10", "recall@50", "ndcg@10", "mrr@50")
     diff = {m: round(abs(served[m] - local[m]), 6) for m in names}
     same_top = float(np.mean([a == b for a, b in zip(served_top, local_top)]))
