@@ -27,7 +27,22 @@ SERVE_DESCRIPTION = (
     "Start the pip-installed Triton server (2.51, from nvidia-pytriton) on a model repository "
     "written by `towerlite deploy`, bound to 127.0.0.1 on free ports unless given, wait until "
     "every model is ready, print the endpoints, and run until Ctrl-C or SIGTERM, then stop "
-    "cleanly. Says why when the server cannot start (port in use, a model's own load error).")
+    "cleanly. Says why when the server cannot start (port in use, a model's own load error). "
+    "Model control is explicit by default: every model loads at start and `towerlite catalog "
+    "update` can load new catalog versions while it runs.")
+
+CATALOG_DESCRIPTION = (
+    "Change the served catalog without a redeploy. `update` reads the scorer's newest catalog "
+    "version in a repository written by deploy, renders the given items (CSV or JSON Lines with "
+    "the columns item_id, domain, title, year, genres, author, publisher; an existing item_id "
+    "replaces that item, a new one is added; --remove drops ids), encodes only those with the "
+    "item tower that encoded the catalog, and writes REPO/scorer/N+1/ atomically (built under a "
+    "temporary name, then renamed; the IVF index is rebuilt if the catalog has one). With --url "
+    "it loads that version on the running server through Triton's repository API: the old "
+    "version answers until the new one is ready, so no request fails; then it checks the "
+    "server serves the new items and not the removed ones, and deletes versions older than the "
+    "previous one. Loading is a separate step: if it fails, the written version stays and "
+    "`load` retries it.")
 
 
 def add_deploy_arguments(p: argparse.ArgumentParser) -> None:
@@ -96,6 +111,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log", type=Path, help="server log file (default: a temporary file)")
     p.add_argument("--ready-timeout", type=float, default=180.0,
                    help="seconds to wait for every model to load (default 180)")
+    p.add_argument("--model-control", default="explicit", choices=["explicit", "none"],
+                   help="explicit (default): models can be loaded while it runs, which "
+                        "`towerlite catalog update --url` needs; none: the model set is fixed "
+                        "(anyone who reaches the ports can otherwise load and unload models)")
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -106,18 +125,22 @@ def serve_command(args: argparse.Namespace) -> int:
         repository = repository / "portable"
     server = launch(repository, host=args.host, http_port=args.http_port,
                     grpc_port=args.grpc_port, metrics_port=args.metrics_port,
-                    log_path=args.log, ready_timeout=args.ready_timeout)
+                    log_path=args.log, ready_timeout=args.ready_timeout,
+                    model_control=args.model_control)
     stop = threading.Event()
 
     def _stop(signum, frame):
         stop.set()
 
+    control = args.model_control + (" (`towerlite catalog update --url` loads new catalog "
+                                     "versions)" if args.model_control == "explicit" else "")
     previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         print(f"Triton is ready on {server.repository}\n"
               f"  HTTP     http://{server.http_url}\n  gRPC     {server.grpc_url}\n"
               f"  metrics  {server.metrics_url}\n  id       {server.server_id}\n"
               f"  log      {server.log_path}\n"
+              f"  control  {control}\n"
               f"  memory   {server.rss_bytes() / (1 << 20):,.0f} MB RSS "
               f"({server.pss_bytes() / (1 << 20):,.0f} MB PSS)\n"
               "Ctrl-C stops it.", flush=True)
@@ -136,6 +159,67 @@ def serve_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_catalog_arguments(p: argparse.ArgumentParser) -> None:
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    u = actions.add_parser("update", help="write the scorer's next catalog version (and load it)",
+                           description=CATALOG_DESCRIPTION)
+    _repository_and_server(u)
+    u.add_argument("--items", type=Path,
+                   help="CSV or JSON Lines file of new or changed items (item_id, domain, title, "
+                        "year, genres, author, publisher)")
+    u.add_argument("--remove", type=Path, metavar="IDS_FILE",
+                   help="file of item ids to remove, one a line")
+    u.add_argument("--index", default="keep", choices=["keep", "auto", "exact", "ivf"],
+                   help="search of the new version: keep (what the current one has, an IVF index "
+                        "rebuilt; default), exact, ivf, or auto (ivf from 100k items)")
+    u.add_argument("--nprobe", type=int, help="IVF lists visited per query (default: as before)")
+    u.add_argument("--threads", type=int, default=2,
+                   help="onnxruntime threads for encoding the items (default 2)")
+    u.add_argument("--keep-versions", type=int, default=2,
+                   help="after a successful load, the newest N versions stay on disk (default 2: "
+                        "the previous one stays for a rollback)")
+    ld = actions.add_parser("load", help="load the newest written catalog version on a server "
+                                         "(a retry after a failed update --url)",
+                            description="Load the scorer's newest catalog version in REPO on the "
+                                        "running server at --url (Triton's repository API) and "
+                                        "check it is served; what `catalog update --url` does "
+                                        "after writing, on its own for a retry.")
+    _repository_and_server(ld, url_required=True)
+    ld.add_argument("--keep-versions", type=int, default=2,
+                    help="after loading, the newest N versions stay on disk (default 2)")
+
+
+def _repository_and_server(p: argparse.ArgumentParser, url_required: bool = False) -> None:
+    p.add_argument("--repository", type=Path, required=True,
+                   help="a flavor folder written by deploy, e.g. OUT/portable")
+    p.add_argument("--url", required=url_required, metavar="HOST:PORT",
+                   help="a running server on that repository: load the new version there "
+                        "(the gRPC port, or the HTTP port with --protocol http)")
+    p.add_argument("--protocol", default="grpc", choices=["grpc", "http"],
+                   help="protocol of --url (default grpc)")
+
+
+def catalog_command(args: argparse.Namespace) -> int:
+    from .catalog_update import load_version, update
+
+    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731  (stdout stays the summary)
+    if args.action == "load":
+        loaded = load_version(args.repository, args.url, args.protocol,
+                              keep_versions=args.keep_versions, log=log)
+        print(f"serving scorer version(s) {', '.join(loaded['served_versions'])} on {args.url}")
+        return 0
+    if args.items is None and args.remove is None:
+        raise TowerliteError("give --items FILE (new or changed items) and/or --remove IDS_FILE")
+    r = update(args.repository, args.items, args.remove, url=args.url, protocol=args.protocol,
+               index=args.index, nprobe=args.nprobe, threads=args.threads,
+               keep_versions=args.keep_versions, log=log)
+    where = f"loaded on {args.url}" if args.url else \
+        f"not loaded (next: towerlite catalog load --repository {args.repository} --url HOST:PORT)"
+    print(f"catalog version {r['version']}: {r['count']:,} items (+{r['added']} added, "
+          f"{r['changed']} changed, -{r['removed']} removed) in {r['seconds']} s; {where}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve", description=SERVE_DESCRIPTION)
     add_serve_arguments(p)
     p.set_defaults(func=serve_command)
+    p = sub.add_parser("catalog", description=CATALOG_DESCRIPTION)
+    add_catalog_arguments(p)
+    p.set_defaults(func=catalog_command)
     from .quality import cli as eval_cli
 
     p = sub.add_parser("eval", description=eval_cli.DESCRIPTION)

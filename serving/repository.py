@@ -190,6 +190,11 @@ def scorer_config(spec: RepositorySpec) -> str:
                           _io("output", "SCORES", "TYPE_FP32", [-1]),
                           _io("output", "DOMAINS", "TYPE_STRING", [-1])]),
         _instances(spec.scorer_instances),
+        # `towerlite catalog update` writes the catalog as the scorer's next version folder:
+        # Triton serves only the newest (the old one answers until the new one is ready, then
+        # unloads); the ensemble asks for version -1, the latest
+        ("# the newest catalog version only (towerlite catalog update writes the next one)\n"
+         "version_policy: { latest: { num_versions: 1 } }"),
         # INDEX "auto": use catalog/index.faiss when deploy built one (large catalogs);
         # "exact": always the exact matrix product
         _params({"CATALOG_DIR": "catalog", "DEFAULT_K": spec.default_k, "MAX_K": spec.max_k,

@@ -9,6 +9,14 @@ Python's libdir on LD_LIBRARY_PATH, this environment's `bin/` first on PATH (the
 first `python3` there, so model.py files see this environment's numpy, onnxruntime, tokenizers).
 Ports are picked free on 127.0.0.1 and a random `--id` is checked on `/v2`: a port clash shows
 only after the models load, as the other server answering.
+
+Model control: `explicit` (default) loads every model at start (`--load-model=*`) and keeps
+Triton's repository API open, so `towerlite catalog update` can load the scorer's next version
+on a running server; the old version answers until the new one is ready. Not `poll`: polling
+loads whatever appears on disk at the next scan with nobody to hear a failed load, and it turns
+the repository API off. `none` locks the model set (nothing can be loaded or unloaded over the
+API; a catalog update then takes a restart). Anyone who reaches the ports can call that API,
+which is one more reason the server binds 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from pathlib import Path
 from towerlite.errors import TowerliteError
 
 READY_TIMEOUT_S = 180.0
+MODEL_CONTROL_MODES = ("explicit", "none")
 
 
 def pytriton_root() -> Path:
@@ -224,11 +233,17 @@ def _children(pid: int) -> list[int]:
 def launch(repository: str | Path, *, host: str = "127.0.0.1", http_port: int | None = None,
            grpc_port: int | None = None, metrics_port: int | None = None,
            log_path: str | Path | None = None, extra_args: list[str] | None = None,
-           ready_timeout: float = READY_TIMEOUT_S, nice: int = 0) -> TritonServer:
+           ready_timeout: float = READY_TIMEOUT_S, nice: int = 0,
+           model_control: str = "explicit") -> TritonServer:
     """Start tritonserver on `repository` and wait until it is ready and answers with our id.
+    `model_control`: explicit (every model loaded at start, the repository API open for
+    `towerlite catalog update`) or none (the model set is fixed).
 
     Raises TowerliteError naming the cause (port taken, the model's own load error, …) when it
     does not come up; the process is stopped before raising."""
+    if model_control not in MODEL_CONTROL_MODES:
+        raise TowerliteError(f"unknown model control mode {model_control!r}; choose from "
+                             f"{', '.join(MODEL_CONTROL_MODES)}")
     repository = Path(repository).resolve()
     if not repository.is_dir():
         raise TowerliteError(f"{repository}: no such model repository (run `towerlite deploy`)")
@@ -254,7 +269,7 @@ def launch(repository: str | Path, *, host: str = "127.0.0.1", http_port: int | 
            f"--grpc-port={ports['grpc']}", f"--metrics-port={ports['metrics']}",
            "--allow-http=true", "--allow-grpc=true", "--allow-metrics=true",
            "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0",
-           *(extra_args or [])]
+           *_model_control_args(model_control), *(extra_args or [])]
     if nice:
         cmd = ["nice", "-n", str(nice), *cmd]
     log = open(log_path, "wb")  # noqa: SIM115  (the child keeps writing it)
@@ -273,6 +288,14 @@ def launch(repository: str | Path, *, host: str = "127.0.0.1", http_port: int | 
         server.stop(timeout=10)
         raise
     return server
+
+
+def _model_control_args(mode: str) -> list[str]:
+    # explicit + --load-model=*: the same start as the default mode (every model, and a model
+    # that fails exits the server), with load/unload allowed afterwards
+    if mode == "explicit":
+        return ["--model-control-mode=explicit", "--load-model=*"]
+    return ["--model-control-mode=none"]
 
 
 def _wait_ready(server: TritonServer, timeout: float) -> None:

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from conftest import run_cli
 from towerlite.metrics import dot_scores, per_user, summarize, target_ranks
 
 

@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cli.add_arguments(p)
     p.set_defaults(func=bench_cli.command)
 
+    p = sub.add_parser("catalog", help="update the served catalog without a redeploy "
+                                       "(`catalog update`, `catalog load`)",
+                       description=serving_cli.CATALOG_DESCRIPTION)
+    serving_cli.add_catalog_arguments(p)
+    p.set_defaults(func=serving_cli.catalog_command)
+
     p = sub.add_parser(
         "demo", help="the whole chain on the embedded default, one summary",
         description="Run prepare, distill (preset demo), export (fp32, int8), deploy (portable, "
