@@ -131,10 +131,11 @@ TRANSFER = {
     "transfer-movies": _transfer({"imdb": 1000, "rotten_tomatoes": 1000, "movielens-1m": 1000}, ["movielens"]),
     "transfer-books": _transfer({"book-crossing": 3000}, ["bookcrossing"]),
 }
-# `towerlite demo`'s distillation: the 3-layer student on ≈2,900 texts, a few minutes cold.
+# `towerlite demo`'s distillation: the 6-layer student on ≈2,900 texts, a few minutes cold
+# (the 3-layer one kept 31% of the teacher's Recall@10 on this budget; docs/quality.md).
 DEMO = dict(
-    students={"minilm3-proj": {"start": "student-start", "layers": [0, 2, 4], "project": True}},
-    candidates=[{"name": "minilm3-proj", "student": "minilm3-proj", "loss": "embed"}], serve="minilm3-proj",
+    students={"minilm6-proj": {"start": "student-start", "layers": None, "project": True}},
+    candidates=[{"name": "minilm6-proj", "student": "minilm6-proj", "loss": "embed"}], serve="minilm6-proj",
     mix={"brown": 400, "imdb": 60, "rotten_tomatoes": 120, "wordnet": 400, "movielens-1m": 600,
          "book-crossing": 400, "user-history": 300},
     eval_texts_per_source=40, eval_users=100, eval_catalog_items=600, speed_texts=64,

@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: set up, fetch and verify every real asset, distill a
-# small student from the teacher (the quick `tiny` preset; `towerlite distill` alone runs the
-# full comparison), export it to ONNX with int8, parity-gated. Serving and the benchmark join
-# as they land. Outputs go to runs/demo/.
+# The main job on the embedded default: set up, then `towerlite demo`: fetch and verify the real
+# assets, distill a student from the teacher (preset `demo`), export it to ONNX (fp32, int8),
+# deploy the portable Triton repository over MovieLens, serve it, evaluate quality in-process
+# and through Triton, benchmark latency, and print one summary. Outputs go to runs/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/towerlite prepare
-.venv/bin/towerlite distill --preset tiny --out runs/demo/distill
-.venv/bin/towerlite export --model runs/demo/distill/model --out runs/demo/export
+.venv/bin/towerlite demo --out runs/demo
