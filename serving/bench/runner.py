@@ -89,7 +89,7 @@ def warm_up(cfg: BenchConfig, info: ServerInfo, requests) -> dict:
     """A few requests through the built-in generator before anything is measured: loads code
     paths, fills caches, opens connections (the same for both engines)."""
     if not cfg.warmup:
-        return {"requests": 0}
+        return {"requests": 0, "errors": 0}
     from .builtin import run_level
 
     began = time.monotonic()
@@ -100,14 +100,15 @@ def warm_up(cfg: BenchConfig, info: ServerInfo, requests) -> dict:
 
 
 def settled(url: str, protocol: str, models: list[str], model: str, before: dict,
-            succeeded: int, wait_s: float = 2.0) -> dict:
+            succeeded: int, wait_s: float = 5.0) -> dict:
     """The statistics once they hold the level's requests: Triton counts a request after its
-    response is on its way, so a read right after the last response can miss the last one."""
+    response is on its way, so a read right after the last response can miss the last one,
+    in the ensemble and in each composing model (every successful request passed them all)."""
     deadline = time.monotonic() + wait_s
     while True:
         after = snapshot(url, protocol, models)
-        done = (after.get(model, {}).get("success", 0)
-                - before.get(model, {}).get("success", 0))
+        done = min(after.get(m, {}).get("success", 0) - before.get(m, {}).get("success", 0)
+                   for m in {model, *models})
         if done >= succeeded or time.monotonic() >= deadline:
             return after
         time.sleep(0.05)
@@ -138,15 +139,19 @@ def run(cfg: BenchConfig, log=print) -> dict:
     log(f"{len(requests.texts):,} request texts from held-out users of {', '.join(datasets)}"
         f"{fewer}, fingerprint {requests.fingerprint}")
     load_before = rep.load_average()
-    warm = warm_up(cfg, info, requests)
     models = list(dict.fromkeys([cfg.model, *info.composing]))
+    start = snapshot(info.url, cfg.protocol, models)
+    warm = warm_up(cfg, info, requests)
+    # each level starts from settled counters: the warm-up's (or the last level's) final
+    # requests must not land in the next level's statistics
+    before = settled(info.url, cfg.protocol, models, cfg.model, start, warm["requests"] - warm["errors"])
     levels = []
     for c in cfg.concurrency:
-        before = snapshot(info.url, cfg.protocol, models)
         measured = engine.run_level(info.url, cfg.model, requests, c, load, cfg.timeout_s)
         level = summarize(measured)
-        level["server"] = delta(before, settled(info.url, cfg.protocol, models, cfg.model,
-                                                before, len(measured.latencies_s)))
+        after = settled(info.url, cfg.protocol, models, cfg.model, before, len(measured.latencies_s))
+        level["server"] = delta(before, after)
+        before = after
         log(_line(level))
         levels.append(level)
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("url", "out", "label")}
