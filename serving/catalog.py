@@ -50,12 +50,17 @@ def prepare_items(items: pd.DataFrame, domain_order: Sequence[str] | None = None
                         "domain": items["domain"].astype(str).to_numpy(),
                         "text": item_texts(items)})
     out = out[out["item_id"] != ""].drop_duplicates("item_id", keep="first")
-    order = list(domain_order or dict.fromkeys(out["domain"]))
-    rank = {d: i for i, d in enumerate(order)}
-    out["_rank"] = out["domain"].map(rank)
-    out["_key"] = [s.encode("utf-8") for s in out["item_id"]]
-    out = out.sort_values(["_rank", "_key"], kind="stable").drop(columns=["_rank", "_key"])
-    return out.reset_index(drop=True)
+    return scorer_order(out, list(domain_order or dict.fromkeys(out["domain"])))
+
+
+def scorer_order(frame: pd.DataFrame, domain_order: Sequence[str]) -> pd.DataFrame:
+    """Rows by domain (in `domain_order`), then by id as UTF-8 bytes: each domain one
+    contiguous range, ids sorted within it (the scorer binary-searches them)."""
+    rank = {d: i for i, d in enumerate(domain_order)}
+    keyed = frame.assign(_rank=frame["domain"].map(rank),
+                         _key=[s.encode("utf-8") for s in frame["item_id"]])
+    keyed = keyed.sort_values(["_rank", "_key"], kind="stable")
+    return keyed.drop(columns=["_rank", "_key"]).reset_index(drop=True)
 
 
 def catalog_items(names: Sequence[str], limit: int | None = None) -> pd.DataFrame:

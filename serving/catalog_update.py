@@ -228,16 +228,6 @@ def _row_domains(meta: dict, count: int) -> np.ndarray:
     return domains
 
 
-def _scorer_order(frame: pd.DataFrame, domain_order: Sequence[str]) -> pd.DataFrame:
-    """The order `catalog.prepare_items` gives: by domain (in `domain_order`), then by id as
-    UTF-8 bytes (the scorer binary-searches ids within a domain)."""
-    rank = {d: i for i, d in enumerate(domain_order)}
-    keyed = frame.assign(_rank=frame["domain"].map(rank),
-                         _key=[s.encode("utf-8") for s in frame["item_id"]])
-    keyed = keyed.sort_values(["_rank", "_key"], kind="stable")
-    return keyed.drop(columns=["_rank", "_key"]).reset_index(drop=True)
-
-
 def merge(old_ids: np.ndarray, old_domains: np.ndarray, old_matrix_t: np.ndarray,
           new: pd.DataFrame, new_emb: np.ndarray, removed: set[str],
           domain_order: Sequence[str]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -251,7 +241,7 @@ def merge(old_ids: np.ndarray, old_domains: np.ndarray, old_matrix_t: np.ndarray
         pd.DataFrame({"item_id": new["item_id"].to_numpy(), "domain": new["domain"].to_numpy(),
                       "_src": -1 - np.arange(len(new))}),  # negative: a row of new_emb
     ], ignore_index=True)
-    frame = _scorer_order(frame, domain_order)
+    frame = cat.scorer_order(frame, domain_order)
     if frame.empty:
         raise TowerliteError("the update would leave the catalog empty")
     src = frame.pop("_src").to_numpy()

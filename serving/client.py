@@ -105,6 +105,15 @@ class Client:
             return self._unreachable(msg)
         return f"{model}: {msg}"
 
+    def model_config(self, model: str) -> dict:
+        """The served model's configuration (the same dict over gRPC and HTTP)."""
+        try:
+            if self.protocol == "grpc":
+                return self._client.get_model_config(model, as_json=True).get("config", {})
+            return self._client.get_model_config(model)
+        except Exception as exc:  # noqa: BLE001  (transport and server errors alike)
+            raise ServingError(self._explain(model, exc)) from None
+
     def ready(self) -> bool:
         try:
             return bool(self._client.is_server_ready())

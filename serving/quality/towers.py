@@ -65,11 +65,14 @@ def _pytorch(spec: str, name: str) -> Tower:
     return Tower(name, "PyTorch fp32", folder, 128, load)
 
 
-def _onnx(folder: Path, variant: str, name: str) -> Tower:
+def _export_report(folder: Path) -> dict:
     import json
 
     report = folder / "export_report.json"
-    max_length = json.loads(report.read_text()).get("max_length", 128) if report.is_file() else 128
+    return json.loads(report.read_text()) if report.is_file() else {}
+
+
+def _onnx(folder: Path, variant: str, name: str, max_length: int) -> Tower:
     path = folder / VARIANT_FILES[variant]
 
     def load():
@@ -78,14 +81,6 @@ def _onnx(folder: Path, variant: str, name: str) -> Tower:
         return OnnxEncoder(path, folder / "tokenizer.json", max_length=max_length)
 
     return Tower(name, f"ONNX {variant}", str(path), max_length, load)
-
-
-def _export_name(folder: Path) -> str:
-    import json
-
-    report = folder / "export_report.json"
-    source = json.loads(report.read_text()).get("source_model") if report.is_file() else None
-    return Path(source).name if source else folder.name
 
 
 def towers_of(spec: str) -> list[Tower]:
@@ -102,8 +97,9 @@ def towers_of(spec: str) -> list[Tower]:
     if present:
         if variant and variant not in present:
             raise TowerliteError(f"--model {spec!r}: {folder} has no {variant} variant; it has {', '.join(present)}")
-        name = _export_name(folder)
-        return [_onnx(folder, v, name) for v in ([variant] if variant else present)]
+        report = _export_report(folder)
+        name = Path(report["source_model"]).name if report.get("source_model") else folder.name
+        return [_onnx(folder, v, name, report.get("max_length", 128)) for v in ([variant] if variant else present)]
     if (folder / "config.json").is_file():
         return [_pytorch(str(folder), folder.name)]
     raise TowerliteError(f"--model {spec!r}: {folder} holds neither ONNX files nor a Hugging Face "

@@ -54,8 +54,7 @@ def served_buckets(url: str, protocol: str) -> list[int]:
     from ..client import Client
 
     with Client(url, protocol) as client:
-        config = client._client.get_model_config("tokenizer", **({"as_json": True} if protocol == "grpc" else {}))
-    params = config.get("config", config).get("parameters", {})
+        params = client.model_config("tokenizer").get("parameters", {})
     return sorted(int(b) for b in params.get("BUCKETS", {}).get("string_value", "").split(",") if b.strip())
 
 
