@@ -32,10 +32,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help='any config field, e.g. --set lr=5e-5 --set \'mix={"brown": 100}\'')
 
 
-def build_config(args: argparse.Namespace) -> DistillConfig:
-    data = dict(PRESETS[args.preset])
+def build_config(args: argparse.Namespace, presets=PRESETS, cls=DistillConfig,
+                 direct=("out", "teacher", "epochs")):
+    """The preset, then the --config file, then each --set, then the direct flags."""
+    data = dict(presets[args.preset])
     if args.config:
-        own = DistillConfig.read(args.config)  # checked alone, so errors name the file
+        own = cls.read(args.config)  # checked alone, so errors name the file
         data.update(own)
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -45,10 +47,10 @@ def build_config(args: argparse.Namespace) -> DistillConfig:
             data[key] = json.loads(value)
         except json.JSONDecodeError:
             data[key] = value  # a bare string
-    for key in ("out", "teacher", "epochs"):
+    for key in direct:
         if getattr(args, key) is not None:
             data[key] = str(getattr(args, key)) if key == "out" else getattr(args, key)
-    return DistillConfig.from_json(data)
+    return cls.from_json(data)
 
 
 def _f(x, digits=3) -> str:

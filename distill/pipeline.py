@@ -49,7 +49,7 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-class _Teacher:
+class LazyTeacher:
     """Loads the teacher only when a cache miss needs it."""
 
     def __init__(self, spec: str, max_length: int, log):
@@ -73,6 +73,34 @@ def _start_student(spec, teacher_dim: int, texts: list[str], targets: np.ndarray
         say(f"projection head fitted by least squares: mean cosine {fit:.4f} on {n} training texts"
             if fit is not None else f"projection head left at random: {n} texts are too few for a fit")
     return module, tok, fit
+
+
+def teacher_eval_embeddings(ev, teacher_folder: str, max_length: int, common: dict) -> tuple[dict, int]:
+    """The teacher's embeddings of the held-out texts, users and catalog (cached): ({part: array},
+    how many were encoded now)."""
+    t_eval, n_eval = {}, 0
+    for part, texts in (("texts", [r.text for r in ev.texts]), ("users", ev.user_texts), ("items", ev.catalog_texts)):
+        t_eval[part], n = cached_embeddings(texts, cache_root(), cache_key(teacher_folder, max_length, texts),
+                                             label=f"teacher embeddings (evaluation {part})", **common)
+        n_eval += n
+    return t_eval, n_eval
+
+
+def teacher_row(teacher, t_eval: dict, ev, teacher_dim: int, speed_texts: list[str]) -> dict:
+    """The teacher's own evaluation row (and its top-10 lists into t_eval["top"])."""
+    t_eval["top"] = recommended(t_eval["users"], t_eval["items"], ev.catalog_ids, ev.cases)
+    row = {"dim": teacher_dim,
+           "agreement": agreement(t_eval["texts"], t_eval["texts"], [r.source for r in ev.texts]),
+           "retrieval": retrieval(t_eval["users"], t_eval["items"], ev.catalog_ids, ev.cases)}
+    start = time.perf_counter()
+    teacher(speed_texts)
+    row["pytorch_sentences_per_s"] = round(len(speed_texts) / (time.perf_counter() - start), 1)
+    return row
+
+
+def speed_sample(ev, n: int, seed: int) -> list[str]:
+    texts = [r.text for r in ev.texts]
+    return [texts[i] for i in np.random.default_rng(seed).permutation(len(texts))[:n]]
 
 
 def _encoder(module, tokenizer, max_length: int):
@@ -133,17 +161,13 @@ def run(cfg: DistillConfig, log=print) -> dict:
     say(f"training texts: {len(tr.texts):,} ({len(tr.pairs):,} user–item pairs); held-out: "
         f"{len(ev.texts)} texts, {len(ev.cases)} MovieLens users over {len(ev.catalog_ids):,} movies")
 
-    t0, teacher = time.monotonic(), _Teacher(cfg.teacher, cfg.max_length, say)
+    t0, teacher = time.monotonic(), LazyTeacher(cfg.teacher, cfg.max_length, say)
     cache_dir = cache_root()
     common = dict(encode=teacher, chunk=cfg.teacher_chunk, rank=d.rank, world=d.world, barrier=d.barrier,
                   progress=d.rank == 0)
     train_key = cache_key(teacher_folder, cfg.max_length, tr.texts)
     t_train, n_train = cached_embeddings(tr.texts, cache_dir, train_key, label="teacher embeddings (training texts)", **common)
-    t_eval, n_eval = {}, 0
-    for part, texts in (("texts", [r.text for r in ev.texts]), ("users", ev.user_texts), ("items", ev.catalog_texts)):
-        t_eval[part], n = cached_embeddings(texts, cache_dir, cache_key(teacher_folder, cfg.max_length, texts),
-                                             label=f"teacher embeddings (evaluation {part})", **common)
-        n_eval += n
+    t_eval, n_eval = teacher_eval_embeddings(ev, teacher_folder, cfg.max_length, common)
     timings["teacher_s"] = round(time.monotonic() - t0, 1)
     timings["teacher_texts_encoded"] = n_train + n_eval
     say(f"teacher embeddings: {len(t_train) + sum(map(len, t_eval.values())):,} ({n_train + n_eval:,} encoded now, the rest "
@@ -185,18 +209,9 @@ def _evaluate_and_report(cfg, teacher, ev, t_eval, tr, t_train, trained, teacher
     from towerlite.models import SentenceEncoder
 
     t0, out = time.monotonic(), Path(cfg.out)
-    rng = np.random.default_rng(cfg.seed)
-    all_texts = [r.text for r in ev.texts]
-    speed_texts = [all_texts[i] for i in rng.permutation(len(all_texts))[:cfg.speed_texts]]
+    speed_texts = speed_sample(ev, cfg.speed_texts, cfg.seed)
     say("evaluating on held-out texts and users")
-    t_eval["top"] = recommended(t_eval["users"], t_eval["items"], ev.catalog_ids, ev.cases)
-    teacher_row = {"dim": teacher_dim,
-                   "agreement": agreement(t_eval["texts"], t_eval["texts"], [r.source for r in ev.texts]),
-                   "retrieval": retrieval(t_eval["users"], t_eval["items"], ev.catalog_ids, ev.cases)}
-    start = time.perf_counter()
-    teacher(speed_texts)
-    teacher_row["pytorch_sentences_per_s"] = round(len(speed_texts) / (time.perf_counter() - start), 1)
-    rows = {"teacher": teacher_row}
+    rows = {"teacher": teacher_row(teacher, t_eval, ev, teacher_dim, speed_texts)}
     ref = SentenceEncoder("student-start", log=say, attn_implementation="eager")
     rows["student-start (as published)"] = evaluate_row(lambda t: ref.encode(t, max_length=cfg.max_length),
                                                         ev, t_eval, speed_texts)

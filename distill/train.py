@@ -1,4 +1,4 @@
-"""The training loop: one candidate, cached teacher targets, checkpoints, DDP when launched by
+"""The training loop (distill and finetune share it): checkpoints, resume, DDP when launched by
 torchrun. Every step's batch is a pure function of (seed, step), and dropout is off, so a run
 resumed from its last checkpoint ends with the same weights as one never interrupted."""
 
@@ -100,40 +100,71 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     tmp.replace(path)
 
 
-def train(module, tokenizer, texts: list[str], targets: np.ndarray, pairs: list[tuple[int, int]],
-          loss_name: str, cfg, ckpt: Path, run_key: str, d: Dist, log=print) -> dict:
-    """Train `module` in place; returns the loss history and timings. Resumes from `ckpt`."""
+def run_steps(module, total: int, step_fn, cfg, ckpt: Path, run_key: str, d: Dist, log=print,
+              state: dict | None = None) -> dict:
+    """The one training loop (distill and finetune): AdamW over the trainable parameters,
+    linear warm-up then decay, gradient clipping, a checkpoint every `cfg.checkpoint_every`
+    steps (atomic) and resume from it. `step_fn(model, step) -> (loss, log entry)` makes each
+    step's loss; `state` (e.g. a negatives bank) is saved in the checkpoint and restored."""
     import torch
     from tqdm.auto import tqdm
 
-    use_score = loss_name == "embed+score" and len(pairs) >= 2
-    corpus_steps = cfg.epochs * math.ceil(len(texts) / cfg.batch_size)
-    every = pair_every(len(texts), len(pairs), cfg) if use_score else 0
-    total = corpus_steps + (corpus_steps // (every - 1) if every else 0)
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     warmup = max(1, int(cfg.warmup_fraction * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
     history, start, seconds = [], 0, 0.0
+    state = {} if state is None else state
     if ckpt.is_file():
-        state = torch.load(ckpt, weights_only=False)
-        if state["run_key"] == run_key:
-            module.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            history, start, seconds = state["history"], state["step"], state["seconds"]
+        saved = torch.load(ckpt, weights_only=False)
+        if saved["run_key"] == run_key:
+            module.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["scheduler"])
+            history, start, seconds = saved["history"], saved["step"], saved["seconds"]
+            state.update(saved.get("state", {}))
             log(f"resuming from {ckpt} at step {start}/{total}")
         else:
-            log(f"{ckpt} is from another configuration; starting this candidate afresh")
+            log(f"{ckpt} is from another configuration; starting this run afresh")
     model = module
     if d.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(module)
-    targets_t = torch.from_numpy(targets)
-    lengths = np.array([len(ids) for ids in tokenizer(texts, truncation=True, max_length=cfg.max_length)["input_ids"]])
     bar = tqdm(total=total, initial=start, unit="step", desc="training", disable=d.rank != 0)
     for step in range(start, total):
         t0 = time.perf_counter()
+        loss, entry = step_fn(model, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        seconds += time.perf_counter() - t0
+        history.append({"step": step + 1, **entry})
+        bar.update(1)
+        bar.set_postfix(entry)
+        if d.rank == 0 and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == total):
+            _save_checkpoint(ckpt, {"run_key": run_key, "step": step + 1, "model": module.state_dict(),
+                                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                    "history": history, "seconds": seconds, "state": state})
+    bar.close()
+    d.barrier()
+    return {"steps": total, "history": history, "train_seconds": round(seconds, 1), "resumed_at_step": start}
+
+
+def train(module, tokenizer, texts: list[str], targets: np.ndarray, pairs: list[tuple[int, int]],
+          loss_name: str, cfg, ckpt: Path, run_key: str, d: Dist, log=print) -> dict:
+    """Distill into `module` in place; returns the loss history and timings. Resumes from `ckpt`."""
+    import torch
+
+    use_score = loss_name == "embed+score" and len(pairs) >= 2
+    corpus_steps = cfg.epochs * math.ceil(len(texts) / cfg.batch_size)
+    every = pair_every(len(texts), len(pairs), cfg) if use_score else 0
+    total = corpus_steps + (corpus_steps // (every - 1) if every else 0)
+    targets_t = torch.from_numpy(targets)
+    lengths = np.array([len(ids) for ids in tokenizer(texts, truncation=True, max_length=cfg.max_length)["input_ids"]])
+
+    def step_fn(model, step):
         kind, k = step_kind(step, every)
         if kind == "pairs":  # user texts and their next items: embed + in-batch score loss
             chosen = [pairs[i] for i in pair_indices(len(pairs), cfg.pair_batch_size, k, cfg.seed, d)]
@@ -144,29 +175,14 @@ def train(module, tokenizer, texts: list[str], targets: np.ndarray, pairs: list[
                           max_length=cfg.max_length, return_tensors="pt")
         emb = model(batch["input_ids"], batch["attention_mask"])
         target = targets_t[idx]
-        loss_e = embed_loss(emb, target)
-        loss = loss_e
-        entry = {"step": step + 1, "embed": round(loss_e.item(), 6)}
+        loss = loss_e = embed_loss(emb, target)
+        entry = {"embed": round(loss_e.item(), 6)}
         if kind == "pairs":
             n = len(chosen)
             loss_s = score_loss(emb[:n], emb[n:], target[:n], target[n:], cfg.score_temperature)
             loss = loss + cfg.score_weight * loss_s
             entry["score"] = round(loss_s.item(), 6)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        seconds += time.perf_counter() - t0
-        history.append(entry)
-        bar.update(1)
-        bar.set_postfix(entry)
-        if d.rank == 0 and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == total):
-            _save_checkpoint(ckpt, {"run_key": run_key, "step": step + 1, "model": module.state_dict(),
-                                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                    "history": history, "seconds": seconds})
-    bar.close()
-    d.barrier()
-    return {"steps": total, "history": history, "train_seconds": round(seconds, 1),
-            "texts_per_step": cfg.batch_size, "pair_step_every": every,
-            "resumed_at_step": start}
+        return loss, entry
+
+    result = run_steps(module, total, step_fn, cfg, ckpt, run_key, d, log)
+    return {**result, "texts_per_step": cfg.batch_size, "pair_step_every": every}

@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     distill_cli.add_arguments(p)
     p.set_defaults(func=distill_cli.command)
 
+    from distill import finetune_cli
+
+    p = sub.add_parser("finetune", help="fine-tune the towers on the training interactions",
+                       description=finetune_cli.DESCRIPTION)
+    finetune_cli.add_arguments(p)
+    p.set_defaults(func=finetune_cli.command)
+
     from export import cli as export_cli
 
     p = sub.add_parser("export", help="export an encoder to ONNX variants, parity-gated",

@@ -48,9 +48,14 @@ def item_texts(items: pd.DataFrame) -> list[str]:
 def user_text(history: Sequence[Mapping], max_items: int = 10, profile: str | None = None) -> str:
     """The user tower's text: the last `max_items` of a history given oldest → newest,
     written newest first (so truncation at the encoder's max length drops the oldest)."""
+    return join_user_text([item_text(item) for item in history[-max(1, max_items):]], max_items, profile)
+
+
+def join_user_text(history_texts: Sequence[str], max_items: int = 10, profile: str | None = None) -> str:
+    """user_text from already rendered item texts (oldest → newest)."""
     if max_items < 1:
         raise ValueError("max_items must be at least 1")
-    recent = [item_text(item) for item in reversed(history[-max_items:])]
+    recent = list(reversed(history_texts[-max_items:]))
     parts = ([profile.strip()] if profile and profile.strip() else []) + ["; ".join(recent)]
     text = ". ".join(p for p in parts if p)
     if not text:

@@ -1,0 +1,172 @@
+"""`towerlite finetune`: teach the towers what users like, from the training interactions.
+
+One encoder is both towers (user history text → embedding, item text → embedding); each step
+scores a batch of users against their next liked items with symmetric InfoNCE — the other
+users' items as negatives (logQ-corrected) plus a bank of catalog items re-encoded every few
+steps — through the same training loop as distillation (checkpoints, resume, DDP).
+
+    OUT/model/                the fine-tuned encoder (the folder format export and deploy take)
+    OUT/checkpoints/          resume points
+    OUT/finetune_report.json  config, data, loss history, evaluation (start vs fine-tuned), timings
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+
+from towerlite.errors import TowerliteError
+from towerlite.files import ensure_writable_dir, write_json_atomic
+
+from .config import StudentSpec
+from .finetune_config import FinetuneConfig, check
+from .interactions import load_interactions, step_batch, valid_negatives
+from .losses import info_nce
+from .students import build_student, save_student, start_config
+from .train import Dist, init_distributed, run_steps
+
+
+def _run_key(cfg: FinetuneConfig, start_folder: str) -> str:
+    data = {k: v for k, v in cfg.to_json().items() if k not in ("out", "evaluate") and not k.startswith(("eval_", "speed"))}
+    return hashlib.sha256(json.dumps([data, start_folder], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _encode(model, tok, texts: list[str], max_length: int):
+    batch = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return model(batch["input_ids"], batch["attention_mask"])
+
+
+def _bank(module, tok, data, cfg: FinetuneConfig, step: int) -> dict:
+    """A uniform draw of the dataset's catalog (all of it when small), encoded without gradient."""
+    import torch
+
+    n = len(data.item_ids)
+    rows = (np.arange(n) if n <= cfg.bank_size else
+            np.sort(np.random.default_rng([cfg.seed, 1 << 20, step]).choice(n, cfg.bank_size, replace=False)))
+    texts = [data.item_texts[r] for r in rows]
+    with torch.no_grad():
+        emb = torch.cat([_encode(module, tok, texts[i:i + 256], cfg.max_length) for i in range(0, len(texts), 256)])
+    return {"step": step, "rows": rows, "emb": emb}
+
+
+def make_step(module, tok, datasets: list, cfg: FinetuneConfig, state: dict, d: Dist):
+    """step_fn for the training loop: this step's batch, its negatives, the InfoNCE loss."""
+    weights = [cfg.datasets[x.name] for x in datasets]
+    by_name = {x.name: x for x in datasets}
+
+    def step_fn(model, step):
+        batch = step_batch(datasets, weights, cfg.batch_size, cfg.history_items, cfg.seed, step)
+        mine = slice(d.rank, None, d.world)  # under DDP each process takes its share of the users
+        texts, positives = batch.user_texts[mine], batch.positives[mine]
+        batch.seen, batch.positives = batch.seen[mine], positives
+        data = by_name[batch.dataset]
+        users = _encode(model, tok, texts, cfg.max_length)
+        items = _encode(model, tok, [data.item_texts[r] for r in positives], cfg.max_length)
+        bank = bank_valid = None
+        if cfg.bank_size:
+            banks = state.setdefault("banks", {})
+            if batch.dataset not in banks or step - banks[batch.dataset]["step"] >= cfg.bank_refresh:
+                banks[batch.dataset] = _bank(module, tok, data, cfg, step)
+            bank, bank_valid = banks[batch.dataset]["emb"], valid_negatives(batch, banks[batch.dataset]["rows"])
+        log_q = data.log_q[positives] if cfg.logq_correction else None
+        loss = info_nce(users, items, cfg.temperature, valid_negatives(batch, positives), log_q, bank, bank_valid,
+                        cfg.symmetric)
+        return loss, {"loss": round(loss.item(), 5), "dataset": batch.dataset}
+
+    return step_fn
+
+
+def preflight(cfg: FinetuneConfig, log=print) -> str:
+    """Everything checkable before loading data: the start model's folder."""
+    check(cfg)
+    ensure_writable_dir(Path(cfg.out))
+    folder, config = start_config(StudentSpec(start=cfg.start), log)
+    n = config.num_hidden_layers
+    if cfg.layers is not None and (not cfg.layers or any(i < 0 or i >= n for i in cfg.layers)):
+        raise TowerliteError(f"layers {list(cfg.layers)} out of range for the {n}-layer start {cfg.start!r}")
+    return folder
+
+
+def build(cfg: FinetuneConfig, log=print):
+    """(module, tokenizer) at the start: the start model, its kept layers, token embeddings frozen."""
+    module, tok = build_student(StudentSpec(start=cfg.start, layers=cfg.layers, project=False), 0, log)
+    if cfg.freeze_embeddings:
+        module.transformer.embeddings.requires_grad_(False)
+    return module, tok
+
+
+def run(cfg: FinetuneConfig, log=print) -> dict:
+    import torch
+
+    d = init_distributed()
+    say = log if d.rank == 0 else (lambda *a, **k: None)
+    start_folder = preflight(cfg, say)
+    torch.manual_seed(cfg.seed)
+    out, started, timings = Path(cfg.out), time.monotonic(), {}
+    datasets = [load_interactions(name, cfg.seed, say) for name in cfg.datasets]
+    timings["data_s"] = round(time.monotonic() - started, 1)
+    module, tok = build(cfg, say)
+    run_key = _run_key(cfg, start_folder)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    say(f"fine-tuning {cfg.start} ({sum(p.numel() for p in module.parameters() if p.requires_grad):,} trained "
+        f"parameters) for {cfg.steps} steps of {cfg.batch_size} users")
+    t0 = time.monotonic()
+    result = run_steps(module, cfg.steps, make_step(module, tok, datasets, cfg, {}, d), cfg,
+                       out / "checkpoints" / "finetune.pt", run_key, d, say, state={})
+    timings["train_s"] = round(time.monotonic() - t0, 1)
+    data = {x.name: {"training_users": len(x.likes), "likes": int(sum(map(len, x.likes))), "items": len(x.item_ids),
+                     "steps": sum(1 for h in result["history"] if h["dataset"] == x.name)} for x in datasets}
+    if d.rank == 0:
+        save_student(module, tok, out / "model", cfg.max_length, {
+            "run_key": run_key, "finetuned_from": cfg.start, "start_folder": start_folder,
+            "layers": list(cfg.layers) if cfg.layers else None, "recipe": "interaction InfoNCE",
+            "datasets": cfg.datasets, "training": {k: v for k, v in result.items() if k != "history"}})
+    d.close()
+    if d.rank != 0:
+        return {}
+    report = {"config": cfg.to_json(), "start_folder": start_folder, "data": data, "training": result,
+              "model_folder": str(out / "model"), "world_size": d.world}
+    if cfg.evaluate:
+        t0 = time.monotonic()
+        report["evaluation"] = evaluate(cfg, out / "model", say)
+        timings["eval_s"] = round(time.monotonic() - t0, 1)
+    timings["total_s"] = round(time.monotonic() - started, 1)
+    report.update(timings=timings, peak_rss_mb=round(_peak_rss_kb() / 1024, 1),
+                  machine={"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+                  versions={p: version(p) for p in ("torch", "transformers", "tokenizers", "numpy")})
+    write_json_atomic(out / "finetune_report.json", report)
+    return report
+
+
+def evaluate(cfg: FinetuneConfig, model_folder: Path, say) -> dict:
+    """The start and the fine-tuned model on distill's held-out measures: agreement with the
+    teacher per text source (what fine-tuning made it forget) and MovieLens retrieval."""
+    from towerlite.models import SentenceEncoder, encode_with
+
+    from .pipeline import LazyTeacher, evaluate_row, speed_sample, teacher_eval_embeddings, teacher_row
+    from .texts import eval_set
+
+    ev = eval_set(cfg.eval_texts_per_source, cfg.eval_users, cfg.history_items, cfg.seed, cfg.eval_catalog_items)
+    teacher_folder, _ = start_config(StudentSpec(start=cfg.teacher), say)
+    teacher = LazyTeacher(cfg.teacher, cfg.max_length, say)
+    t_eval, _ = teacher_eval_embeddings(ev, teacher_folder, cfg.max_length, dict(encode=teacher, chunk=512))
+    speed = speed_sample(ev, cfg.speed_texts, cfg.seed)
+    rows = {"teacher": teacher_row(teacher, t_eval, ev, t_eval["texts"].shape[1], speed)}
+    start, tok = build(cfg, say)
+    rows[f"{cfg.start} (start)"] = evaluate_row(lambda t: encode_with(start, tok, t, 32, cfg.max_length), ev, t_eval, speed)
+    tuned = SentenceEncoder(str(model_folder), log=say, attn_implementation="eager")
+    rows["fine-tuned"] = evaluate_row(lambda t: tuned.encode(t, max_length=cfg.max_length), ev, t_eval, speed)
+    return rows
+
+
+def _peak_rss_kb() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

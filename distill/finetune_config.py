@@ -1,0 +1,92 @@
+"""What a fine-tuning run does, as one small config (JSON-loadable, recorded in the report).
+
+The recipes of docs/quality.md are presets: `multi` (the default: one model on both datasets'
+interactions), `movies` and `books` (one domain each, the same number of steps per domain as
+`multi` gives it), `teacher` (the large model fine-tuned, to be distilled), `tiny` (tests).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from towerlite.errors import TowerliteError
+
+KNOWN_DATASETS = ("movielens", "bookcrossing")
+
+
+@dataclass
+class FinetuneConfig:
+    out: str = "runs/finetune"
+    start: str = "student-start"  # registry name (student-start, teacher) or an HF folder, e.g. a distilled student
+    layers: tuple[int, ...] | None = None  # keep only these transformer layers (None = all)
+    datasets: dict[str, float] = field(default_factory=lambda: {"movielens": 1.0, "bookcrossing": 1.0})
+    steps: int = 400  # each step is one dataset's batch, drawn by the weights above
+    batch_size: int = 32  # users (and their positives) per step: the in-batch negatives
+    history_items: int = 10  # liked items rendered into the user text (as `towerlite eval` does)
+    max_length: int = 128
+    temperature: float = 0.05
+    symmetric: bool = True  # also each item against the batch's users
+    logq_correction: bool = True
+    bank_size: int = 4096  # catalog items as extra negatives (0 = in-batch only; the whole catalog when smaller)
+    bank_refresh: int = 100  # steps between re-encoding the bank with the current weights
+    freeze_embeddings: bool = True  # the token embeddings: half of MiniLM's weights, sparse gradients
+    lr: float = 1e-4
+    warmup_fraction: float = 0.1
+    checkpoint_every: int = 50
+    seed: int = 0
+    evaluate: bool = True  # start vs fine-tuned on distill's held-out texts (forgetting) and MovieLens users
+    teacher: str = "teacher"  # the reference the text agreement is measured against
+    eval_texts_per_source: int = 150
+    eval_users: int = 600
+    eval_catalog_items: int = 0
+    speed_texts: int = 128
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> FinetuneConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TowerliteError(f"unknown config field(s) {unknown}; known: {', '.join(sorted(known))}")
+        data = dict(data)
+        if data.get("layers") is not None:
+            data["layers"] = tuple(data["layers"])
+        return cls(**data)
+
+    @classmethod
+    def read(cls, path: Path) -> dict:
+        try:
+            data = json.loads(Path(path).read_text())
+            cls.from_json(data)
+            return data
+        except FileNotFoundError:
+            raise TowerliteError(f"config {path}: no such file") from None
+        except (json.JSONDecodeError, TypeError, AttributeError, TowerliteError) as exc:
+            raise TowerliteError(f"config {path}: not a valid finetune config ({exc})") from None
+
+
+def check(cfg: FinetuneConfig) -> None:
+    if not cfg.datasets or set(cfg.datasets) - set(KNOWN_DATASETS) or any(w <= 0 for w in cfg.datasets.values()):
+        raise TowerliteError(f"datasets must weight some of {', '.join(KNOWN_DATASETS)} with positive "
+                             f"numbers; got {cfg.datasets}")
+    for key, minimum in (("steps", 1), ("batch_size", 2), ("history_items", 1), ("max_length", 8),
+                         ("checkpoint_every", 1), ("bank_refresh", 1), ("bank_size", 0)):
+        if getattr(cfg, key) < minimum:
+            raise TowerliteError(f"{key} must be at least {minimum}, got {getattr(cfg, key)}")
+    if not 0 < cfg.temperature <= 10:
+        raise TowerliteError(f"temperature must be in (0, 10], got {cfg.temperature}")
+
+
+PRESETS = {
+    "multi": {},
+    "movies": dict(datasets={"movielens": 1.0}, steps=200),
+    "books": dict(datasets={"bookcrossing": 1.0}, steps=200),
+    "teacher": dict(start="teacher", steps=150, batch_size=32),
+    "tiny": dict(layers=(0, 5), steps=12, batch_size=8, max_length=64, bank_size=64, bank_refresh=4,
+                 checkpoint_every=4, eval_texts_per_source=16, eval_users=40, eval_catalog_items=300,
+                 speed_texts=16),
+}
