@@ -65,7 +65,7 @@ def make_step(module, tok, datasets: list, cfg: FinetuneConfig, state: dict, d: 
         batch = step_batch(datasets, weights, cfg.batch_size, cfg.history_items, cfg.seed, step)
         mine = slice(d.rank, None, d.world)  # under DDP each process takes its share of the users
         texts, positives = batch.user_texts[mine], batch.positives[mine]
-        batch.seen, batch.positives = batch.seen[mine], positives
+        batch.users, batch.seen, batch.positives = batch.users[mine], batch.seen[mine], positives
         data = by_name[batch.dataset]
         users = _encode(model, tok, texts, cfg.max_length)
         items = _encode(model, tok, [data.item_texts[r] for r in positives], cfg.max_length)

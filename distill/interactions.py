@@ -21,6 +21,7 @@ class Interactions:
     name: str
     item_ids: list[str]  # the dataset's catalog
     item_texts: list[str]
+    users: list[str]  # the training users (never a held-out one)
     likes: list[np.ndarray]  # per training user: catalog rows liked, in order (≥ 2 of them)
     log_q: np.ndarray  # per item: log of its chance to be a sampled positive (logQ correction)
 
@@ -28,6 +29,7 @@ class Interactions:
 @dataclass
 class Batch:
     dataset: str
+    users: np.ndarray  # indices into Interactions.likes
     user_texts: list[str]
     positives: np.ndarray  # catalog row of each user's next liked item
     seen: list[set[int]]  # rows each user liked before it: never its negatives
@@ -41,13 +43,13 @@ def load_interactions(name: str, seed: int = 0, log=print) -> Interactions:
     data = load_dataset(name)
     items = data.items.reset_index(drop=True)
     row = {item: r for r, item in enumerate(items["item_id"])}
-    likes = [np.array([row[i] for i in liked], dtype=np.int64)
-             for user, liked in ordered_likes(data, seed).items()
-             if not is_heldout_user(user) and len(liked) >= 2]
+    train = {user: liked for user, liked in ordered_likes(data, seed).items()
+             if not is_heldout_user(user) and len(liked) >= 2}
+    likes = [np.array([row[i] for i in liked], dtype=np.int64) for liked in train.values()]
     if not likes:
         raise TowerliteError(f"{name}: the training split is empty (no training user has two liked items)")
     log(f"{name}: {len(likes):,} training users, {sum(map(len, likes)):,} likes, {len(items):,} items")
-    return Interactions(name, list(items["item_id"]), item_texts(items), likes, _log_q(likes, len(items)))
+    return Interactions(name, list(items["item_id"]), item_texts(items), list(train), likes, _log_q(likes, len(items)))
 
 
 def _log_q(likes: list[np.ndarray], n_items: int) -> np.ndarray:
@@ -73,7 +75,7 @@ def sample_batch(data: Interactions, size: int, history_items: int, rng: np.rand
         texts.append(join_user_text([data.item_texts[r] for r in history[-history_items:]], history_items))
         positives.append(int(liked[cut]))
         seen.append(set(history.tolist()))
-    return Batch(data.name, texts, np.array(positives), seen)
+    return Batch(data.name, users, texts, np.array(positives), seen)
 
 
 def step_batch(datasets: list[Interactions], weights: list[float], size: int, history_items: int,
