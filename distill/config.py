@@ -140,7 +140,16 @@ DEMO = dict(
          "book-crossing": 400, "user-history": 300},
     eval_texts_per_source=40, eval_users=100, eval_catalog_items=600, speed_texts=64,
 )
-PRESETS = {"default": {}, "tiny": TINY, "losses": LOSSES, "demo": DEMO, **TRANSFER}
+# Recipe 2's second half (docs/quality.md): a 6-layer student distilled from a fine-tuned teacher
+# (`--teacher runs/finetune-teacher/model`) on MovieLens item and user texts, with the score loss
+# on user–item pairs carrying the teacher's ranking; a little Brown/WordNet keeps general text.
+FROM_FINETUNED = dict(
+    students={"minilm6-proj": {"start": "student-start", "layers": None, "project": True}},
+    candidates=[{"name": "minilm6-proj", "student": "minilm6-proj", "loss": "embed+score"}], serve="minilm6-proj",
+    mix={"brown": 300, "wordnet": 300, "movielens-1m": 2000, "user-history": 1500}, user_datasets=["movielens"],
+    speed_texts=64,
+)
+PRESETS = {"default": {}, "tiny": TINY, "losses": LOSSES, "demo": DEMO, "from-finetuned": FROM_FINETUNED, **TRANSFER}
 
 
 def check(cfg: DistillConfig) -> None:

@@ -148,6 +148,7 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
 def evaluate(cfg: FinetuneConfig, model_folder: Path, say) -> dict:
     """The start and the fine-tuned model on distill's held-out measures: agreement with the
     teacher per text source (what fine-tuning made it forget) and MovieLens retrieval."""
+    from towerlite.embedding_cache import cache_key, cache_root, cached_embeddings
     from towerlite.models import SentenceEncoder, encode_with
 
     from .pipeline import LazyTeacher, evaluate_row, speed_sample, teacher_eval_embeddings, teacher_row
@@ -159,10 +160,18 @@ def evaluate(cfg: FinetuneConfig, model_folder: Path, say) -> dict:
     t_eval, _ = teacher_eval_embeddings(ev, teacher_folder, cfg.max_length, dict(encode=teacher, chunk=512))
     speed = speed_sample(ev, cfg.speed_texts, cfg.seed)
     rows = {"teacher": teacher_row(teacher, t_eval, ev, t_eval["texts"].shape[1], speed)}
-    start, tok = build(cfg, say)
-    rows[f"{cfg.start} (start)"] = evaluate_row(lambda t: encode_with(start, tok, t, 32, cfg.max_length), ev, t_eval, speed)
+    if StudentSpec(start=cfg.start) != StudentSpec(start=cfg.teacher) or cfg.layers:  # else the teacher row is the start
+        start, tok = build(cfg, say)
+        rows[f"{cfg.start} (start)"] = evaluate_row(lambda t: encode_with(start, tok, t, 32, cfg.max_length), ev,
+                                                    t_eval, speed)
     tuned = SentenceEncoder(str(model_folder), log=say, attn_implementation="eager")
-    rows["fine-tuned"] = evaluate_row(lambda t: tuned.encode(t, max_length=cfg.max_length), ev, t_eval, speed)
+
+    def encode(texts):  # cached: distilling from this model (recipe 2) reuses these embeddings
+        key = cache_key(str(model_folder), cfg.max_length, texts)
+        return cached_embeddings(texts, cache_root(), key, lambda t: tuned.encode(t, max_length=cfg.max_length),
+                                 progress=False)[0]
+
+    rows["fine-tuned"] = evaluate_row(encode, ev, t_eval, speed)
     return rows
 
 
