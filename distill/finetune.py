@@ -117,9 +117,9 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     say(f"fine-tuning {cfg.start} ({sum(p.numel() for p in module.parameters() if p.requires_grad):,} trained "
         f"parameters) for {cfg.steps} steps of {cfg.batch_size} users")
-    t0 = time.monotonic()
-    result = run_steps(module, cfg.steps, make_step(module, tok, datasets, cfg, {}, d), cfg,
-                       out / "checkpoints" / "finetune.pt", run_key, d, say, state={})
+    t0, state = time.monotonic(), {}  # the negatives banks: saved in each checkpoint, restored on resume
+    result = run_steps(module, cfg.steps, make_step(module, tok, datasets, cfg, state, d), cfg,
+                       out / "checkpoints" / "finetune.pt", run_key, d, say, state=state)
     timings["train_s"] = round(time.monotonic() - t0, 1)
     data = {x.name: {"training_users": len(x.likes), "likes": int(sum(map(len, x.likes))), "items": len(x.item_ids),
                      "steps": sum(1 for h in result["history"] if h["dataset"] == x.name)} for x in datasets}

@@ -2,7 +2,8 @@
 
 The recipes of docs/quality.md are presets: `multi` (the default: one model on both datasets'
 interactions), `movies` and `books` (one domain each, the same number of steps per domain as
-`multi` gives it), `teacher` (the large model fine-tuned, to be distilled), `tiny` (tests).
+`multi` gives it), `teacher` (the large model fine-tuned, to be distilled), `demo` (`towerlite demo`'s few minutes),
+`tiny` (tests).
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ PRESETS = {
     "books": dict(datasets={"bookcrossing": 1.0}, steps=200),
     # recipe 2's first half on a CPU budget: the 110M teacher on MovieLens (~10 s a step on 2 cores)
     "teacher": dict(start="teacher", datasets={"movielens": 1.0}, steps=60),
+    # `towerlite demo`: the distilled demo student adapted to MovieLens in about 4 minutes
+    "demo": dict(datasets={"movielens": 1.0}, steps=100, evaluate=False),
     "tiny": dict(layers=(0, 5), steps=12, batch_size=8, max_length=64, bank_size=64, bank_refresh=4,
                  checkpoint_every=4, eval_texts_per_source=16, eval_users=40, eval_catalog_items=300,
                  speed_texts=16),

@@ -1,7 +1,8 @@
 """`towerlite demo`: the whole chain on the embedded default, ending in one summary.
 
-    prepare → distill (preset `demo`) → export (fp32 + int8) → deploy (portable, MovieLens)
-    → serve → eval (in-process and through Triton) → bench → summary
+    prepare → distill (preset `demo`) → finetune (preset `demo`: the distilled student on
+    MovieLens interactions) → export (fp32 + int8) → deploy (portable, MovieLens) → serve
+    → eval (in-process and through Triton) → bench → summary
 
 Each step is the same `towerlite` subcommand a user would run, in this process, writing under
 OUT/; the server is stopped however the demo ends. Caches (assets, teacher and catalog
@@ -69,12 +70,16 @@ def _summary(out: Path, timings: dict, latency: dict) -> dict:
                     "teacher_recall@10": teacher["recall@10"], "student_int8_recall@10": served["metrics"]["recall@10"],
                     "kept_recall@10_pct": served["kept_vs_teacher"]["recall@10"],
                     "kept_ndcg@10_pct": served["kept_vs_teacher"]["ndcg@10"],
+                    "distilled_before_finetune_recall@10": next(
+                        v["metrics"]["recall@10"] for k, v in rows.items() if k.startswith("distill/model")),
                     "popularity_recall@10": rows["popularity"]["metrics"]["recall@10"],
+                    "co_occurrence_recall@10": rows["co-occurrence"]["metrics"]["recall@10"],
                     "via_triton_agrees": ev.get("via_triton", {}).get("agree")},
         "latency": {**latency, "speedup": round(latency["teacher_pytorch_ms"] / latency["student_int8_ms"], 1),
                     "served_c1_p50_ms": c1["latency_ms"]["p50"], "served_c1_p99_ms": c1["latency_ms"]["p99"],
                     f"served_c{top['concurrency']}_rps": top["throughput_rps"]},
         "timings_s": timings, "reports": {"distill": str(out / "distill" / "distill_report.json"),
+                                          "finetune": str(out / "finetune" / "finetune_report.json"),
                                           "export": str(out / "export" / "export_report.json"),
                                           "eval": str(out / "eval" / "eval_movielens.md"),
                                           "bench": str(out / "bench" / "bench.json")},
@@ -86,9 +91,10 @@ def _print(s: dict) -> None:
     print(f"""
 towerlite demo — summary
   quality kept   served student (ONNX int8) Recall@10 {q['student_int8_recall@10']:.4f} vs teacher \
-{q['teacher_recall@10']:.4f} on {q['users']} held-out MovieLens users: {q['kept_recall@10_pct']}% kept \
-(NDCG@10 {q['kept_ndcg@10_pct']}%); popularity {q['popularity_recall@10']:.4f}; through Triton = in-process: \
-{q['via_triton_agrees']}
+{q['teacher_recall@10']:.4f} on {q['users']} held-out MovieLens users: {q['kept_recall@10_pct']}% of the \
+teacher (NDCG@10 {q['kept_ndcg@10_pct']}%); distilled before fine-tuning {q['distilled_before_finetune_recall@10']:.4f}; \
+popularity {q['popularity_recall@10']:.4f}, co-occurrence {q['co_occurrence_recall@10']:.4f}; through Triton = \
+in-process: {q['via_triton_agrees']}
   latency won    user tower, batch 1, median of {lat['texts']} user texts: teacher PyTorch \
 {lat['teacher_pytorch_ms']} ms → student int8 {lat['student_int8_ms']} ms ({lat['speedup']}×); served \
 recommend at concurrency 1: p50 {lat['served_c1_p50_ms']} ms, p99 {lat['served_c1_p99_ms']} ms
@@ -103,7 +109,9 @@ def run(out: Path) -> dict:
     started = time.monotonic()
     _step("prepare", ["prepare"], timings)
     _step("distill", ["distill", "--preset", "demo", "--out", str(out / "distill")], timings)
-    _step("export", ["export", "--model", str(out / "distill" / "model"), "--out", str(out / "export"),
+    _step("finetune", ["finetune", "--preset", "demo", "--start", str(out / "distill" / "model"),
+                       "--out", str(out / "finetune")], timings)
+    _step("export", ["export", "--model", str(out / "finetune" / "model"), "--out", str(out / "export"),
                      "--variants", "fp32,int8_dynamic", "--no-speed"], timings)
     _step("deploy", ["deploy", "--user-model", str(out / "export"), "--catalog", "movielens",
                      "--flavor", "portable", "--index", "exact", "--out", str(out / "repository")], timings)
@@ -111,7 +119,7 @@ def run(out: Path) -> dict:
     with start_server(out / "repository" / "portable", log_path=out / "triton.log") as server:
         _say(f"serving at grpc {server.grpc_url}, http {server.http_url}")
         _step("eval", ["eval", "--dataset", "movielens", "--users", "200", "--model", str(out / "distill" / "model"),
-                       "--model", f"{out / 'export'}:int8_dynamic", "--via-triton", server.grpc_url,
+                       "--model", str(out / "finetune" / "model"), "--model", f"{out / 'export'}:int8_dynamic", "--via-triton", server.grpc_url,
                        "--out", str(out / "eval")], timings)
         _step("bench", ["bench", "--url", server.grpc_url, "--concurrency", "1,4,8", "--duration", "5",
                         "--texts", "300", "--out", str(out / "bench")], timings)
