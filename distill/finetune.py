@@ -67,8 +67,11 @@ def make_step(module, tok, datasets: list, cfg: FinetuneConfig, state: dict, d: 
         texts, positives = batch.user_texts[mine], batch.positives[mine]
         batch.users, batch.seen, batch.positives = batch.users[mine], batch.seen[mine], positives
         data = by_name[batch.dataset]
-        users = _encode(model, tok, texts, cfg.max_length)
-        items = _encode(model, tok, [data.item_texts[r] for r in positives], cfg.max_length)
+        item_texts = [data.item_texts[r] for r in positives]
+        if d.world > 1:  # DDP wants one forward per backward (items then pad to the users' length)
+            users, items = _encode(model, tok, texts + item_texts, cfg.max_length).split(len(texts))
+        else:  # two forwards: the short item texts padded only to their own length
+            users, items = _encode(model, tok, texts, cfg.max_length), _encode(model, tok, item_texts, cfg.max_length)
         bank = bank_valid = None
         if cfg.bank_size:
             banks = state.setdefault("banks", {})

@@ -237,3 +237,16 @@ def test_every_preset_is_a_valid_config():
 
     for fields in PRESETS.values():
         check(FinetuneConfig.from_json(dict(fields)))
+
+
+def test_two_process_torchrun(cache, tmp_path):
+    import os
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "distill.finetune_cli",
+                           "--preset", "tiny", "--out", str(tmp_path / "ddp"), "--set", "evaluate=false"],
+                          capture_output=True, text=True, timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "ddp" / "finetune_report.json").read_text())
+    assert report["world_size"] == 2 and len(report["training"]["history"]) == 12
+    assert all(np.isfinite(h["loss"]) for h in report["training"]["history"])
