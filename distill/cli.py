@@ -21,15 +21,21 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                   help="default: the full comparison (~40 min on 2 cores); tiny: a 2-layer student, "
-                        "a few hundred texts (a minute or two)")
-    p.add_argument("--config", type=Path, help="JSON file of config fields, applied over the preset")
-    p.add_argument("--out", type=Path, help="output folder (default runs/distill)")
+    add_config_arguments(p, PRESETS, "default",
+                         "default: the full comparison (~40 min on 2 cores); tiny: a 2-layer student, "
+                         "a few hundred texts (a minute or two)", "runs/distill", 'lr=5e-5 --set \'mix={"brown": 100}\'')
     p.add_argument("--teacher", help="teacher model: registry name, HF folder or hub id")
     p.add_argument("--epochs", type=int)
+
+
+def add_config_arguments(p: argparse.ArgumentParser, presets: dict, default: str, preset_help: str,
+                         out_default: str, set_example: str) -> None:
+    """The flags every config-driven command shares: --preset, --config, --out, --set."""
+    p.add_argument("--preset", choices=sorted(presets), default=default, help=preset_help)
+    p.add_argument("--config", type=Path, help="JSON file of config fields, applied over the preset")
+    p.add_argument("--out", type=Path, help=f"output folder (default {out_default})")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
-                   help='any config field, e.g. --set lr=5e-5 --set \'mix={"brown": 100}\'')
+                   help=f"any config field, e.g. --set {set_example}")
 
 
 def build_config(args: argparse.Namespace, presets=PRESETS, cls=DistillConfig,

@@ -73,11 +73,7 @@ class DistillConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> DistillConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise TowerliteError(f"unknown config field(s) {unknown}; known: {', '.join(sorted(known))}")
-        data = dict(data)
+        data = known_fields(cls, data)
         if "students" in data:
             data["students"] = {k: StudentSpec(**{**v, "layers": tuple(v["layers"]) if v.get("layers") else None})
                                 for k, v in data["students"].items()}
@@ -89,15 +85,27 @@ class DistillConfig:
 
     @classmethod
     def read(cls, path: Path) -> dict:
-        """A config file's fields (only those it sets), checked as a whole config."""
-        try:
-            data = json.loads(Path(path).read_text())
-            cls.from_json(data)
-            return data
-        except FileNotFoundError:
-            raise TowerliteError(f"config {path}: no such file") from None
-        except (json.JSONDecodeError, TypeError, AttributeError, TowerliteError) as exc:
-            raise TowerliteError(f"config {path}: not a valid distill config ({exc})") from None
+        return read_config(cls, path, "distill")
+
+
+def known_fields(cls, data: dict) -> dict:
+    """A copy of `data`, after checking it names only fields of the config class `cls`."""
+    unknown = sorted(set(data) - {f.name for f in fields(cls)})
+    if unknown:
+        raise TowerliteError(f"unknown config field(s) {unknown}; known: {', '.join(sorted(f.name for f in fields(cls)))}")
+    return dict(data)
+
+
+def read_config(cls, path: Path, kind: str) -> dict:
+    """A config file's fields (only those it sets), checked as a whole `cls` config."""
+    try:
+        data = json.loads(Path(path).read_text())
+        cls.from_json(data)
+        return data
+    except FileNotFoundError:
+        raise TowerliteError(f"config {path}: no such file") from None
+    except (json.JSONDecodeError, TypeError, AttributeError, TowerliteError) as exc:
+        raise TowerliteError(f"config {path}: not a valid {kind} config ({exc})") from None
 
 
 # The tests' and the demo's quick run: a 2-layer student, a few hundred texts, a few steps.

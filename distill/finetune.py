@@ -12,8 +12,6 @@ steps — through the same training loop as distillation (checkpoints, resume, D
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import platform
 import time
@@ -29,13 +27,16 @@ from .config import StudentSpec
 from .finetune_config import FinetuneConfig, check
 from .interactions import load_interactions, step_batch, valid_negatives
 from .losses import info_nce
+from .pipeline import (LazyTeacher, evaluate_row, hash_key, peak_rss_mb, speed_sample, teacher_eval_embeddings,
+                       teacher_row)
 from .students import build_student, save_student, start_config
 from .train import Dist, init_distributed, run_steps
 
 
 def _run_key(cfg: FinetuneConfig, start_folder: str) -> str:
+    """What the trained weights depend on: not the output folder nor the evaluation settings."""
     data = {k: v for k, v in cfg.to_json().items() if k not in ("out", "evaluate") and not k.startswith(("eval_", "speed"))}
-    return hashlib.sha256(json.dumps([data, start_folder], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hash_key(data, start_folder)
 
 
 def _encode(model, tok, texts: list[str], max_length: int):
@@ -141,7 +142,7 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
         report["evaluation"] = evaluate(cfg, out / "model", say)
         timings["eval_s"] = round(time.monotonic() - t0, 1)
     timings["total_s"] = round(time.monotonic() - started, 1)
-    report.update(timings=timings, peak_rss_mb=round(_peak_rss_kb() / 1024, 1),
+    report.update(timings=timings, peak_rss_mb=peak_rss_mb(),
                   machine={"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
                   versions={p: version(p) for p in ("torch", "transformers", "tokenizers", "numpy")})
     write_json_atomic(out / "finetune_report.json", report)
@@ -154,7 +155,6 @@ def evaluate(cfg: FinetuneConfig, model_folder: Path, say) -> dict:
     from towerlite.embedding_cache import cache_key, cache_root, cached_embeddings
     from towerlite.models import SentenceEncoder, encode_with
 
-    from .pipeline import LazyTeacher, evaluate_row, speed_sample, teacher_eval_embeddings, teacher_row
     from .texts import eval_set
 
     ev = eval_set(cfg.eval_texts_per_source, cfg.eval_users, cfg.history_items, cfg.seed, cfg.eval_catalog_items)
@@ -176,9 +176,3 @@ def evaluate(cfg: FinetuneConfig, model_folder: Path, say) -> dict:
 
     rows["fine-tuned"] = evaluate_row(encode, ev, t_eval, speed)
     return rows
-
-
-def _peak_rss_kb() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

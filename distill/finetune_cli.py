@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli import _f, build_config
+from .cli import _f, add_config_arguments, build_config
 from .finetune_config import PRESETS, FinetuneConfig
 
 DESCRIPTION = (
@@ -19,15 +19,12 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=sorted(PRESETS), default="multi",
-                   help="multi: both datasets (the default recipe); movies / books: one domain; "
-                        "teacher: the large model; tiny: a 2-layer model, a few steps (tests)")
-    p.add_argument("--config", type=Path, help="JSON file of config fields, applied over the preset")
-    p.add_argument("--out", type=Path, help="output folder (default runs/finetune)")
+    add_config_arguments(p, PRESETS, "multi",
+                         "multi: both datasets (the default recipe); movies / books: one domain; teacher: the "
+                         "large model; demo: the demo's few minutes; tiny: a 2-layer model, a few steps (tests)",
+                         "runs/finetune", 'temperature=0.1 --set \'datasets={"movielens": 1}\'')
     p.add_argument("--start", help="start model: registry name, HF folder (e.g. a distilled student)")
     p.add_argument("--steps", type=int)
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
-                   help='any config field, e.g. --set temperature=0.1 --set \'datasets={"movielens": 1}\'')
 
 
 def summary_table(report: dict) -> str:

@@ -8,11 +8,12 @@ interactions), `movies` and `books` (one domain each, the same number of steps p
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from towerlite.errors import TowerliteError
+
+from .config import known_fields, read_config
 
 KNOWN_DATASETS = ("movielens", "bookcrossing")
 
@@ -49,25 +50,14 @@ class FinetuneConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> FinetuneConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise TowerliteError(f"unknown config field(s) {unknown}; known: {', '.join(sorted(known))}")
-        data = dict(data)
+        data = known_fields(cls, data)
         if data.get("layers") is not None:
             data["layers"] = tuple(data["layers"])
         return cls(**data)
 
     @classmethod
     def read(cls, path: Path) -> dict:
-        try:
-            data = json.loads(Path(path).read_text())
-            cls.from_json(data)
-            return data
-        except FileNotFoundError:
-            raise TowerliteError(f"config {path}: no such file") from None
-        except (json.JSONDecodeError, TypeError, AttributeError, TowerliteError) as exc:
-            raise TowerliteError(f"config {path}: not a valid finetune config ({exc})") from None
+        return read_config(cls, path, "finetune")
 
 
 def check(cfg: FinetuneConfig) -> None:

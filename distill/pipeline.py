@@ -45,7 +45,8 @@ def preflight(cfg: DistillConfig, log=print) -> tuple[str, int]:
     return teacher_folder, teacher_dim
 
 
-def _key(*parts) -> str:
+def hash_key(*parts) -> str:
+    """A short hash of everything a training run's result depends on (its checkpoints carry it)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -177,7 +178,7 @@ def run(cfg: DistillConfig, log=print) -> dict:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     for cand in cfg.candidates:
         spec = cfg.students[cand.student]
-        run_key = _key(cand, spec, train_key, {k: v for k, v in cfg.to_json().items()
+        run_key = hash_key(cand, spec, train_key, {k: v for k, v in cfg.to_json().items()
                                                 if k not in ("out", "candidates", "students", "serve")})
         folder = out / "candidates" / cand.name
         prov_file = folder / "towerlite_student.json"
@@ -237,7 +238,7 @@ def _evaluate_and_report(cfg, teacher, ev, t_eval, tr, t_train, trained, teacher
                                           "eval_texts_per_source": dict(sorted(_count([r.source for r in ev.texts]).items())),
                                           "eval_users": len(ev.cases), "catalog_items": len(ev.catalog_ids)},
         "training": trained, "evaluation": rows, "served": serve, "model_folder": str(out / "model"),
-        "world_size": int(os.environ.get("WORLD_SIZE", "1")), "timings": timings, "peak_rss_mb": _peak_rss_mb(),
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")), "timings": timings, "peak_rss_mb": peak_rss_mb(),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "versions": {p: version(p) for p in ("torch", "transformers", "tokenizers", "numpy")},
     }
@@ -251,7 +252,7 @@ def _count(values) -> dict:
     return dict(Counter(values))
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
