@@ -15,7 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder (created)")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                    help=f"comma-separated subset of {','.join(FILES)} (default: all)")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per text (default 128)")
+    p.add_argument("--max-length", type=int,
+                   help="tokens per text (default: the model's own max_seq_length, at most 128)")
     p.add_argument("--min-cosine", action="append", default=[], metavar="VARIANT=X",
                    help="parity gate: minimum mean cosine to the PyTorch model "
                         f"(defaults: {', '.join(f'{k}={v}' for k, v in DEFAULT_MIN_COSINE.items())})")

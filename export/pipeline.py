@@ -11,7 +11,7 @@ import os
 import platform
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -33,7 +33,7 @@ class ExportConfig:
     model: str
     out: Path
     variants: tuple[str, ...] = DEFAULT_VARIANTS
-    max_length: int = 128
+    max_length: int | None = None  # None: the model's own max_seq_length, at most 128
     parity_texts_per_source: int = 64  # held-out texts, every domain present
     calibration_texts_per_source: int = 32  # training-part texts, for static INT8
     min_cosine: dict = field(default_factory=lambda: dict(DEFAULT_MIN_COSINE))
@@ -53,7 +53,7 @@ def check_config(cfg: ExportConfig) -> None:
     if not cfg.variants:
         raise TowerliteError("no variants asked for")
     ensure_writable_dir(cfg.out)
-    if cfg.max_length < 8:
+    if cfg.max_length is not None and cfg.max_length < 8:
         raise TowerliteError("max_length must be at least 8 tokens")
 
 
@@ -88,6 +88,8 @@ def run(cfg: ExportConfig, log=print) -> dict:
     started = time.monotonic()
     encoder = SentenceEncoder(cfg.model, log=log, attn_implementation="eager")
     folder = Path(encoder.source)
+    if cfg.max_length is None:  # a model fine-tuned at 64 tokens is served at 64
+        cfg = replace(cfg, max_length=min(encoder.pipeline.max_seq_length, 128))
     texts, calib_texts, per_source = _texts(cfg, log)
     log(f"PyTorch reference on {len(texts)} held-out texts")
     reference = encoder.encode(texts, max_length=cfg.max_length)

@@ -48,6 +48,7 @@ INDEX_CHOICES = ("keep", *ix.INDEX_KINDS)
 CHECK_IDS = 100          # ids of each kind recorded in catalog.json and checked on the server
 EXCLUDE_CHUNK = 1000     # ids per check request
 LOAD_TIMEOUT_S = 600.0   # a large catalog with an IVF index loads in tens of seconds
+FUSED = "recommend_fused"  # the one-model recommend (portable flavor), reloaded with the scorer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,15 +379,22 @@ def load_on_server(url: str, protocol: str, version: int, present: Sequence[str]
     client = _server_client(url, protocol)
     t0 = time.perf_counter()
     try:
-        if protocol == "grpc":
-            client.load_model("scorer", client_timeout=LOAD_TIMEOUT_S)
-        else:
-            client.load_model("scorer")
-        load_s = time.perf_counter() - t0
+        _load_model(client, protocol, "scorer")
         ready = client.is_model_ready("scorer", str(version))
         served = client.get_model_metadata("scorer")
         served = served.versions if protocol == "grpc" else served.get("versions", [])
         ensemble = client.is_model_ready("recommend")
+        # recommend_fused reads the scorer's newest catalog when it loads: reload it too (Triton
+        # keeps the loaded one answering until the reloaded one is ready)
+        fused = FUSED in {m["name"] if isinstance(m, dict) else m.name
+                          for m in _repository_index(client, protocol)}
+        if fused:  # its files are unchanged, so Triton reloads it only for a changed config
+            config = client.get_model_config(FUSED, **({"as_json": True} if protocol == "grpc" else {}))
+            config = config.get("config", config)
+            config.setdefault("parameters", {})["SCORER_VERSION"] = {"string_value": str(version)}
+            _load_model(client, protocol, FUSED, json.dumps(config))
+            ensemble = ensemble and client.is_model_ready(FUSED)
+        load_s = time.perf_counter() - t0
     except (InferenceServerException, OSError) as exc:
         raise _load_error(url, protocol, exc) from None
     finally:
@@ -395,20 +403,34 @@ def load_on_server(url: str, protocol: str, version: int, present: Sequence[str]
         raise LoadError(f"the server at {url} loaded the scorer but serves version(s) "
                         f"{', '.join(served) or 'none'}, not {version}", "elsewhere")
     if not ensemble:
-        raise LoadError(f"the server at {url} serves scorer version {version} but the "
-                        "`recommend` ensemble is not ready", "log")
-    _check_catalog(url, protocol, present, absent)
+        raise LoadError(f"the server at {url} serves scorer version {version} but "
+                        f"`recommend`{' or ' + FUSED if fused else ''} is not ready", "log")
+    for model in ("recommend", FUSED) if fused else ("recommend",):
+        _check_catalog(url, protocol, present, absent, model)
     return {"url": url, "protocol": protocol, "load_seconds": round(load_s, 2),
             "served_versions": [str(v) for v in served], "checked_present": len(present),
             "checked_absent": len(absent)}
 
 
-def _check_catalog(url: str, protocol: str, present: Sequence[str], absent: Sequence[str]):
+def _load_model(client, protocol: str, name: str, config: str | None = None) -> None:
+    if protocol == "grpc":
+        client.load_model(name, config=config, client_timeout=LOAD_TIMEOUT_S)
+    else:
+        client.load_model(name, config=config)
+
+
+def _repository_index(client, protocol: str) -> list:
+    index = client.get_model_repository_index()
+    return list(index.models) if protocol == "grpc" else index
+
+
+def _check_catalog(url: str, protocol: str, present: Sequence[str], absent: Sequence[str],
+                   model: str = "recommend"):
     """The scorer refuses EXCLUDE ids it does not hold, naming how many: so `present` must be
     accepted and `absent` refused in full, by the catalog now served."""
     from .client import Client, ServingError
 
-    with Client(url, protocol, timeout_s=60) as client:
+    with Client(url, protocol, timeout_s=60, model=model) as client:
         try:
             for start in range(0, len(present), EXCLUDE_CHUNK):
                 client.recommend("catalog check", k=1,

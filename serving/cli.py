@@ -76,6 +76,32 @@ def add_deploy_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nprobe", type=int, help="IVF lists visited per query (default 32)")
     p.add_argument("--threads", type=int, default=2,
                    help="onnxruntime threads for embedding the catalog (default 2)")
+    p.add_argument("--spec", action="append", default=[], metavar="FIELD=JSON",
+                   help="any serving setting of serving.repository.RepositorySpec, e.g. "
+                        "--spec user_encoder_instances=1 --spec user_encoder_threads=2 "
+                        "--spec 'buckets=[16,32,64,128]'")
+
+
+def spec_settings(items: list[str]) -> dict:
+    """--spec FIELD=JSON pairs → RepositorySpec fields (lists become tuples)."""
+    import json
+    from dataclasses import fields
+
+    from .repository import RepositorySpec
+
+    known = {f.name for f in fields(RepositorySpec)} - {"dim", "max_length", "item_tokenizer"}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise TowerliteError(f"--spec {item!r}: expected FIELD=JSON with FIELD one of "
+                                 f"{', '.join(sorted(known))}")
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise TowerliteError(f"--spec {item!r}: {value!r} is not JSON") from None
+        out[key] = tuple(value) if isinstance(value, list) else value
+    return out
 
 
 def deploy_command(args: argparse.Namespace) -> int:
@@ -87,10 +113,11 @@ def deploy_command(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise TowerliteError("--limit must be at least 1")
     flavors = FLAVORS if args.flavor == "both" else (args.flavor,)
+    spec = replace(RepositorySpec(), tensorrt=args.tensorrt, **spec_settings(args.spec))
     report = deploy(args.user_model, args.out, item_model=args.item_model, variant=args.variant,
                     item_variant=args.item_variant, native_variant=args.native_variant,
                     catalog=args.catalog, limit=args.limit, flavors=flavors,
-                    spec=replace(RepositorySpec(), tensorrt=args.tensorrt), index=args.index,
+                    spec=spec, index=args.index,
                     nprobe=args.nprobe, threads=args.threads,
                     log=lambda msg: print(msg, file=sys.stderr))
     c = report["catalog"]

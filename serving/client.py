@@ -3,6 +3,7 @@
     client = Client("127.0.0.1:8001")                       # gRPC; protocol="http" for HTTP
     recs = client.recommend(user_text, k=10, domain="book", exclude=history_ids)
     recs.item_ids, recs.scores, recs.domains                 # best first
+    Client(url, model="recommend_fused")                     # the same, one python model
     vectors = client.embed_items(["[movie] Heat (1995). Action|Crime|Thriller"])
 
 Failures raise `ServingError` (a TowerliteError) with one line: the server's own message for a
@@ -45,10 +46,14 @@ def _decode(values: np.ndarray) -> list[str]:
 class Client:
     """recommend / embed_items against a Triton server running the towerlite repository."""
 
-    def __init__(self, url: str, protocol: str = "grpc", timeout_s: float = 30.0):
+    def __init__(self, url: str, protocol: str = "grpc", timeout_s: float = 30.0,
+                 model: str = "recommend"):
+        """`model`: the recommend ensemble, or `recommend_fused` (the same answers from one
+        python model)."""
         if protocol not in ("grpc", "http"):
             raise ValueError("protocol is 'grpc' or 'http'")
         self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
+        self.model = model
         if protocol == "grpc":
             import tritonclient.grpc as tc
         else:
@@ -138,7 +143,7 @@ class Client:
         if min_score is not None:
             inputs.append(self._input("MIN_SCORE", np.array([[min_score]], dtype=np.float32),
                                       "FP32"))
-        result = self._call("recommend", inputs, ["ITEM_IDS", "SCORES", "DOMAINS"])
+        result = self._call(self.model, inputs, ["ITEM_IDS", "SCORES", "DOMAINS"])
         ids = _decode(result.as_numpy("ITEM_IDS")[0])
         scores = result.as_numpy("SCORES")[0]
         domains = _decode(result.as_numpy("DOMAINS")[0])

@@ -95,13 +95,14 @@ def served(pristine, tmp_path_factory):
 
 
 class Traffic:
-    """Threads sending `recommend` until stopped, over gRPC and HTTP; every outcome is kept."""
+    """Threads sending `recommend` until stopped, over gRPC and HTTP, to the ensemble and to
+    `recommend_fused` (reloaded after the scorer); every outcome is kept."""
 
     TEXTS = ["[movie] Heat (1995). Action|Crime|Thriller; [movie] Casino (1995). Drama|Thriller",
              "[book] Clara Callan by Richard Bruce Wright (2001). HarperFlamingo Canada",
              "funny animated films for children"]
 
-    def __init__(self, server, keep_id: str, threads: int = 4):
+    def __init__(self, server, keep_id: str, threads: int = 6):
         self.server, self.keep_id = server, keep_id
         self.stop = threading.Event()
         self.done: list[float] = []      # finish times of successful requests
@@ -111,7 +112,8 @@ class Traffic:
     def _run(self, i: int) -> None:
         protocol = "grpc" if i % 2 == 0 else "http"
         url = self.server.grpc_url if protocol == "grpc" else self.server.http_url
-        with Client(url, protocol) as client:
+        model = "recommend_fused" if i >= 4 else "recommend"
+        with Client(url, protocol, model=model) as client:
             n = 0
             while not self.stop.is_set():
                 n += 1
@@ -124,7 +126,7 @@ class Traffic:
                     assert len(got) == 10, got
                     self.done.append(time.monotonic())
                 except Exception as exc:  # noqa: BLE001  (every failure counts)
-                    self.failed.append(f"{protocol}: {exc}")
+                    self.failed.append(f"{protocol} {model}: {exc}")
 
     def __enter__(self):
         for t in self.threads:
@@ -195,12 +197,14 @@ def test_update_under_concurrent_requests_loses_none(served, data, exported, tmp
     want = OnnxEncoder(exported / "model.onnx", max_length=128).encode(fresh["text"].tolist())
     np.testing.assert_allclose(np.asarray(emb)[fresh.index.to_numpy()], want, atol=1e-5)
 
-    with Client(server.grpc_url) as c:
-        # every new book is the top result for its own text (same fp32 model, score 1)
+    with Client(server.grpc_url) as c, Client(server.grpc_url, model="recommend_fused") as fused:
+        # every new book is the top result for its own text (same fp32 model, score 1), from
+        # the ensemble and from recommend_fused alike
         for _, book in books.iterrows():
-            got = c.recommend(text_of(book), k=1)
-            assert got.item_ids == [book["item_id"]] and got.domains == ["book"]
-            assert got.scores[0] > 0.999
+            for client in (c, fused):
+                got = client.recommend(text_of(book), k=1)
+                assert got.item_ids == [book["item_id"]] and got.domains == ["book"]
+                assert got.scores[0] > 0.999
         # the changed item answers to its new text, and the served vector is the new one
         new_text = text_of(movies.iloc[CHANGED].to_dict() | NEW_TITLE)
         assert c.recommend(new_text, k=1).item_ids == [changed_id]

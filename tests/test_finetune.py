@@ -180,12 +180,14 @@ def test_report_table_and_model_folder(tiny_run):
     assert np.abs(ours - start).max() > 1e-3  # it did change
 
 
-def test_fine_tuned_folder_exports_unchanged(tiny_run, tmp_path):
+def test_fine_tuned_folder_exports_unchanged_at_its_own_length(tiny_run, tmp_path):
     out, _ = tiny_run
     proc = run_cli("export", "--model", str(out / "model"), "--out", str(tmp_path / "ex"), "--variants", "fp32", "--no-speed")
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "ex" / "export_report.json").read_text())
     assert report["variants"]["fp32"]["passed"] and not report["failures"]
+    # trained at 64 tokens (the tiny preset), exported and so served at 64, not the default 128
+    assert report["max_length"] == 64
 
 
 def test_resume_after_interruption_gives_the_same_weights(tiny_run, tmp_path):

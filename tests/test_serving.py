@@ -49,6 +49,7 @@ def test_every_config_parses_as_model_config(flavor, spec_name):
     spec = SPECS[spec_name]
     configs = model_configs(spec, flavor)
     expected = {"tokenizer", "user_encoder", "item_encoder", "scorer", "recommend", "embed_items"}
+    expected |= {"recommend_fused"} if flavor == "portable" else set()
     assert set(configs) == expected | ({"item_tokenizer"} if spec.item_tokenizer else set())
     parsed = {n: text_format.Parse(t, model_config_pb2.ModelConfig()) for n, t in configs.items()}
     for name, cfg in parsed.items():
@@ -65,6 +66,13 @@ def test_every_config_parses_as_model_config(flavor, spec_name):
             assert [a.name for a in accel] == (["tensorrt"] if spec.tensorrt else [])
         else:
             assert enc.backend == "python" and not enc.platform
+            # ragged: requests of different widths batch together (the model pads them)
+            assert all(i.allow_ragged_batch for i in enc.input)
+    if flavor == "portable":  # the fused model takes and returns exactly what recommend does
+        fused, ensemble = parsed["recommend_fused"], parsed["recommend"]
+        assert fused.backend == "python" and len(fused.model_warmup) == 1
+        assert list(fused.input) == list(ensemble.input)
+        assert list(fused.output) == list(ensemble.output)
     scorer = parsed["scorer"]
     assert {i.name for i in scorer.input if i.optional} == {"K", "DOMAIN", "EXCLUDE", "MIN_SCORE"}
     assert parsed["recommend"].platform == "ensemble"
@@ -84,7 +92,9 @@ def test_committed_repository_is_what_the_generator_writes(tmp_path):
             assert committed.read_text() == path.read_text(), f"{committed} is stale"
 
 
-ALLOWED_IMPORTS = {"json", "os", "numpy", "onnxruntime", "tokenizers", "triton_python_backend_utils"}
+# + importlib (standard library): recommend_fused loads the repository's other model.py files
+ALLOWED_IMPORTS = {"json", "os", "importlib", "numpy", "onnxruntime", "tokenizers",
+                   "triton_python_backend_utils"}
 
 
 @pytest.mark.parametrize("source", sorted(p.name for p in MODEL_CODE.glob("*.py")))
@@ -214,10 +224,13 @@ def server(deployed, tmp_path_factory):
         yield srv
 
 
-@pytest.fixture(scope="module", params=["grpc", "http"])
+@pytest.fixture(scope="module", params=["grpc", "http", "grpc-fused"])
 def client(server, request):
-    url = server.grpc_url if request.param == "grpc" else server.http_url
-    with Client(url, request.param) as c:
+    """The recommend ensemble over both protocols, and recommend_fused (the same three models'
+    code in one python model), which must answer exactly as the ensemble does."""
+    protocol, _, fused = request.param.partition("-")
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    with Client(url, protocol, model="recommend_fused" if fused else "recommend") as c:
         yield c
 
 
@@ -387,9 +400,19 @@ def test_wrong_dtype_or_shape_is_a_clear_error(server, case):
         assert len(c.recommend("[movie] Heat (1995)", k=2)) == 2
 
 
-def test_concurrent_requests_all_succeed(server, users):
+def _user_encoder_counts(url):
+    import tritonclient.grpc as grpcclient
+
+    stats = grpcclient.InferenceServerClient(url).get_inference_statistics(
+        "user_encoder", as_json=True)["model_stats"][0]
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+
+def test_concurrent_requests_all_succeed_and_batch_across_lengths(server, users, client):
     texts = [t for _, _, t in users] * 6
+    alone = {t: client.recommend(t, k=10).item_ids for t in dict.fromkeys(texts)}
     results, errors = [None] * len(texts), []
+    inferences, executions = _user_encoder_counts(server.grpc_url)
 
     def work(i):
         try:
@@ -405,6 +428,14 @@ def test_concurrent_requests_all_succeed(server, users):
         t.join(60)
     assert not errors
     assert all(r is not None and len(r) == 10 for r in results)
+    # the user texts have different token lengths; ragged batching lets the dynamic batcher put
+    # them in one execution (fewer executions than requests), and padding a request to its
+    # batch's width changes nothing but int8 rounding: the same items come back
+    after = _user_encoder_counts(server.grpc_url)
+    assert after[0] - inferences == len(texts)
+    assert after[1] - executions < len(texts)
+    same = np.mean([len(set(r.item_ids) & set(alone[t])) / 10 for r, t in zip(results, texts)])
+    assert same >= 0.9, same
 
 
 def test_server_down_is_one_clear_line():

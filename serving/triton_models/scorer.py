@@ -32,6 +32,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
+OPTIONS = ("K", "DOMAIN", "EXCLUDE", "MIN_SCORE")  # the optional inputs, in search()'s order
+
+
 class RequestError(ValueError):
     pass
 
@@ -160,13 +163,13 @@ class TritonPythonModel:
 
     def _run(self, request):
         emb = pb_utils.get_input_tensor_by_name(request, "EMBEDDING").as_numpy()
+        return self.search(emb, *(_optional(request, name) for name in OPTIONS))
+
+    def search(self, emb, k=None, domain=None, exclude=None, min_score=None):
+        """The output tensors for user embedding(s) and the request's options (arrays or None)."""
         emb = emb.reshape(-1, emb.shape[-1]).astype(np.float32, copy=False)
         if emb.shape[1] != self.dim:
             raise RequestError(f"EMBEDDING has {emb.shape[1]} values; the catalog's are {self.dim}-d")
-        k = _optional(request, "K")
-        domain = _optional(request, "DOMAIN")
-        exclude = _optional(request, "EXCLUDE")
-        min_score = _optional(request, "MIN_SCORE")
         ranges = self._ranges(domain)
         excluded = self._lookup(exclude.reshape(-1)) if exclude is not None else None
         candidates = sum(stop - start for start, stop in ranges)

@@ -42,10 +42,9 @@ class TritonPythonModel:
         tok.enable_truncation(max_length=self.max_length)
         self.tokenizer = tok
 
-    def _texts(self, request):
-        raw = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().reshape(-1)
+    def _texts(self, raw) -> list[str]:
         texts = []
-        for i, value in enumerate(raw):
+        for i, value in enumerate(raw.reshape(-1)):
             if not isinstance(value, bytes):
                 value = str(value).encode()
             if len(value) > self.max_text_bytes:
@@ -59,7 +58,7 @@ class TritonPythonModel:
             if not text.strip():
                 raise ValueError(f"text {i} is empty")
             texts.append(text)
-        return raw.shape[0], texts
+        return texts
 
     def bucket(self, length):
         for b in self.buckets:
@@ -67,12 +66,27 @@ class TritonPythonModel:
                 return b
         return self.buckets[-1]
 
+    def pad(self, token_lists):
+        """input_ids, attention_mask of one request, padded to the bucket of its longest text."""
+        width = self.bucket(max(len(t) for t in token_lists))
+        ids = np.full((len(token_lists), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(token_lists), width), dtype=np.int64)
+        for r, t in enumerate(token_lists):
+            ids[r, :len(t)] = t
+            mask[r, :len(t)] = 1
+        return ids, mask
+
+    def tokenize(self, raw):
+        """One request's TEXT array → (input_ids, attention_mask); ValueError names a bad text."""
+        return self.pad([e.ids for e in self.tokenizer.encode_batch(self._texts(raw))])
+
     def execute(self, requests):
+        # every request's texts in one encode_batch call, then padded per request
         parsed, all_texts = [], []
         for request in requests:
             try:
-                rows, texts = self._texts(request)
-                parsed.append((len(all_texts), rows))
+                texts = self._texts(pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy())
+                parsed.append((len(all_texts), len(texts)))
                 all_texts.extend(texts)
             except ValueError as exc:
                 parsed.append(pb_utils.TritonError(f"tokenizer: {exc}"))
@@ -83,13 +97,7 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=item))
                 continue
             start, rows = item
-            ids_list = [e.ids for e in encodings[start:start + rows]]
-            width = self.bucket(max(len(t) for t in ids_list))
-            ids = np.full((rows, width), self.pad_id, dtype=np.int64)
-            mask = np.zeros((rows, width), dtype=np.int64)
-            for r, t in enumerate(ids_list):
-                ids[r, :len(t)] = t
-                mask[r, :len(t)] = 1
+            ids, mask = self.pad([e.ids for e in encodings[start:start + rows]])
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor("input_ids", ids), pb_utils.Tensor("attention_mask", mask)]))
         return responses

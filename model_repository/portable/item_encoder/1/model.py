@@ -2,8 +2,9 @@
 input_ids, attention_mask (int64) → sentence_embedding (float32, L2-normalized in the graph).
 
 Runs inside Triton's python backend: imports only numpy, onnxruntime and
-triton_python_backend_utils. The requests Triton hands over together (dynamic batching) are
-grouped by padded width and each group runs as one onnxruntime call, then split back.
+triton_python_backend_utils. The requests Triton hands over together (dynamic batching, ragged:
+requests of different widths batch together) are padded to the widest and run as one
+onnxruntime call, then split back.
 
 Parameters (config.pbtxt): THREADS (onnxruntime intra-op threads per instance).
 Files in the version folder: model.onnx (the export's chosen variant).
@@ -36,36 +37,50 @@ class TritonPythonModel:
         self.output = config["output"][0]["name"]
 
     def execute(self, requests):
-        inputs = []
-        for request in requests:
+        inputs, results = [], [None] * len(requests)
+        for i, request in enumerate(requests):
             ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy()
             mask = pb_utils.get_input_tensor_by_name(request, "attention_mask").as_numpy()
-            inputs.append((ids, mask))
-        results = [None] * len(requests)
-        widths = {}
-        for i, (ids, mask) in enumerate(inputs):
             if ids.shape != mask.shape:
                 results[i] = pb_utils.TritonError(
                     f"input_ids {list(ids.shape)} and attention_mask {list(mask.shape)} differ")
             else:
-                widths.setdefault(ids.shape[1], []).append(i)
-        for members in widths.values():
-            ids = np.concatenate([inputs[i][0] for i in members])
-            mask = np.concatenate([inputs[i][1] for i in members])
-            feed = {"input_ids": ids.astype(np.int64, copy=False),
-                    "attention_mask": mask.astype(np.int64, copy=False)}
-            try:
-                emb = self.session.run(None, {k: v for k, v in feed.items() if k in self.feeds})[0]
-            except Exception as exc:  # onnxruntime's own message, e.g. an id outside the vocab
-                for i in members:
-                    results[i] = pb_utils.TritonError(f"encoder: {exc}")
-                continue
-            start = 0
-            for i in members:
-                rows = inputs[i][0].shape[0]
-                results[i] = emb[start:start + rows].astype(np.float32, copy=False)
-                start += rows
+                inputs.append((i, ids, mask))
+        for (i, _, _), emb in zip(inputs, self.embed([(ids, mask) for _, ids, mask in inputs])):
+            results[i] = emb
         return [pb_utils.InferenceResponse(output_tensors=[], error=r)
                 if isinstance(r, pb_utils.TritonError)
                 else pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output, r)])
                 for r in results]
+
+    def embed(self, batch):
+        """[(input_ids, attention_mask)] → one embedding array (or TritonError) per request."""
+        if not batch:
+            return []
+        try:
+            return self._run(batch)
+        except Exception:  # one bad request (e.g. an id outside the vocab): run each alone
+            return [self._run_one(ids, mask) for ids, mask in batch]
+
+    def _run(self, batch):
+        """One onnxruntime call for the whole batch; the inputs allow ragged batches, so every
+        request is padded to the widest (padding is masked out of the pooling)."""
+        width = max(ids.shape[1] for ids, _ in batch)
+        rows = sum(ids.shape[0] for ids, _ in batch)
+        ids_all = np.zeros((rows, width), dtype=np.int64)
+        mask_all = np.zeros((rows, width), dtype=np.int64)
+        start = 0
+        for ids, mask in batch:
+            ids_all[start:start + ids.shape[0], :ids.shape[1]] = ids
+            mask_all[start:start + ids.shape[0], :ids.shape[1]] = mask
+            start += ids.shape[0]
+        feed = {"input_ids": ids_all, "attention_mask": mask_all}
+        emb = self.session.run(None, {k: v for k, v in feed.items() if k in self.feeds})[0]
+        bounds = np.cumsum([ids.shape[0] for ids, _ in batch])[:-1]
+        return [part.astype(np.float32, copy=False) for part in np.split(emb, bounds)]
+
+    def _run_one(self, ids, mask):
+        try:
+            return self._run([(ids, mask)])[0]
+        except Exception as exc:  # onnxruntime's own message
+            return pb_utils.TritonError(f"encoder: {exc}")

@@ -1,0 +1,211 @@
+"""Benchmark serving settings on one deployed repository, one server at a time.
+
+For each variant (RepositorySpec overrides, e.g. user_encoder_threads=2), rewrite the portable
+flavor's configs and model.py files in place (weights and catalog stay), start the server, run
+`towerlite bench` one concurrency level at a time, and read the server's CPU time (tritonserver
+and its python-backend stubs, from /proc) around each level. Prints one table and writes
+OUT/sweep.json; each level's full bench report is in OUT/<variant>/c<N>/.
+
+    python scripts/serving_sweep.py --repository runs/deploy/portable --out runs/sweep \\
+        --variant 'baseline:buckets=[16,32,64,128]' --variant 'default:' \\
+        --variant 'one-instance:user_encoder_instances=1,user_encoder_threads=2' \\
+        --variant 'fused:model="recommend_fused"'
+
+A variant is NAME:FIELD=JSON,FIELD=JSON… (empty after the colon: the current defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from serving.bench.report import write  # noqa: E402
+from serving.bench.runner import BenchConfig, run  # noqa: E402
+from serving.repository import RepositorySpec, write_code  # noqa: E402
+from serving.triton import _children, launch  # noqa: E402
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """NAME:FIELD=JSON,… → (name, RepositorySpec overrides); the pseudo-field `model` picks the
+    model the bench drives (default recommend)."""
+    name, _, rest = text.partition(":")
+    known = {f.name for f in fields(RepositorySpec)} | {"model"}
+    out = {}
+    for part in filter(None, _split(rest)):
+        key, _, value = part.partition("=")
+        if key not in known:
+            raise SystemExit(f"unknown RepositorySpec field {key!r} in {text!r}")
+        value = json.loads(value)
+        out[key] = tuple(value) if isinstance(value, list) else value
+    return name, out
+
+
+def _split(text: str) -> list[str]:
+    """Split on commas outside brackets."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return parts + [cur]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its children (the python-backend stubs)."""
+    total = 0.0
+    for p in [pid] + _children(pid):
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+class _Shim:
+    """Just enough of triton_python_backend_utils to call the repository's model.py files in
+    this process: the same code and files as the server, without Triton."""
+
+    class Tensor:
+        def __init__(self, name, array):
+            self.name, self.array = name, array
+
+        def as_numpy(self):
+            return self.array
+
+    class TritonError(Exception):
+        pass
+
+    class InferenceResponse:
+        def __init__(self, output_tensors, error=None):
+            self.outputs = {t.name: t.array for t in output_tensors}
+            self.error = error
+
+    @staticmethod
+    def get_input_tensor_by_name(request, name):
+        return request.get(name)
+
+
+def in_process(repository: Path, texts: list[str], k: int = 10, rounds: int = 2) -> dict:
+    """Latency of tokenizer → user_encoder → scorer called one after another in this process
+    (concurrency 1): the pipeline the server runs, minus Triton."""
+    import importlib.util
+    import time
+
+    import numpy as np
+
+    sys.modules["triton_python_backend_utils"] = _Shim
+    models = {}
+    for name in ("tokenizer", "user_encoder", "scorer"):
+        spec = importlib.util.spec_from_file_location(f"inproc_{name}", repository / name / "1" / "model.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = (repository / name / "config.pbtxt").read_text()
+        from google.protobuf import json_format, text_format
+        from tritonclient.grpc import model_config_pb2
+
+        cfg = json_format.MessageToDict(text_format.Parse(config, model_config_pb2.ModelConfig()),
+                                        preserving_proto_field_name=True)
+        model = module.TritonPythonModel()
+        model.initialize({"model_config": json.dumps(cfg), "model_repository": str(repository / name),
+                          "model_version": "1"})
+        models[name] = model
+
+    def one(text):
+        tok = models["tokenizer"].execute([{"TEXT": _Shim.Tensor("TEXT", np.array([[text.encode()]], dtype=object))}])[0]
+        ids, mask = tok.outputs["input_ids"], tok.outputs["attention_mask"]
+        emb = models["user_encoder"].execute([{"input_ids": _Shim.Tensor("", ids),
+                                               "attention_mask": _Shim.Tensor("", mask)}])[0]
+        out = models["scorer"].execute([{"EMBEDDING": _Shim.Tensor("", emb.outputs["sentence_embedding"]),
+                                         "K": _Shim.Tensor("", np.array([[k]], dtype=np.int32))}])[0]
+        return out.outputs["ITEM_IDS"]
+
+    lat = []
+    for r in range(rounds):
+        for text in texts:
+            t0 = time.perf_counter()
+            one(text)
+            if r:
+                lat.append((time.perf_counter() - t0) * 1e3)
+    return {"requests": len(lat), "p50": round(float(np.percentile(lat, 50)), 2),
+            "p99": round(float(np.percentile(lat, 99)), 2), "mean": round(float(np.mean(lat)), 2)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repository", type=Path, required=True, help="a portable flavor folder")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--variant", action="append", required=True)
+    ap.add_argument("--concurrency", default="1,2,4,8,16")
+    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--engine", default="perf_analyzer")
+    ap.add_argument("--texts", type=int, default=1000)
+    ap.add_argument("--in-process", action="store_true",
+                    help="also time the same three model.py files called in this process (c=1)")
+    args = ap.parse_args()
+    report = json.loads((args.repository.parent / "deploy_report.json").read_text())
+    base = RepositorySpec(**{k: tuple(v) if isinstance(v, list) else v
+                             for k, v in report["spec"].items()})
+    from serving.bench.inputs import build_requests
+
+    domains = {d["name"] for d in json.loads(
+        (args.repository / "scorer" / "1" / "catalog" / "catalog.json").read_text())["domains"]}
+    texts = build_requests([d for d, dom in (("movielens", "movie"), ("bookcrossing", "book"))
+                            if dom in domains], args.texts).texts
+    rows, local = [], {}
+    for text in args.variant:
+        name, overrides = parse_variant(text)
+        model = overrides.pop("model", "recommend")
+        spec = replace(base, **overrides)
+        write_code(args.repository, spec, "portable")
+        if args.in_process:
+            local[name] = in_process(args.repository, texts)
+            print(f"{name:24s} in-process c=1: p50 {local[name]['p50']:.2f} p99 "
+                  f"{local[name]['p99']:.2f} ms", flush=True)
+        server = launch(args.repository, log_path=args.out / name / "triton.log")
+        try:
+            for c in map(int, args.concurrency.split(",")):
+                before = cpu_seconds(server.process.pid)
+                bench = run(BenchConfig(url=server.grpc_url, out=args.out / name / f"c{c}", model=model,
+                                        concurrency=(c,), duration_s=args.duration,
+                                        engine=args.engine, texts=args.texts, label=name),
+                            log=lambda *_: None)
+                cpu = cpu_seconds(server.process.pid) - before
+                write(bench, args.out / name / f"c{c}")
+                level = bench["levels"][-1]
+                lat = level["latency_ms"] or {}
+                row = {"variant": name, "model": model, "overrides": overrides, "concurrency": c,
+                       "rps": level["throughput_rps"], "p50": lat.get("p50"),
+                       "p99": lat.get("p99"), "errors": level["errors"],
+                       "server_cpu_ms_per_req": round(cpu / max(1, level["requests"] + 50) * 1e3, 2),
+                       "server": {m: {k: v for k, v in s.items() if k.endswith("_us")}
+                                  for m, s in level["server"].items()},
+                       "rss_mb": round(server.rss_bytes() / 2**20),
+                       "pss_mb": round(server.pss_bytes() / 2**20)}
+                rows.append(row)
+                print(f"{name:24s} c={c:<3d} {row['rps']:8.1f} req/s  p50 {row['p50']:7.2f}  "
+                      f"p99 {row['p99']:7.2f} ms  server CPU {row['server_cpu_ms_per_req']:.2f} "
+                      f"ms/req  errors {row['errors']}", flush=True)
+        finally:
+            server.stop()
+    write_code(args.repository, base, "portable")  # leave the deployed settings in place
+    args.out.mkdir(parents=True, exist_ok=True)
+    tmp = args.out / ".sweep.json.tmp"
+    tmp.write_text(json.dumps({"repository": str(args.repository), "rows": rows,
+                               "in_process": local}, indent=1))
+    tmp.replace(args.out / "sweep.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
