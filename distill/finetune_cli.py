@@ -20,7 +20,8 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p, PRESETS, "multi",
-                         "multi: both datasets (the default recipe); movies / books: one domain; teacher: the "
+                         "multi: both datasets (the default recipe); fast: the same on 3 layers at 64 tokens "
+                         "(the latency-bound served student); movies / books: one domain; teacher: the "
                          "large model; demo: the demo's few minutes; tiny: a 2-layer model, a few steps (tests)",
                          "runs/finetune", 'temperature=0.1 --set \'datasets={"movielens": 1}\'')
     p.add_argument("--start", help="start model: registry name, HF folder (e.g. a distilled student)")

@@ -1,7 +1,7 @@
 """What a fine-tuning run does, as one small config (JSON-loadable, recorded in the report).
 
 The recipes of docs/quality.md are presets: `multi` (the default: one model on both datasets'
-interactions), `movies` and `books` (one domain each, the same number of steps per domain as
+interactions), `fast` (the same on a 3-layer model at 64 tokens, for the latency goals), `movies` and `books` (one domain each, the same number of steps per domain as
 `multi` gives it), `teacher` (the large model fine-tuned, to be distilled), `demo` (`towerlite demo`'s few minutes),
 `tiny` (tests).
 """
@@ -74,6 +74,9 @@ def check(cfg: FinetuneConfig) -> None:
 
 PRESETS = {
     "multi": {},
+    # the latency-bound served student: layers 0, 2, 4 of MiniLM, user texts cut at 64 tokens
+    # (half the encoder time of `multi`; docs/benchmarks.md), more steps for the same budget
+    "fast": dict(layers=(0, 2, 4), max_length=64, steps=600, evaluate=False),
     "movies": dict(datasets={"movielens": 1.0}, steps=200),
     "books": dict(datasets={"bookcrossing": 1.0}, steps=200),
     # recipe 2's first half on a CPU budget: the 110M teacher on MovieLens (~10 s a step on 2 cores)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving.bench.report import write  # noqa: E402
+from serving.bench.report import plot, write  # noqa: E402
 from serving.bench.runner import BenchConfig, run  # noqa: E402
 from serving.repository import RepositorySpec, write_code  # noqa: E402
 from serving.triton import _children, launch  # noqa: E402
@@ -200,10 +200,22 @@ def main() -> int:
             server.stop()
     write_code(args.repository, base, "portable")  # leave the deployed settings in place
     args.out.mkdir(parents=True, exist_ok=True)
+    # merge with earlier sweeps into the same folder: a variant measured again replaces its rows
+    path = args.out / "sweep.json"
+    old = json.loads(path.read_text()) if path.is_file() else {"rows": [], "in_process": {}}
+    names = {r["variant"] for r in rows}
+    rows = [r for r in old["rows"] if r["variant"] not in names] + rows
+    local = {**old.get("in_process", {}), **local}
     tmp = args.out / ".sweep.json.tmp"
     tmp.write_text(json.dumps({"repository": str(args.repository), "rows": rows,
                                "in_process": local}, indent=1))
     tmp.replace(args.out / "sweep.json")
+    series = {}
+    for r in rows:  # each level's own report, for the latency-vs-throughput plot
+        level = json.loads((args.out / r["variant"] / f"c{r['concurrency']}" / "bench.json")
+                           .read_text())["levels"][-1]
+        series.setdefault(r["variant"], []).append(level)
+    print(f"wrote {path} and {plot(list(series.items()), args.out / 'sweep.png', 'serving settings')}")
     return 0
 
 

@@ -14,8 +14,8 @@ written by `towerlite deploy`:
                                answers MIN_SCORE requests, several-domain filters, and any query
                                the index returns too few results for after exclusion
 
-Both .npy files are memory-mapped: every scorer instance (its own process) shares one copy
-in the page cache.
+Both .npy files are memory-mapped: every scorer (and recommend_fused) instance, each its own
+process, shares one copy in the page cache. The index is read into each instance's memory.
 
 Inputs: EMBEDDING float32 [dim]; optional K int32 [1] (default DEFAULT_K), DOMAIN bytes [1]
 (a domain name, or several joined by ","), EXCLUDE bytes [-1] (item ids to leave out, e.g. the
@@ -78,6 +78,9 @@ class TritonPythonModel:
             import faiss  # only when the catalog ships an index
 
             self.faiss = faiss
+            # read into this process's memory: memory-mapped (IO_FLAG_MMAP) it answers the same
+            # but searched 4x slower (1.8 vs 0.46 ms a query, measured), so each scorer and
+            # recommend_fused instance holds its own copy
             self.index = faiss.read_index(index_file)
             self.nprobe = int(params.get("NPROBE", self.meta["index"].get("nprobe", 32)))
 
