@@ -122,23 +122,32 @@ def in_process(repository: Path, texts: list[str], k: int = 10, rounds: int = 2)
         models[name] = model
 
     def one(text):
+        marks = [time.perf_counter()]
         tok = models["tokenizer"].execute([{"TEXT": _Shim.Tensor("TEXT", np.array([[text.encode()]], dtype=object))}])[0]
         ids, mask = tok.outputs["input_ids"], tok.outputs["attention_mask"]
+        marks.append(time.perf_counter())
         emb = models["user_encoder"].execute([{"input_ids": _Shim.Tensor("", ids),
                                                "attention_mask": _Shim.Tensor("", mask)}])[0]
-        out = models["scorer"].execute([{"EMBEDDING": _Shim.Tensor("", emb.outputs["sentence_embedding"]),
-                                         "K": _Shim.Tensor("", np.array([[k]], dtype=np.int32))}])[0]
-        return out.outputs["ITEM_IDS"]
+        marks.append(time.perf_counter())
+        models["scorer"].execute([{"EMBEDDING": _Shim.Tensor("", emb.outputs["sentence_embedding"]),
+                                   "K": _Shim.Tensor("", np.array([[k]], dtype=np.int32))}])
+        marks.append(time.perf_counter())
+        return np.diff(marks) * 1e3
 
-    lat = []
+    steps = []
     for r in range(rounds):
         for text in texts:
-            t0 = time.perf_counter()
-            one(text)
             if r:
-                lat.append((time.perf_counter() - t0) * 1e3)
-    return {"requests": len(lat), "p50": round(float(np.percentile(lat, 50)), 2),
-            "p99": round(float(np.percentile(lat, 99)), 2), "mean": round(float(np.mean(lat)), 2)}
+                steps.append(one(text))
+            else:
+                one(text)
+    steps = np.array(steps)
+    lat = steps.sum(axis=1)
+    out = {"requests": len(lat), "p50": round(float(np.percentile(lat, 50)), 2),
+           "p99": round(float(np.percentile(lat, 99)), 2), "mean": round(float(np.mean(lat)), 2)}
+    for i, name in enumerate(("tokenizer", "user_encoder", "scorer")):
+        out[f"{name}_mean"] = round(float(steps[:, i].mean()), 3)
+    return out
 
 
 def main() -> int:
@@ -150,6 +159,9 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--engine", default="perf_analyzer")
     ap.add_argument("--texts", type=int, default=1000)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="measure the whole list of variants this many times, in turn (this "
+                         "machine's run-to-run noise is ±15%%)")
     ap.add_argument("--in-process", action="store_true",
                     help="also time the same three model.py files called in this process (c=1)")
     args = ap.parse_args()
@@ -163,8 +175,11 @@ def main() -> int:
     texts = build_requests([d for d, dom in (("movielens", "movie"), ("bookcrossing", "book"))
                             if dom in domains], args.texts).texts
     rows, local = [], {}
-    for text in args.variant:
+    runs = [(text, r) for r in range(args.repeat) for text in args.variant]
+    for text, round_ in runs:
         name, overrides = parse_variant(text)
+        if args.repeat > 1:
+            name = f"{name}#{round_ + 1}"
         model = overrides.pop("model", "recommend")
         spec = replace(base, **overrides)
         write_code(args.repository, spec, "portable")

@@ -114,6 +114,21 @@ def test_triton_models_import_only_what_a_stock_container_has(source):
     assert lazy <= {"faiss"}, lazy
 
 
+def test_deploy_spec_settings_are_checked():
+    from serving.cli import spec_settings
+
+    got = spec_settings(["user_encoder_instances=1", "buckets=[16,32]", "ragged_batches=false"])
+    assert got == {"user_encoder_instances": 1, "buckets": (16, 32), "ragged_batches": False}
+    spec = replace(RepositorySpec(), **got)
+    assert 'string_value: "16,32,128"' in model_configs(spec, "portable")["tokenizer"]
+    assert "allow_ragged_batch" not in model_configs(spec, "portable")["user_encoder"]
+    for bad, message in (("no_such_field=1", "expected FIELD=JSON with FIELD one of"),
+                         ("dim=768", "expected FIELD=JSON"),  # set by the export, not by hand
+                         ("user_encoder_threads=two", "is not JSON")):
+        with pytest.raises(TowerliteError, match=message):
+            spec_settings([bad])
+
+
 def test_broken_config_is_a_clear_error(tmp_path):
     write_code(tmp_path, RepositorySpec(), "portable")
     cfg = tmp_path / "scorer" / "config.pbtxt"

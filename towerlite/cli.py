@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo", help="the whole chain on the embedded default, one summary",
-        description="Run prepare, distill (preset demo), export (fp32, int8), deploy (portable, "
+        description="Run prepare, distill (preset demo), finetune (preset demo), export (fp32, int8), deploy (portable, "
                     "MovieLens), serve, eval (in-process and through Triton) and bench, then print "
                     "one summary: quality kept and latency won against the teacher, with where the "
                     "reports are. Writes under OUT (default runs/demo) and OUT/demo_summary.json; "
