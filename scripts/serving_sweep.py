@@ -150,6 +150,25 @@ def in_process(repository: Path, texts: list[str], k: int = 10, rounds: int = 2)
     return out
 
 
+def measure_level(server, name: str, model: str, c: int, args) -> dict:
+    """One concurrency level with `towerlite bench`; the server's CPU time read around it."""
+    before = cpu_seconds(server.process.pid)
+    bench = run(BenchConfig(url=server.grpc_url, out=args.out / name / f"c{c}", model=model,
+                            concurrency=(c,), duration_s=args.duration, engine=args.engine,
+                            texts=args.texts, label=name), log=lambda *_: None)
+    cpu = cpu_seconds(server.process.pid) - before  # the warm-up's 50 requests included
+    write(bench, args.out / name / f"c{c}")
+    level = bench["levels"][-1]
+    lat = level["latency_ms"] or {}
+    return {"variant": name, "model": model, "concurrency": c,
+            "rps": level["throughput_rps"], "p50": lat.get("p50"), "p99": lat.get("p99"),
+            "errors": level["errors"],
+            "server_cpu_ms_per_req": round(cpu / max(1, level["requests"] + 50) * 1e3, 2),
+            "server": {m: {k: v for k, v in s.items() if k.endswith("_us")}
+                       for m, s in level["server"].items()},
+            "rss_mb": round(server.rss_bytes() / 2**20), "pss_mb": round(server.pss_bytes() / 2**20)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repository", type=Path, required=True, help="a portable flavor folder")
@@ -190,24 +209,8 @@ def main() -> int:
         server = launch(args.repository, log_path=args.out / name / "triton.log")
         try:
             for c in map(int, args.concurrency.split(",")):
-                before = cpu_seconds(server.process.pid)
-                bench = run(BenchConfig(url=server.grpc_url, out=args.out / name / f"c{c}", model=model,
-                                        concurrency=(c,), duration_s=args.duration,
-                                        engine=args.engine, texts=args.texts, label=name),
-                            log=lambda *_: None)
-                cpu = cpu_seconds(server.process.pid) - before
-                write(bench, args.out / name / f"c{c}")
-                level = bench["levels"][-1]
-                lat = level["latency_ms"] or {}
-                row = {"variant": name, "model": model, "overrides": overrides, "concurrency": c,
-                       "rps": level["throughput_rps"], "p50": lat.get("p50"),
-                       "p99": lat.get("p99"), "errors": level["errors"],
-                       "server_cpu_ms_per_req": round(cpu / max(1, level["requests"] + 50) * 1e3, 2),
-                       "server": {m: {k: v for k, v in s.items() if k.endswith("_us")}
-                                  for m, s in level["server"].items()},
-                       "rss_mb": round(server.rss_bytes() / 2**20),
-                       "pss_mb": round(server.pss_bytes() / 2**20)}
-                rows.append(row)
+                row = measure_level(server, name, model, c, args)
+                rows.append({**row, "overrides": overrides})
                 print(f"{name:24s} c={c:<3d} {row['rps']:8.1f} req/s  p50 {row['p50']:7.2f}  "
                       f"p99 {row['p99']:7.2f} ms  server CPU {row['server_cpu_ms_per_req']:.2f} "
                       f"ms/req  errors {row['errors']}", flush=True)
