@@ -18,32 +18,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from serving.bench.report import plot, write  # noqa: E402
 from serving.bench.runner import BenchConfig, run  # noqa: E402
-from serving.repository import RepositorySpec, write_code  # noqa: E402
-from serving.triton import _children, launch  # noqa: E402
+from serving.cli import spec_settings  # noqa: E402
+from serving.repository import MODEL_CODE, RepositorySpec, parse_config, write_code  # noqa: E402
+from serving.triton import launch  # noqa: E402
 
 
-def parse_variant(text: str) -> tuple[str, dict]:
-    """NAME:FIELD=JSON,… → (name, RepositorySpec overrides); the pseudo-field `model` picks the
-    model the bench drives (default recommend)."""
+def parse_variant(text: str) -> tuple[str, str, dict]:
+    """NAME:FIELD=JSON,… → (name, model, RepositorySpec overrides, checked as `deploy --spec`);
+    the pseudo-field `model` picks the model the bench drives (default recommend)."""
     name, _, rest = text.partition(":")
-    known = {f.name for f in fields(RepositorySpec)} | {"model"}
-    out = {}
-    for part in filter(None, _split(rest)):
-        key, _, value = part.partition("=")
-        if key not in known:
-            raise SystemExit(f"unknown RepositorySpec field {key!r} in {text!r}")
-        value = json.loads(value)
-        out[key] = tuple(value) if isinstance(value, list) else value
-    return name, out
+    items = [part for part in _split(rest) if part]
+    models = [json.loads(p.partition("=")[2]) for p in items if p.startswith("model=")]
+    overrides = spec_settings([p for p in items if not p.startswith("model=")])
+    return name, (models or ["recommend"])[-1], overrides
 
 
 def _split(text: str) -> list[str]:
@@ -58,18 +53,6 @@ def _split(text: str) -> list[str]:
         else:
             cur += ch
     return parts + [cur]
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its children (the python-backend stubs)."""
-    total = 0.0
-    for p in [pid] + _children(pid):
-        try:
-            stat = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 class _Shim:
@@ -99,27 +82,24 @@ class _Shim:
 def in_process(repository: Path, texts: list[str], k: int = 10, rounds: int = 2) -> dict:
     """Latency of tokenizer → user_encoder → scorer called one after another in this process
     (concurrency 1): the pipeline the server runs, minus Triton."""
-    import importlib.util
     import time
 
     import numpy as np
 
+    import importlib.util
+
+    from google.protobuf import json_format
+
     sys.modules["triton_python_backend_utils"] = _Shim
+    # the fused model's own loader: each model.py initialized with its config, as Triton does
+    spec = importlib.util.spec_from_file_location("inproc_fused", MODEL_CODE / "fused.py")
+    fused = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fused)
     models = {}
     for name in ("tokenizer", "user_encoder", "scorer"):
-        spec = importlib.util.spec_from_file_location(f"inproc_{name}", repository / name / "1" / "model.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        config = (repository / name / "config.pbtxt").read_text()
-        from google.protobuf import json_format, text_format
-        from tritonclient.grpc import model_config_pb2
-
-        cfg = json_format.MessageToDict(text_format.Parse(config, model_config_pb2.ModelConfig()),
-                                        preserving_proto_field_name=True)
-        model = module.TritonPythonModel()
-        model.initialize({"model_config": json.dumps(cfg), "model_repository": str(repository / name),
-                          "model_version": "1"})
-        models[name] = model
+        config = parse_config((repository / name / "config.pbtxt").read_text())
+        config = json_format.MessageToDict(config, preserving_proto_field_name=True)
+        models[name], _ = fused._load(str(repository), name, config)
 
     def one(text):
         marks = [time.perf_counter()]
@@ -152,11 +132,11 @@ def in_process(repository: Path, texts: list[str], k: int = 10, rounds: int = 2)
 
 def measure_level(server, name: str, model: str, c: int, args) -> dict:
     """One concurrency level with `towerlite bench`; the server's CPU time read around it."""
-    before = cpu_seconds(server.process.pid)
+    before = server.cpu_seconds()
     bench = run(BenchConfig(url=server.grpc_url, out=args.out / name / f"c{c}", model=model,
                             concurrency=(c,), duration_s=args.duration, engine=args.engine,
                             texts=args.texts, label=name), log=lambda *_: None)
-    cpu = cpu_seconds(server.process.pid) - before  # the warm-up's 50 requests included
+    cpu = server.cpu_seconds() - before  # the warm-up's 50 requests included
     write(bench, args.out / name / f"c{c}")
     level = bench["levels"][-1]
     lat = level["latency_ms"] or {}
@@ -185,8 +165,7 @@ def main() -> int:
                     help="also time the same three model.py files called in this process (c=1)")
     args = ap.parse_args()
     report = json.loads((args.repository.parent / "deploy_report.json").read_text())
-    base = RepositorySpec(**{k: tuple(v) if isinstance(v, list) else v
-                             for k, v in report["spec"].items()})
+    base = RepositorySpec.from_json(report["spec"])
     from serving.bench.inputs import build_requests
 
     domains = {d["name"] for d in json.loads(
@@ -196,10 +175,9 @@ def main() -> int:
     rows, local = [], {}
     runs = [(text, r) for r in range(args.repeat) for text in args.variant]
     for text, round_ in runs:
-        name, overrides = parse_variant(text)
+        name, model, overrides = parse_variant(text)
         if args.repeat > 1:
             name = f"{name}#{round_ + 1}"
-        model = overrides.pop("model", "recommend")
         spec = replace(base, **overrides)
         write_code(args.repository, spec, "portable")
         if args.in_process:
@@ -238,4 +216,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from towerlite.errors import TowerliteError
+
+    try:
+        raise SystemExit(main())
+    except TowerliteError as exc:
+        raise SystemExit(f"serving_sweep: error: {exc}") from None

@@ -41,6 +41,7 @@ from towerlite.errors import TowerliteError
 
 from . import catalog as cat
 from . import index as ix
+from .repository import FUSED
 
 ITEM_COLUMNS = ("item_id", "domain", "title", "year", "genres", "author", "publisher")
 REQUIRED_COLUMNS = ("item_id", "domain", "title")
@@ -48,7 +49,6 @@ INDEX_CHOICES = ("keep", *ix.INDEX_KINDS)
 CHECK_IDS = 100          # ids of each kind recorded in catalog.json and checked on the server
 EXCLUDE_CHUNK = 1000     # ids per check request
 LOAD_TIMEOUT_S = 600.0   # a large catalog with an IVF index loads in tens of seconds
-FUSED = "recommend_fused"  # the one-model recommend (portable flavor), reloaded with the scorer
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,11 +28,12 @@ from towerlite.errors import TowerliteError
 
 FLAVORS = ("portable", "native")
 MODEL_CODE = Path(__file__).parent / "triton_models"
+FUSED = "recommend_fused"  # `recommend` as one python model (portable flavor)
 # model name → the file in serving/triton_models/ that is its model.py (per flavor)
 PYTHON_MODELS = {
     "portable": {"tokenizer": "tokenizer.py", "item_tokenizer": "tokenizer.py",
                  "user_encoder": "onnx_encoder.py", "item_encoder": "onnx_encoder.py",
-                 "scorer": "scorer.py", "recommend_fused": "fused.py"},
+                 "scorer": "scorer.py", FUSED: "fused.py"},
     "native": {"tokenizer": "tokenizer.py", "item_tokenizer": "tokenizer.py", "scorer": "scorer.py"},
 }
 
@@ -79,6 +80,12 @@ class RepositorySpec:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> RepositorySpec:
+        """A spec back from a deploy report (JSON lists become tuples; fields added since the
+        report was written take their defaults)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,13 +236,12 @@ FUSED_WARMUP_TEXT = "[movie] Heat (1995). Action|Crime|Thriller"
 
 
 def fused_config(spec: RepositorySpec) -> str:
-    recommend = recommend_config(spec)
-    io = recommend[recommend.index("input ["):recommend.index("ensemble_scheduling")].rstrip()
     return "\n".join([
-        _header("recommend_fused", "user text → top-k item ids, scores, domains: the `recommend` "
+        _header(FUSED, "user text → top-k item ids, scores, domains: the `recommend` "
                 "ensemble's three models in one python model (one backend crossing, not three)",
                 backend="python", max_batch_size=spec.max_batch_size),
-        io, _dynamic(spec.user_queue_delay_us, []), _instances(spec.fused_instances),
+        *_recommend_io(spec), _dynamic(spec.user_queue_delay_us, []),
+        _instances(spec.fused_instances),
         "version_policy: { latest: { num_versions: 1 } }",
         _params({"MAX_LENGTH": spec.max_length,
                  "BUCKETS": ",".join(map(str, _buckets(spec, "portable"))),
@@ -256,11 +262,9 @@ def _step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
         "\n".join(maps) + "\n    }"
 
 
-def recommend_config(spec: RepositorySpec) -> str:
-    return "\n".join([
-        _header("recommend", "user text → top-k item ids, scores, domains "
-                "(tokenizer → user_encoder → scorer)", platform="ensemble",
-                max_batch_size=spec.max_batch_size),
+def _recommend_io(spec: RepositorySpec) -> list[str]:
+    """Inputs and outputs of `recommend`, the same for the ensemble and the fused model."""
+    return [
         _block("input", [
             _io("input", "TEXT", "TYPE_STRING", [1], comment="the user's text (history, profile)"),
             _io("input", "K", "TYPE_INT32", [1], optional=True),
@@ -269,7 +273,15 @@ def recommend_config(spec: RepositorySpec) -> str:
             _io("input", "MIN_SCORE", "TYPE_FP32", [1], optional=True)]),
         _block("output", [_io("output", "ITEM_IDS", "TYPE_STRING", [-1]),
                           _io("output", "SCORES", "TYPE_FP32", [-1]),
-                          _io("output", "DOMAINS", "TYPE_STRING", [-1])]),
+                          _io("output", "DOMAINS", "TYPE_STRING", [-1])])]
+
+
+def recommend_config(spec: RepositorySpec) -> str:
+    return "\n".join([
+        _header("recommend", "user text → top-k item ids, scores, domains "
+                "(tokenizer → user_encoder → scorer)", platform="ensemble",
+                max_batch_size=spec.max_batch_size),
+        *_recommend_io(spec),
         "ensemble_scheduling {\n  step [\n" + ",\n".join([
             _step("tokenizer", {"TEXT": "TEXT"},
                   {"input_ids": "user_input_ids", "attention_mask": "user_attention_mask"}),
@@ -313,7 +325,7 @@ def model_configs(spec: RepositorySpec, flavor: str) -> dict[str, str]:
     configs["recommend"] = recommend_config(spec)
     configs["embed_items"] = embed_items_config(spec)
     if flavor == "portable":
-        configs["recommend_fused"] = fused_config(spec)
+        configs[FUSED] = fused_config(spec)
     return configs
 
 
@@ -378,7 +390,7 @@ def write_code(root: Path, spec: RepositorySpec, flavor: str) -> list[Path]:
         (folder / "config.pbtxt").write_text(text)
         written.append(folder / "config.pbtxt")
         code = PYTHON_MODELS[flavor].get(name)
-        if name == "recommend_fused":  # Triton's BYTES file format: 4-byte length, then the bytes
+        if name == FUSED:  # Triton's BYTES file format: 4-byte length, then the bytes
             text = FUSED_WARMUP_TEXT.encode()
             (folder / "warmup").mkdir(exist_ok=True)
             (folder / "warmup" / "user_text").write_bytes(struct.pack("<I", len(text)) + text)

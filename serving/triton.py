@@ -181,29 +181,35 @@ class TritonServer:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def rss_bytes(self) -> int:
-        """Resident memory of the server and its python-backend stub processes."""
-        if not self.alive():
-            return 0
-        pids = [self.process.pid] + _children(self.process.pid)
+    def _pids(self) -> list[int]:
+        """The server and its python-backend stub processes (none when it is not running)."""
+        return [self.process.pid] + _children(self.process.pid) if self.alive() else []
+
+    def _proc_field(self, file: str, key: str) -> int:
+        """Sum over the server's processes of a /proc/PID/FILE line `key: N kB`, in bytes."""
         total = 0
-        for pid in pids:
+        for pid in self._pids():
             with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
+                for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+                    if line.startswith(key):
                         total += int(line.split()[1]) * 1024
         return total
 
+    def rss_bytes(self) -> int:
+        """Resident memory of the server and its python-backend stub processes."""
+        return self._proc_field("status", "VmRSS:")
+
     def pss_bytes(self) -> int:
         """Proportional set size (shared pages such as the memory-mapped catalog counted once)."""
-        if not self.alive():
-            return 0
-        total = 0
-        for pid in [self.process.pid] + _children(self.process.pid):
+        return self._proc_field("smaps_rollup", "Pss:")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server and its stub processes have used so far."""
+        total = 0.0
+        for pid in self._pids():
             with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1]) * 1024
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
         return total
 
     def stop(self, timeout: float = 30.0) -> None:

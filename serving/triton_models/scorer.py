@@ -44,6 +44,11 @@ def _optional(request, name):
     return None if tensor is None else tensor.as_numpy()
 
 
+def request_options(request):
+    """The request's optional inputs as arrays (None where absent), in search()'s order."""
+    return tuple(_optional(request, name) for name in OPTIONS)
+
+
 def _text(value):
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
@@ -166,7 +171,7 @@ class TritonPythonModel:
 
     def _run(self, request):
         emb = pb_utils.get_input_tensor_by_name(request, "EMBEDDING").as_numpy()
-        return self.search(emb, *(_optional(request, name) for name in OPTIONS))
+        return self.search(emb, *request_options(request))
 
     def search(self, emb, k=None, domain=None, exclude=None, min_score=None):
         """The output tensors for user embedding(s) and the request's options (arrays or None)."""

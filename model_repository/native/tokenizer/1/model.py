@@ -76,28 +76,25 @@ class TritonPythonModel:
             mask[r, :len(t)] = 1
         return ids, mask
 
-    def tokenize(self, raw):
-        """One request's TEXT array → (input_ids, attention_mask); ValueError names a bad text."""
-        return self.pad([e.ids for e in self.tokenizer.encode_batch(self._texts(raw))])
-
-    def execute(self, requests):
-        # every request's texts in one encode_batch call, then padded per request
+    def tokenize_batch(self, raws):
+        """Each request's TEXT array → (input_ids, attention_mask), or a ValueError naming its
+        bad text; every request's texts go through one encode_batch call."""
         parsed, all_texts = [], []
-        for request in requests:
+        for raw in raws:
             try:
-                texts = self._texts(pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy())
+                texts = self._texts(raw)
                 parsed.append((len(all_texts), len(texts)))
                 all_texts.extend(texts)
             except ValueError as exc:
-                parsed.append(pb_utils.TritonError(f"tokenizer: {exc}"))
+                parsed.append(exc)
         encodings = self.tokenizer.encode_batch(all_texts) if all_texts else []
-        responses = []
-        for item in parsed:
-            if isinstance(item, pb_utils.TritonError):
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=item))
-                continue
-            start, rows = item
-            ids, mask = self.pad([e.ids for e in encodings[start:start + rows]])
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("input_ids", ids), pb_utils.Tensor("attention_mask", mask)]))
-        return responses
+        return [item if isinstance(item, ValueError) else
+                self.pad([e.ids for e in encodings[item[0]:item[0] + item[1]]]) for item in parsed]
+
+    def execute(self, requests):
+        raws = [pb_utils.get_input_tensor_by_name(r, "TEXT").as_numpy() for r in requests]
+        return [pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
+                    f"tokenizer: {out}")) if isinstance(out, ValueError)
+                else pb_utils.InferenceResponse(output_tensors=[
+                    pb_utils.Tensor("input_ids", out[0]), pb_utils.Tensor("attention_mask", out[1])])
+                for out in self.tokenize_batch(raws)]

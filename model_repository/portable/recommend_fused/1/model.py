@@ -52,27 +52,25 @@ class TritonPythonModel:
             **own, "output": [{"name": "sentence_embedding"}]}, "1")
         version = own["parameters"].get("SCORER_VERSION", {}).get("string_value")
         self.scorer, scorer_module = _load(root, "scorer", own, version)
-        self.options = scorer_module.OPTIONS
+        self.request_options = scorer_module.request_options
         self.request_error = scorer_module.RequestError
 
     def execute(self, requests):
         results, tokens = [None] * len(requests), []
-        for i, request in enumerate(requests):
-            try:
-                raw = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy()
-                tokens.append((i, *self.tokenizer.tokenize(raw)))
-            except ValueError as exc:
-                results[i] = pb_utils.TritonError(f"tokenizer: {exc}")
+        raws = [pb_utils.get_input_tensor_by_name(r, "TEXT").as_numpy() for r in requests]
+        for i, out in enumerate(self.tokenizer.tokenize_batch(raws)):
+            if isinstance(out, ValueError):
+                results[i] = pb_utils.TritonError(f"tokenizer: {out}")
+            else:
+                tokens.append((i, *out))
         # every request's user text through the encoder in one batch, then each one's top-k
         embeddings = self.encoder.embed([(ids, mask) for _, ids, mask in tokens])
         for (i, _, _), emb in zip(tokens, embeddings):
             if isinstance(emb, pb_utils.TritonError):
                 results[i] = emb
                 continue
-            options = [pb_utils.get_input_tensor_by_name(requests[i], name) for name in self.options]
             try:
-                results[i] = self.scorer.search(emb, *(None if t is None else t.as_numpy()
-                                                        for t in options))
+                results[i] = self.scorer.search(emb, *self.request_options(requests[i]))
             except self.request_error as exc:
                 results[i] = pb_utils.TritonError(f"scorer: {exc}")
         return [pb_utils.InferenceResponse(output_tensors=[], error=r)
