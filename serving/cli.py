@@ -58,8 +58,8 @@ def add_deploy_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--item-variant", choices=list(VARIANT_FILES),
                    help="ONNX variant of the item tower (also embeds the catalog)")
     p.add_argument("--native-variant", choices=list(VARIANT_FILES),
-                   help="variant for the native flavor's encoders, e.g. fp16 for GPUs "
-                        "(default: the portable ones)")
+                   help="variant for the native flavor's (GPU) encoders (default: fp16 where "
+                        "the export has it, else the portable ones)")
     p.add_argument("--catalog", default="movielens", choices=["movielens", "bookcrossing", "both"],
                    help="items to serve (default movielens; both ≈ 275k items)")
     p.add_argument("--limit", type=int, help="only the first N items of each dataset (trials)")

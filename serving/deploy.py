@@ -79,6 +79,21 @@ def load_export(folder: str | Path, variant: str) -> EncoderExport:
                          str(report.get("source_model", folder)))
 
 
+def native_export(folder: str | Path, requested: str | None, portable: EncoderExport,
+                  log=print) -> EncoderExport:
+    """The native flavor's encoder (GPU instances): the requested variant, else fp16 where the
+    export has it — on onnxruntime's CUDA provider int8_dynamic ran 3-10x slower than fp16 and
+    drifted from the CPU's answers (docs/benchmarks.md, GPU) — else the portable one."""
+    if requested:
+        return load_export(folder, requested)
+    if (Path(folder) / VARIANT_FILES["fp16"]).is_file():
+        return load_export(folder, "fp16")
+    if portable.variant.startswith("int8"):
+        log(f"native flavor: {Path(folder).name} has no fp16 variant, so its GPU encoders run "
+            f"{portable.variant}, a CPU format (export --variants ...,fp16 for GPUs)")
+    return portable
+
+
 def _place(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -144,8 +159,8 @@ def deploy(user_model: str | Path, out: str | Path, *, item_model: str | Path | 
             raise TowerliteError(f"unknown flavor {flavor!r}; choose from {', '.join(FLAVORS)}")
     user = load_export(user_model, variant)
     item = load_export(item_model or user_model, item_variant or variant)
-    native_user = load_export(user_model, native_variant) if native_variant else user
-    native_item = load_export(item_model or user_model, native_variant) if native_variant else item
+    native_user = native_export(user_model, native_variant, user, log)
+    native_item = native_export(item_model or user_model, native_variant, item, log)
     if user.dim != item.dim:
         raise TowerliteError(f"the user tower is {user.dim}-d and the item tower {item.dim}-d: "
                              "they must share one embedding space (distill the student into the "

@@ -521,6 +521,26 @@ def test_deploy_refuses_bad_inputs_clearly(exported, tmp_path):
         deploy(exported, tmp_path / "a", catalog="music")
 
 
+def test_native_flavor_takes_fp16_where_the_export_has_it(exported, tmp_path):
+    """GPU instances get fp16 by default (int8_dynamic ran slower on the CUDA provider);
+    without an fp16 file they keep the portable variant and the log says why that is slow."""
+    from serving.deploy import load_export, native_export
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for name in ("model.onnx", "model_int8_dynamic.onnx", "tokenizer.json", "export_report.json"):
+        os.link(exported / name, folder / name)
+    portable = load_export(folder, "int8_dynamic")
+    said = []
+    assert native_export(folder, None, portable, said.append) is portable
+    assert "no fp16 variant" in said[0] and "CPU format" in said[0]
+    assert native_export(folder, "fp32", portable, said.append).variant == "fp32"
+    os.link(exported / "model.onnx", folder / "model_fp16.onnx")
+    chosen = native_export(folder, None, portable, said.append)
+    assert chosen.variant == "fp16" and chosen.onnx.name == "model_fp16.onnx"
+    assert len(said) == 1
+
+
 def test_deploy_report_says_which_tower_ran_which_model(deployed):
     out, report = deployed
     saved = json.loads((out / "deploy_report.json").read_text())
