@@ -82,8 +82,8 @@ def load_export(folder: str | Path, variant: str) -> EncoderExport:
 def native_export(folder: str | Path, requested: str | None, portable: EncoderExport,
                   log=print) -> EncoderExport:
     """The native flavor's encoder (GPU instances): the requested variant, else fp16 where the
-    export has it — on onnxruntime's CUDA provider int8_dynamic ran 3-10x slower than fp16 and
-    drifted from the CPU's answers (docs/benchmarks.md, GPU) — else the portable one."""
+    export has it — on onnxruntime's CUDA provider int8_dynamic ran 3-10x slower than fp16, its
+    quantization steps left on the CPU (docs/benchmarks.md, GPU) — else the portable one."""
     if requested:
         return load_export(folder, requested)
     if (Path(folder) / VARIANT_FILES["fp16"]).is_file():
