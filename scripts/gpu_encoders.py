@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -198,12 +199,15 @@ def gpu_session(path: Path, provider: str):
         return sess, False
 
 
-def run_batches(sess, ids: np.ndarray, mask: np.ndarray, batch: int) -> np.ndarray:
+def feed(sess, ids: np.ndarray, mask: np.ndarray) -> dict:
+    """The inputs `sess` takes (some exports have no attention_mask)."""
     names = {i.name for i in sess.get_inputs()}
-    outs = []
-    for s in range(0, len(ids), batch):
-        feed = {"input_ids": ids[s:s + batch], "attention_mask": mask[s:s + batch]}
-        outs.append(sess.run(None, {k: v for k, v in feed.items() if k in names})[0])
+    return {k: v for k, v in {"input_ids": ids, "attention_mask": mask}.items() if k in names}
+
+
+def run_batches(sess, ids: np.ndarray, mask: np.ndarray, batch: int) -> np.ndarray:
+    outs = [sess.run(None, feed(sess, ids[s:s + batch], mask[s:s + batch]))[0]
+            for s in range(0, len(ids), batch)]
     return np.concatenate(outs).astype(np.float32)
 
 
@@ -225,18 +229,15 @@ def cosines(a: np.ndarray, b: np.ndarray) -> dict:
 def latency(sess, seqs: list[np.ndarray], batch: int, runs: int) -> dict:
     """Per-call ms over `runs` calls, each a batch of consecutive texts padded to the native
     flavor's next length bucket, after a warm-up call at every bucket (Triton's model warmup)."""
-    names = {i.name for i in sess.get_inputs()}
-    batches = [padded([seqs[(i * batch + j) % len(seqs)] for j in range(batch)], BUCKETS)
-               for i in range(runs)]
-    feeds = [{k: v for k, v in {"input_ids": i, "attention_mask": m}.items() if k in names}
-             for i, m in batches]
-    for feed in {f["input_ids"].shape: f for f in feeds}.values():
+    feeds = [feed(sess, *padded([seqs[(i * batch + j) % len(seqs)] for j in range(batch)], BUCKETS))
+             for i in range(runs)]
+    for f in {f["input_ids"].shape: f for f in feeds}.values():
         for _ in range(3):
-            sess.run(None, feed)
+            sess.run(None, f)
     times = []
-    for feed in feeds:
+    for f in feeds:
         t = time.perf_counter()
-        sess.run(None, feed)
+        sess.run(None, f)
         times.append(time.perf_counter() - t)
     ms = np.array(times) * 1e3
     return {"batch": batch, "runs": runs, "p50_ms": float(np.median(ms)),
@@ -247,16 +248,14 @@ def throughput(sess, seqs: list[np.ndarray], batch: int, min_seconds: float = 1.
     """Catalog embedding: texts sorted by length (as deploy does), batches of `batch`, the
     whole set again until `min_seconds` have passed."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    batches = [padded([seqs[i] for i in order[s:s + batch]]) for s in range(0, len(order), batch)]
-    names = {i.name for i in sess.get_inputs()}
-    feeds = [{k: v for k, v in {"input_ids": i, "attention_mask": m}.items() if k in names}
-             for i, m in batches]
-    for feed in feeds:  # warm-up: every shape once
-        sess.run(None, feed)
+    feeds = [feed(sess, *padded([seqs[i] for i in order[s:s + batch]]))
+             for s in range(0, len(order), batch)]
+    for f in feeds:  # warm-up: every shape once
+        sess.run(None, f)
     t, done = time.perf_counter(), 0
     while not done or time.perf_counter() - t < min_seconds:
-        for feed in feeds:
-            sess.run(None, feed)
+        for f in feeds:
+            sess.run(None, f)
         done += len(seqs)
     s = time.perf_counter() - t
     return {"batch": batch, "texts": done, "seconds": s, "texts_per_s": done / s}
@@ -309,7 +308,6 @@ def machine() -> dict:
     info = {"python": platform.python_version(), "onnxruntime": ort.__version__,
             "available_providers": ort.get_available_providers(), "cpu_count": os.cpu_count()}
     try:
-        import subprocess
         info["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
                                       "--format=csv,noheader"], capture_output=True, text=True,
                                      timeout=30).stdout.strip()

@@ -159,8 +159,10 @@ def deploy(user_model: str | Path, out: str | Path, *, item_model: str | Path | 
             raise TowerliteError(f"unknown flavor {flavor!r}; choose from {', '.join(FLAVORS)}")
     user = load_export(user_model, variant)
     item = load_export(item_model or user_model, item_variant or variant)
-    native_user = native_export(user_model, native_variant, user, log)
-    native_item = native_export(item_model or user_model, native_variant, item, log)
+    native = "native" in flavors
+    native_user = native_export(user_model, native_variant, user, log) if native else user
+    native_item = native_export(item_model or user_model, native_variant, item, log) \
+        if native else item
     if user.dim != item.dim:
         raise TowerliteError(f"the user tower is {user.dim}-d and the item tower {item.dim}-d: "
                              "they must share one embedding space (distill the student into the "
