@@ -68,6 +68,9 @@ class RepositorySpec:
     # recommend_fused (portable): the three steps of `recommend` in one python model
     fused_instances: int = 2
     fused_threads: int = 1
+    # portable encoders and recommend_fused: onnxruntime on "cpu", or "gpu" (its CUDA provider,
+    # GPU 0; the pip-installed Triton's python backend with onnxruntime-gpu, no NGC container)
+    encoder_device: str = "cpu"
     scorer_index: str = "auto"
     tokenizer_instances: int = 1
     # dynamic batching: the user path waits little (latency), the item path longer (throughput)
@@ -179,7 +182,7 @@ def encoder_config(spec: RepositorySpec, name: str, flavor: str) -> str:
                     "python model (portable flavor)", backend="python",
                     max_batch_size=spec.max_batch_size),
             *io, _dynamic(delay, preferred), _instances(instances),
-            _params({"THREADS": threads}), _warmup(spec, flavor)]) + "\n"
+            _params({"THREADS": threads, "DEVICE": _device(spec)}), _warmup(spec, flavor)]) + "\n"
     trt_params = (f"parameters {{ key: \"precision_mode\" value: \"{spec.tensorrt_precision}\" }}\n"
                   "        parameters { key: \"max_workspace_size_bytes\" value: \"1073741824\" }\n"
                   "        parameters { key: \"trt_engine_cache_enable\" value: \"true\" }")
@@ -195,6 +198,12 @@ def encoder_config(spec: RepositorySpec, name: str, flavor: str) -> str:
         "default_model_filename: \"model.onnx\"",
         *io, _dynamic(delay, preferred), _instances(spec.gpu_instances, "KIND_GPU"), trt,
         _warmup(spec, flavor)]) + "\n"
+
+
+def _device(spec: RepositorySpec) -> str:
+    if spec.encoder_device not in ("cpu", "gpu"):
+        raise TowerliteError(f"encoder_device must be cpu or gpu, not {spec.encoder_device!r}")
+    return spec.encoder_device
 
 
 def scorer_config(spec: RepositorySpec) -> str:
@@ -246,6 +255,7 @@ def fused_config(spec: RepositorySpec) -> str:
         _params({"MAX_LENGTH": spec.max_length,
                  "BUCKETS": ",".join(map(str, _buckets(spec, "portable"))),
                  "MAX_TEXT_BYTES": spec.max_text_bytes, "THREADS": spec.fused_threads,
+                 "DEVICE": _device(spec),
                  "CATALOG_DIR": "catalog", "DEFAULT_K": spec.default_k, "MAX_K": spec.max_k,
                  "INDEX": spec.scorer_index}),
         # a real user text (warmup/user_text, written beside this config): empty text is refused

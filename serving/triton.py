@@ -22,6 +22,7 @@ which is one more reason the server binds 127.0.0.1 unless told otherwise.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -46,14 +47,19 @@ READY_TIMEOUT_S = 180.0
 MODEL_CONTROL_MODES = ("explicit", "none")
 
 
+def pytriton_package() -> Path:
+    """site-packages/pytriton, found without importing it (its __init__ imports pytriton's own
+    client stack, which the server binary does not need)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise TowerliteError("nvidia-pytriton is not installed (it carries the Triton server "
+                             "binary); install the project's pinned dependencies")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 def pytriton_root() -> Path:
     """site-packages/pytriton/tritonserver of the installed nvidia-pytriton wheel."""
-    try:
-        import pytriton
-    except ImportError:
-        raise TowerliteError("nvidia-pytriton is not installed (it carries the Triton server "
-                             "binary); install the project's pinned dependencies") from None
-    root = Path(pytriton.__file__).parent / "tritonserver"
+    root = pytriton_package() / "tritonserver"
     if not (root / "bin" / "tritonserver").is_file():
         raise TowerliteError(f"{root}/bin/tritonserver is missing: the nvidia-pytriton install "
                              "is incomplete; reinstall nvidia-pytriton==0.7.0")
@@ -85,9 +91,7 @@ def backend_directory(cache: Path | None = None) -> Path:
 
 def server_env() -> dict[str, str]:
     """The environment tritonserver and its python stubs need."""
-    import pytriton
-
-    libs = Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
+    libs = pytriton_package().parent / "nvidia_pytriton.libs"
     pylib = sysconfig.get_config_var("LIBDIR") or ""
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(

@@ -68,6 +68,7 @@ def test_every_config_parses_as_model_config(flavor, spec_name):
             assert enc.backend == "python" and not enc.platform
             # ragged: requests of different widths batch together (the model pads them)
             assert all(i.allow_ragged_batch for i in enc.input)
+            assert enc.parameters["DEVICE"].string_value == "cpu"
     if flavor == "portable":  # the fused model takes and returns exactly what recommend does
         fused, ensemble = parsed["recommend_fused"], parsed["recommend"]
         assert fused.backend == "python" and len(fused.model_warmup) == 1
@@ -485,6 +486,28 @@ def test_another_server_on_the_port_is_found_by_its_id(server, tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_gpu_encoders_without_a_cuda_onnxruntime_fail_clearly(tmp_path, deployed):
+    """encoder_device gpu on a machine whose onnxruntime has no CUDA provider (this one): the
+    encoder refuses to load and says what to install, rather than running on the CPU."""
+    import onnxruntime as ort
+
+    from serving.triton import launch
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has a CUDA provider")
+    out, _ = deployed
+    repo = tmp_path / "repo"
+    shutil.copytree(out / "portable" / "user_encoder", repo / "user_encoder")
+    spec = replace(RepositorySpec(), encoder_device="gpu")
+    (repo / "user_encoder" / "config.pbtxt").write_text(model_configs(spec, "portable")["user_encoder"])
+    with pytest.raises(TowerliteError) as err:
+        launch(repo, log_path=tmp_path / "triton.log", ready_timeout=120)
+    assert "model 'user_encoder' (version 1) failed to load" in str(err.value)
+    assert "DEVICE gpu, but onnxruntime" in str(err.value) and "onnxruntime-gpu" in str(err.value)
+    with pytest.raises(TowerliteError, match="encoder_device must be cpu or gpu"):
+        model_configs(replace(spec, encoder_device="tpu"), "portable")
 
 
 def test_model_load_failure_names_the_model_and_its_error(tmp_path, deployed):

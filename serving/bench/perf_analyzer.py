@@ -99,12 +99,13 @@ def install(log=print) -> Path:
 
 def lib_dir() -> Path:
     """A folder with libb64.so.0d and libcudart.so.12 linked from nvidia-pytriton's libs."""
+    from serving.triton import pytriton_package
+
     try:
-        import pytriton
-    except ImportError:
+        bundled = pytriton_package().parent / "nvidia_pytriton.libs"
+    except TowerliteError:
         raise PerfAnalyzerUnavailable("nvidia-pytriton (which bundles libb64 and libcudart for "
                                       "perf_analyzer) is not installed") from None
-    bundled = Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
     folder = tool_dir() / "lib"
     folder.mkdir(parents=True, exist_ok=True)
     for name, pattern in LIBS.items():

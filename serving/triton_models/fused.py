@@ -10,7 +10,7 @@ version folder when the parameter is absent; `towerlite catalog update` reloads 
 the scorer with SCORER_VERSION set to the new version.
 
 Parameters (config.pbtxt): the three models' own (MAX_LENGTH, BUCKETS, MAX_TEXT_BYTES, THREADS,
-CATALOG_DIR, DEFAULT_K, MAX_K, INDEX). Inputs and outputs: those of `recommend`.
+DEVICE, CATALOG_DIR, DEFAULT_K, MAX_K, INDEX). Inputs and outputs: those of `recommend`.
 """
 
 import importlib.util

@@ -6,7 +6,8 @@ triton_python_backend_utils. The requests Triton hands over together (dynamic ba
 requests of different widths batch together) are padded to the widest and run as one
 onnxruntime call, then split back.
 
-Parameters (config.pbtxt): THREADS (onnxruntime intra-op threads per instance).
+Parameters (config.pbtxt): THREADS (onnxruntime intra-op threads per instance), DEVICE (cpu, or
+gpu: onnxruntime's CUDA provider on GPU 0, which needs onnxruntime-gpu in the stub's Python).
 Files in the version folder: model.onnx (the export's chosen variant).
 """
 
@@ -16,6 +17,23 @@ import os
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+
+
+def _session(path, options, device):
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"DEVICE must be cpu or gpu, not {device!r}")
+    if device == "cpu":
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise RuntimeError(f"DEVICE gpu, but onnxruntime {ort.__version__} here has no CUDA "
+                           "provider: install onnxruntime-gpu (towerlite's gpu extra) in the "
+                           "Python the python backend runs")
+    session = ort.InferenceSession(path, options, providers=["CUDAExecutionProvider",
+                                                             "CPUExecutionProvider"])
+    if session.get_providers()[0] != "CUDAExecutionProvider":  # CUDA/cuDNN libraries not found
+        raise RuntimeError("DEVICE gpu, but onnxruntime could not start its CUDA provider (are "
+                           "the CUDA and cuDNN libraries on LD_LIBRARY_PATH?)")
+    return session
 
 
 class TritonPythonModel:
@@ -31,8 +49,7 @@ class TritonPythonModel:
         path = os.path.join(folder, "model.onnx")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} is missing (towerlite deploy writes it)")
-        self.session = ort.InferenceSession(path, so,
-                                            providers=["CPUExecutionProvider"])
+        self.session = _session(path, so, params.get("DEVICE", "cpu"))
         self.feeds = {i.name for i in self.session.get_inputs()}
         self.output = config["output"][0]["name"]
 
