@@ -97,6 +97,12 @@ def server_env() -> dict[str, str]:
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
         p for p in (str(libs), pylib, env.get("LD_LIBRARY_PATH", "")) if p)
     env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+    # One BLAS/OpenMP thread in each python model (instances are the parallelism): numpy's
+    # OpenBLAS otherwise starts a spinning thread per core in every stub process — on a 16-core
+    # GPU machine the server burned 57.7 ms of CPU a request at concurrency 1, 3.5 ms with one
+    # thread, at the same throughput (docs/benchmarks.md, GPU). A value set by the user stays.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        env.setdefault(var, "1")
     return env
 
 

@@ -350,6 +350,22 @@ def test_min_score_returns_a_threshold_list(client, reference, users):
     assert len(client.recommend(text, k=10, min_score=1.01)) == 0
 
 
+def test_python_models_run_with_one_blas_thread(server, monkeypatch):
+    """Every stub process gets OPENBLAS_NUM_THREADS=1 and OMP_NUM_THREADS=1 (spinning BLAS
+    threads per stub burned the cores of a 16-core machine); a user's own setting is kept."""
+    from serving.triton import server_env
+
+    stubs = server._pids()[1:]
+    assert stubs, "the python backend started no stub process"
+    for pid in stubs:
+        env = dict(item.split("=", 1) for item in
+                   Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+        if "OPENBLAS_NUM_THREADS" not in os.environ:
+            assert env["OPENBLAS_NUM_THREADS"] == "1" and env["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
+    assert server_env()["OPENBLAS_NUM_THREADS"] == "4" and server_env()["OMP_NUM_THREADS"]
+
+
 def test_embed_items_equals_the_item_tower(client, reference):
     texts = [  # varied lengths, several buckets, more than one batch
         "[movie] Heat (1995). Action|Crime|Thriller", "x",
