@@ -25,9 +25,12 @@ def load_tokenizer(tokenizer_json: Path, max_length: int) -> tuple[Tokenizer, in
     return tok, pad_id
 
 
-def pad_batch(token_ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """(input_ids, attention_mask) int64, padded on the right to the longest sequence."""
+def pad_batch(token_ids: list[list[int]], pad_id: int,
+              buckets: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask) int64, padded on the right to the longest sequence or, given
+    `buckets`, to the first bucket that holds it (the served tokenizer's widths)."""
     width = max(len(t) for t in token_ids)
+    width = next((b for b in sorted(buckets) if b >= width), width)
     ids = np.full((len(token_ids), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(token_ids), width), dtype=np.int64)
     for row, t in enumerate(token_ids):

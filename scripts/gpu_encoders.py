@@ -15,7 +15,7 @@ values), `bench` fills that file with seeded random values of the same shapes an
     python scripts/gpu_encoders.py bench --dir .dev/gpu --out gpu_encoders.json
 
 `pack` reads real texts (held-out MovieLens + Book-Crossing user texts, catalog item texts);
-`bench` needs only numpy, onnx and onnxruntime.
+`bench` needs numpy, onnx, onnxruntime and tokenizers (this checkout's export.runtime).
 """
 
 from __future__ import annotations
@@ -33,8 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from export.runtime import load_tokenizer, pad_batch  # noqa: E402 - after the path
+from serving.repository import RepositorySpec  # noqa: E402
+
 WEIGHTS_MIN_BYTES = 1024
-BUCKETS = (16, 32, 64, 128)  # the native flavor's padded lengths (serving.repository)
+BUCKETS = RepositorySpec.native_buckets  # the lengths the native flavor's tokenizer pads to
 TEXTS = {"user": 512, "item": 4096}
 
 
@@ -67,7 +71,6 @@ def skeleton(src: Path, dst: Path) -> dict:
 
 
 def real_texts() -> dict[str, list[str]]:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from serving.bench.inputs import build_requests
     from serving.catalog import catalog_items
 
@@ -77,12 +80,10 @@ def real_texts() -> dict[str, list[str]]:
     return {"user": list(users), "item": items}
 
 
-def tokenize(texts: list[str], tokenizer_json: Path, max_length: int) -> list[list[int]]:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from export.runtime import load_tokenizer
-
-    tok, _ = load_tokenizer(tokenizer_json, max_length)
-    return [e.ids for e in tok.encode_batch(texts)]
+def tokenize(texts: list[str], tokenizer_json: Path, max_length: int) -> tuple[list[list[int]], int]:
+    """Token ids of `texts` and the tokenizer's pad id."""
+    tok, pad_id = load_tokenizer(tokenizer_json, max_length)
+    return [e.ids for e in tok.encode_batch(texts)], pad_id
 
 
 def pack(args: argparse.Namespace) -> int:
@@ -104,12 +105,13 @@ def pack(args: argparse.Namespace) -> int:
             entry["reference"] = {"file": f"{name}.reference.npy", "model": str(ref)}
         else:
             entry.update(skeleton(src, out / entry["file"]))
-        tokens = {kind: tokenize(t, src.parent / "tokenizer.json", max_length)
-                  for kind, t in texts.items()}
+        tokens = {}
+        for kind, t in texts.items():
+            tokens[kind], entry["pad_id"] = tokenize(t, src.parent / "tokenizer.json", max_length)
         np.savez_compressed(out / entry["tokens"], **{
             f"{k}_{part}": arr for k, v in tokens.items() for part, arr in ragged(v).items()})
         if how == "real":
-            ids, mask = padded(tokens["user"])
+            ids, mask = pad_batch(tokens["user"], entry["pad_id"])
             emb = run_batches(cpu_session(ref), ids, mask, 64)
             np.save(out / entry["reference"]["file"], emb)
         manifest["models"].append(entry)
@@ -127,19 +129,6 @@ def ragged(seqs: list[list[int]]) -> dict[str, np.ndarray]:
 def unragged(npz, kind: str) -> list[np.ndarray]:
     ends = np.cumsum(npz[f"{kind}_lengths"])
     return np.split(npz[f"{kind}_flat"], ends[:-1])
-
-
-def padded(seqs, buckets: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
-    """(input_ids, attention_mask) int64, right-padded to the widest text or, given `buckets`,
-    to the first bucket that holds it."""
-    width = max(len(s) for s in seqs)
-    width = next((b for b in buckets if b >= width), width)
-    ids = np.zeros((len(seqs), width), dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for row, s in enumerate(seqs):
-        ids[row, :len(s)] = s
-        mask[row, :len(s)] = 1
-    return ids, mask
 
 
 # ---------------------------------------------------------------- bench (the GPU machine)
@@ -226,11 +215,11 @@ def cosines(a: np.ndarray, b: np.ndarray) -> dict:
             "error_vs_spread": float(np.linalg.norm(a - b, axis=1).mean() / max(spread, 1e-12))}
 
 
-def latency(sess, seqs: list[np.ndarray], batch: int, runs: int) -> dict:
+def latency(sess, seqs: list[np.ndarray], pad_id: int, batch: int, runs: int) -> dict:
     """Per-call ms over `runs` calls, each a batch of consecutive texts padded to the native
     flavor's next length bucket, after a warm-up call at every bucket (Triton's model warmup)."""
-    feeds = [feed(sess, *padded([seqs[(i * batch + j) % len(seqs)] for j in range(batch)], BUCKETS))
-             for i in range(runs)]
+    feeds = [feed(sess, *pad_batch([seqs[(i * batch + j) % len(seqs)] for j in range(batch)],
+                                    pad_id, BUCKETS)) for i in range(runs)]
     for f in {f["input_ids"].shape: f for f in feeds}.values():
         for _ in range(3):
             sess.run(None, f)
@@ -244,11 +233,12 @@ def latency(sess, seqs: list[np.ndarray], batch: int, runs: int) -> dict:
             "p99_ms": float(np.percentile(ms, 99)), "texts_per_s": batch * runs / float(ms.sum() / 1e3)}
 
 
-def throughput(sess, seqs: list[np.ndarray], batch: int, min_seconds: float = 1.0) -> dict:
+def throughput(sess, seqs: list[np.ndarray], pad_id: int, batch: int,
+               min_seconds: float = 1.0) -> dict:
     """Catalog embedding: texts sorted by length (as deploy does), batches of `batch`, the
     whole set again until `min_seconds` have passed."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    feeds = [feed(sess, *padded([seqs[i] for i in order[s:s + batch]]))
+    feeds = [feed(sess, *pad_batch([seqs[i] for i in order[s:s + batch]], pad_id))
              for s in range(0, len(order), batch)]
     for f in feeds:  # warm-up: every shape once
         sess.run(None, f)
@@ -265,7 +255,8 @@ def bench_model(folder: Path, entry: dict, providers: list[str], runs: int, cpu_
     path = materialize(folder, entry)
     npz = np.load(folder / entry["tokens"])
     users, items = unragged(npz, "user"), unragged(npz, "item")
-    ids, mask = padded(users)
+    pad_id = entry["pad_id"]
+    ids, mask = pad_batch(users, pad_id)
     reference = (np.load(folder / entry["reference"]["file"]) if entry["real_weights"]
                  else run_batches(cpu_session(path), ids, mask, 64))
     rows = []
@@ -282,9 +273,10 @@ def bench_model(folder: Path, entry: dict, providers: list[str], runs: int, cpu_
             print(f"{entry['name']:>16} {provider}: {row['error']}", flush=True)
             continue
         row["parity_vs_reference"] = cosines(run_batches(sess, ids, mask, 64), reference)
-        row["latency_b1"] = latency(sess, users, 1, runs)
-        row["latency_b8"] = latency(sess, users, 8, max(runs // 4, 30))
-        row["catalog"] = throughput(sess, items if provider != "CPUExecutionProvider" else items[:1024], 256)
+        row["latency_b1"] = latency(sess, users, pad_id, 1, runs)
+        row["latency_b8"] = latency(sess, users, pad_id, 8, max(runs // 4, 30))
+        row["catalog"] = throughput(sess, items if provider != "CPUExecutionProvider" else items[:1024],
+                                    pad_id, 256)
         rows.append(row)
         print(line(row), flush=True)
     return rows

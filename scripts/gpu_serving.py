@@ -54,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
 
     saved = json.loads(Path(args.texts).read_text())
     requests = RequestSet(saved["texts"], k=saved["k"])
-    assert requests.fingerprint == saved["fingerprint"], "the texts changed on the way"
+    if requests.fingerprint != saved["fingerprint"]:
+        raise SystemExit(f"{args.texts}: fingerprint {requests.fingerprint}, saved as "
+                         f"{saved['fingerprint']}: the texts changed on the way")
     work = Path(tempfile.mkdtemp(prefix="gpu-serving-"))
     server = launch(args.repository, log_path=work / "triton.log", ready_timeout=300)
     result = {"repository": str(args.repository), "model": args.model,

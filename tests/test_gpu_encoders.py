@@ -36,13 +36,14 @@ def test_skeleton_keeps_the_graph_and_drops_the_weights(gpu, exported, tmp_path)
 
 def test_refilled_skeleton_runs_and_the_bench_reports_it(gpu, exported, tmp_path):
     tokens = [[101, 2000 + i, 2100 + 3 * i, 102] + [3000 + i] * (i % 20) for i in range(40)]
-    entry = {"name": "s", "file": "s.onnx", "real_weights": False, "tokens": "s.tokens.npz"}
+    entry = {"name": "s", "file": "s.onnx", "real_weights": False, "tokens": "s.tokens.npz",
+             "pad_id": 0}
     gpu.skeleton(exported / "model.onnx", tmp_path / "s.onnx")
     np.savez(tmp_path / "s.tokens.npz", **{f"{k}_{p}": a for k in ("user", "item")
                                             for p, a in gpu.ragged(tokens).items()})
     path = gpu.materialize(tmp_path, entry)
     assert path.with_name("s.onnx.weights").stat().st_size > 10_000_000
-    ids, mask = gpu.padded([np.array(t) for t in tokens], gpu.BUCKETS)
+    ids, mask = gpu.pad_batch([np.array(t) for t in tokens], 0, gpu.BUCKETS)
     assert ids.shape == (40, 32) and mask.sum() == sum(len(t) for t in tokens)
     out = gpu.run_batches(gpu.cpu_session(path, 1), ids, mask, 16)
     assert out.shape == (40, 384) and np.isfinite(out).all()
