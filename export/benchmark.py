@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ import numpy as np
 
 from towerlite.errors import TowerliteError
 from towerlite.files import write_json_atomic
+from towerlite.machine import cpu_info, usable_cores
 
 from .parity import parity
 from .runtime import pad_batch
@@ -246,24 +246,17 @@ def param_count(encoder) -> int:
 
 
 def machine_info() -> dict:
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and cpu in ("", platform.machine()):
-                cpu = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable,
-            "avx512_vnni": "avx512_vnni" in flags, "avx512f": "avx512f" in flags,
-            "avx2": "avx2" in flags, "amx_int8": "amx_int8" in flags,
+    """towerlite.machine.cpu_info (CPU model, vector flags, cores: int8 speed depends on
+    avx512_vnni/amx more than on anything else), the usable cores and the load average."""
+    return {**cpu_info(), "usable_cores": usable_cores(),
             "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def flags_text(machine: dict) -> str:
+    """'avx2 only' or 'avx512_vnni' style: the int8 path the CPU offers."""
+    int8 = [f for f in ("amx_int8", "avx512_vnni", "avx_vnni") if f in machine["cpu_flags"]]
+    return ", ".join(int8) if int8 else ("avx2 only (no VNNI)" if "avx2" in machine["cpu_flags"]
+                                         else "no avx2")
 
 
 def versions() -> dict:
@@ -373,7 +366,7 @@ def run(args: argparse.Namespace) -> dict:
     settings = {"texts": args.texts, "batch_size": args.batch_size, "max_length": args.max_length,
                 "threads": args.threads, "repeats": args.repeats, "tokenization_included": True}
     machine = machine_info()
-    log(f"{machine['cpu']}, {machine['usable_cores']} usable cores, avx512_vnni={machine['avx512_vnni']}, "
+    log(f"{machine['cpu_model']} ({flags_text(machine)}), {machine['usable_cores']} usable cores, "
         f"load average {machine['loadavg_start']}")
     log("loading held-out mixed texts")
     texts, per_source = mixed_texts(args.texts)
@@ -486,8 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(out, result)
     s, m = result["settings"], result["machine"]
     print(f"{result['texts']['count']} held-out mixed texts, batch {s['batch_size']}, ≤{s['max_length']} tokens, "
-          f"{s['threads']} threads, best of {s['repeats']}, tokenization included; {m['cpu']}, "
-          f"avx512_vnni={'yes' if m['avx512_vnni'] else 'no'}, load {m['loadavg_start']} → {m['loadavg_end']}\n")
+          f"{s['threads']} threads, best of {s['repeats']}, tokenization included;\n"
+          f"{m['cpu_model']} ({flags_text(m)}; flags {' '.join(m['cpu_flags'])}), "
+          f"load {m['loadavg_start']} → {m['loadavg_end']}\n")
     print(table([Row(**r) for r in result["rows"]]))
     print()
     for line in result["attribution"]:

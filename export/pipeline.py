@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -17,6 +15,7 @@ from pathlib import Path
 
 from towerlite.errors import TowerliteError
 from towerlite.files import ensure_writable_dir, write_json_atomic
+from towerlite.machine import cpu_info
 
 from . import variants as V
 from .parity import parity
@@ -163,7 +162,7 @@ def run(cfg: ExportConfig, log=print) -> dict:
         "tokenizer_files": tokenizer_files, "max_length": cfg.max_length, "threads": cfg.threads,
         "parity_texts": {"count": len(texts), "per_source": per_source, "split": "held-out (towerlite.data.splits)"},
         "variants": report_variants, "failures": failures,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "machine": cpu_info(),  # model, vector flags (int8 speed/rounding depend on them), cores
         "versions": {p: version(p) for p in ("torch", "transformers", "onnx", "onnxruntime", "optimum")},
         "seconds": round(time.monotonic() - started, 1),
     }

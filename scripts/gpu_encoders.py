@@ -36,6 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from export.runtime import load_tokenizer, pad_batch  # noqa: E402 - after the path
 from serving.repository import RepositorySpec  # noqa: E402
+from towerlite.machine import cpu_info  # noqa: E402
 
 WEIGHTS_MIN_BYTES = 1024
 BUCKETS = RepositorySpec.native_buckets  # the lengths the native flavor's tokenizer pads to
@@ -297,8 +298,9 @@ def line(r: dict) -> str:
 def machine() -> dict:
     import onnxruntime as ort
 
-    info = {"python": platform.python_version(), "onnxruntime": ort.__version__,
-            "available_providers": ort.get_available_providers(), "cpu_count": os.cpu_count()}
+    # the CPU rows (and the CPU side of every GPU row) depend on its vector flags
+    info = {**cpu_info(), "python": platform.python_version(), "onnxruntime": ort.__version__,
+            "available_providers": ort.get_available_providers()}
     try:
         info["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
                                       "--format=csv,noheader"], capture_output=True, text=True,

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from serving.bench.measured import summarize
     from serving.bench.perf_analyzer import PerfAnalyzerEngine
     from serving.triton import launch
+    from towerlite.machine import cpu_info
 
     saved = json.loads(Path(args.texts).read_text())
     requests = RequestSet(saved["texts"], k=saved["k"])
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
                          f"{saved['fingerprint']}: the texts changed on the way")
     work = Path(tempfile.mkdtemp(prefix="gpu-serving-"))
     server = launch(args.repository, log_path=work / "triton.log", ready_timeout=300)
-    result = {"repository": str(args.repository), "model": args.model,
+    result = {"repository": str(args.repository), "model": args.model, "machine": cpu_info(),
               "fingerprint": requests.fingerprint, "gpu_memory_loaded": gpu_memory_mib(),
               "server_rss_mb": round(server.rss_bytes() / 2**20), "levels": []}
     try:

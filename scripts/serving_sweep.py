@@ -28,6 +28,7 @@ from serving.bench.report import plot, write  # noqa: E402
 from serving.bench.runner import BenchConfig, run  # noqa: E402
 from serving.cli import spec_settings  # noqa: E402
 from serving.repository import MODEL_CODE, RepositorySpec, parse_config, write_code  # noqa: E402
+from towerlite.machine import cpu_info  # noqa: E402
 from serving.triton import launch  # noqa: E402
 
 
@@ -203,8 +204,9 @@ def main() -> int:
     rows = [r for r in old["rows"] if r["variant"] not in names] + rows
     local = {**old.get("in_process", {}), **local}
     tmp = args.out / ".sweep.json.tmp"
-    tmp.write_text(json.dumps({"repository": str(args.repository), "rows": rows,
-                               "in_process": local}, indent=1))
+    # the machine of this sweep (each level's bench.json has its own record too)
+    tmp.write_text(json.dumps({"repository": str(args.repository), "machine": cpu_info(),
+                               "rows": rows, "in_process": local}, indent=1))
     tmp.replace(args.out / "sweep.json")
     series = {}
     for r in rows:  # each level's own report, for the latency-vs-throughput plot

@@ -19,6 +19,7 @@ import numpy as np
 from serving.client import Client
 from serving.triton import start_server
 from towerlite.data import load_movielens, user_histories, user_text
+from towerlite.machine import cpu_info
 
 
 def main() -> None:
@@ -72,6 +73,7 @@ def main() -> None:
     out["users"] = len(texts)
     meta = json.loads((repo / "scorer" / "1" / "catalog" / "catalog.json").read_text())
     out["catalog"] = {"count": meta["count"], "index": meta.get("index")}
+    out["machine"] = cpu_info()  # the latencies depend on the CPU's vector flags
     print(json.dumps(out, indent=1))
     if len(sys.argv) > 3:
         Path(sys.argv[3]).write_text(json.dumps(out, indent=1))

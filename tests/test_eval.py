@@ -143,12 +143,14 @@ def test_unknown_dataset_in_the_library():
 @pytest.mark.parametrize("variant", ["fp32", "int8_dynamic"])
 def test_served_recommend_gives_the_in_process_numbers(cache, exported, tmp_path_factory, variant):
     """The towers deployed over the evaluation's own catalog, through a real Triton."""
+    from serving.catalog import embed_catalog
     from serving.deploy import deploy
     from serving.quality.cases import build_cases
     from serving.quality.towers import towers_of
-    from serving.quality.via_triton import compare
+    from serving.quality.via_triton import bucketed_users, compare, served_buckets
     from serving.triton import start_server
     from towerlite.data import load_dataset
+    from towerlite.metrics import top_k, top_k_overlap
 
     cases = build_cases("movielens", users=40, max_history=5, catalog_items=300)
     items = load_dataset("movielens").items
@@ -159,13 +161,47 @@ def test_served_recommend_gives_the_in_process_numbers(cache, exported, tmp_path
     (tower,) = towers_of(f"{exported}:{variant}")
     with start_server(repo / "portable", log_path=repo / "triton.log") as server:
         result = compare(cases, tower, server.grpc_url, "grpc", log=lambda *_: None)
+        buckets = served_buckets(server.grpc_url, "grpc")
+    # served and in-process run the same computation (each user alone, padded to its bucket;
+    # the catalog in deploy's batches), so they agree up to a float tie at a rank boundary
     assert result["agree"], result
     assert result["same_top10_share"] >= 0.95, result
     assert result["served"]["users"] == 40
-    # and the cut metrics are the full ones where the target is in the top 50
-    users, items_emb = tower.embed(cases.user_texts, "u"), tower.embed(cases.item_texts, "i")
-    full = summarize(per_user(*target_ranks(dot_scores(users, items_emb), cases.targets, cases.seen)))
-    assert result["in_process"]["recall@10"] == full["recall@10"]
+    n = len(cases.users)
+
+    # The cut metrics are the full ones where the target is in the top 50: checked over the very
+    # embeddings compare() scored, recomputed the same way, so exactly (the same onnxruntime
+    # calls on the same inputs are bitwise repeatable on one machine).
+    catalog = embed_catalog(cases.item_texts, tower.model(), cache_dir=None, progress=False)
+    same = dot_scores(bucketed_users(tower, cases.user_texts, buckets), catalog)
+    same_users = per_user(*target_ranks(same, cases.targets, cases.seen))
+    full = summarize(same_users)
+    assert result["in_process"]["recall@10"] == full["recall@10"], (result["in_process"], full)
+    assert result["in_process"]["ndcg@10"] == full["ndcg@10"], (result["in_process"], full)
+
+    # The evaluation's own embeddings (Tower.embed: length-sorted batches of 32) against those:
+    # a different batching, so a different computation for int8. Dynamic int8 takes each
+    # activation's scale over the whole batch, padding included, and onnxruntime's int8 GEMM
+    # rounds differently on AVX2 and on AVX512-VNNI/AMX, so the two agree exactly on some CPUs
+    # and not on others (issue 16: asserted equal where the suite was written, on an
+    # avx512_vnni machine; 0.15 vs 0.175 on an avx2-only AMD EPYC). Measured there (2026-11-30, 40 users, 300 items): int8 user vectors
+    # at cosine ≥ 0.985 between the batchings, 1 user's target crossing rank 10, mean top-10
+    # overlap 0.86 (min 0.6); fp32 within 7e-8, nothing moved, overlap 1.0.
+    # Tolerances: int8 ≤ 3 of the 40 users' recall@10 (3× the 1 measured) and mean top-10
+    # overlap ≥ 0.75 (a drop of 0.25, about twice the 0.14 measured); fp32 ≤ 1 user (a float
+    # tie at the rank boundary) and ≥ 0.99.
+    moved_max, overlap_min = (1, 0.99) if variant == "fp32" else (3, 0.75)
+    batched = dot_scores(tower.embed(cases.user_texts, "u"), tower.embed(cases.item_texts, "i"))
+    batched_users = per_user(*target_ranks(batched, cases.targets, cases.seen))
+    moved = float(np.abs(batched_users["recall@10"] - same_users["recall@10"]).sum())
+    overlap = float(top_k_overlap(top_k(batched, n, cases.seen, 10),
+                                  top_k(same, n, cases.seen, 10)).mean())
+    batched_recall = summarize(batched_users)["recall@10"]
+    detail = dict(moved_users=moved, overlap=overlap, batched=batched_recall,
+                  bucketed=full["recall@10"])
+    assert moved <= moved_max, detail
+    assert abs(batched_recall - full["recall@10"]) <= moved_max / n + 1e-9, detail
+    assert overlap >= overlap_min, detail
 
 
 def test_embedding_cache_is_reused_whatever_chunk_size_asks(tmp_path):

@@ -340,10 +340,19 @@ def test_domain_filter_crosses_domains(client, reference, users):
 def test_min_score_returns_a_threshold_list(client, reference, users):
     _, _, text = users[1]
     best = client.recommend(text, k=20)
-    threshold = float(best.scores[12])
+    # The threshold sits midway in the widest gap between ranks 12 and 18, not on a served
+    # score: the reference's scores are the same dot products summed by another BLAS call
+    # (GEMV here, the scorer's GEMM there), whose order, and so last bit, depends on the BLAS
+    # kernel the instruction set picks and on the thread count. A threshold equal to one
+    # served score would keep or drop that item in the reference by 1 ulp; midway in a gap of
+    # ≥ 1e-5 (≫ the ~1e-7 the two sums differ by), both sides cut at the same item everywhere.
+    gaps = best.scores[12:19] - best.scores[13:20]
+    cut = 12 + int(np.argmax(gaps))
+    assert gaps.max() > 1e-5, best.scores
+    threshold = float((best.scores[cut] + best.scores[cut + 1]) / 2)
     got = client.recommend(text, k=None, min_score=threshold)
     want_ids, _ = reference["top"](text, k=1000, min_score=threshold)
-    assert got.item_ids == want_ids and len(got) >= 12
+    assert got.item_ids == want_ids and len(got) == cut + 1 >= 13
     assert (got.scores >= threshold).all()
     capped = client.recommend(text, k=5, min_score=threshold)
     assert capped.item_ids == want_ids[:5]
@@ -432,12 +441,27 @@ def test_wrong_dtype_or_shape_is_a_clear_error(server, case):
         assert len(c.recommend("[movie] Heat (1995)", k=2)) == 2
 
 
-def _user_encoder_counts(url):
+def _user_encoder_counts(url, at_least=None, wait_s=10.0):
+    """(inferences, executions) of user_encoder once its statistics have settled. Triton counts
+    a request after its response is on its way (serving.bench.runner.settled), so a read right
+    after the last response can miss it, by as much as this machine is busy: read until the
+    counts stop moving (no request is in flight between the tests of this module), or until
+    `at_least` inferences are counted."""
     import tritonclient.grpc as grpcclient
 
-    stats = grpcclient.InferenceServerClient(url).get_inference_statistics(
-        "user_encoder", as_json=True)["model_stats"][0]
-    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+    def read():
+        stats = grpcclient.InferenceServerClient(url).get_inference_statistics(
+            "user_encoder", as_json=True)["model_stats"][0]
+        return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+    deadline, last = time.monotonic() + wait_s, read()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = read()
+        if now == last and (at_least is None or now[0] >= at_least):
+            break
+        last = now
+    return last
 
 
 def test_concurrent_requests_all_succeed_and_batch_across_lengths(server, users, client):
@@ -445,10 +469,17 @@ def test_concurrent_requests_all_succeed_and_batch_across_lengths(server, users,
     alone = {t: client.recommend(t, k=10).item_ids for t in dict.fromkeys(texts)}
     results, errors = [None] * len(texts), []
     inferences, executions = _user_encoder_counts(server.grpc_url)
+    # every client connected first, then all requests released at once: that the batcher gets
+    # several requests in one execution must not depend on how fast threads and connections
+    # start on this machine (24 requests in one burst queue behind the two encoder instances
+    # on any CPU whose encoder takes longer than the tokenizer)
+    start = threading.Barrier(len(texts))
 
     def work(i):
         try:
             with Client(server.grpc_url) as c:
+                c.ready()
+                start.wait(60)
                 results[i] = c.recommend(texts[i], k=10)
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
@@ -462,12 +493,19 @@ def test_concurrent_requests_all_succeed_and_batch_across_lengths(server, users,
     assert all(r is not None and len(r) == 10 for r in results)
     # the user texts have different token lengths; ragged batching lets the dynamic batcher put
     # them in one execution (fewer executions than requests), and padding a request to its
-    # batch's width changes nothing but int8 rounding: the same items come back
-    after = _user_encoder_counts(server.grpc_url)
+    # batch's width changes nothing but int8 rounding: mostly the same items come back.
+    # How much int8 rounding moves depends on the CPU: dynamic int8 takes the activation scale
+    # over the whole batch, and onnxruntime's AVX2 int8 kernels round differently from its
+    # AVX512-VNNI ones. Measured on an avx2-only AMD EPYC (2026-11-30, these 4 texts, 500
+    # items): mean top-10 overlap with the text alone 0.93 over every batch of 2-4 of them
+    # (min 0.8 for one text), exactly 0.90 for all 24 in one batch, so the 0.9 asserted before
+    # (set on the avx512_vnni machine) had no margin left here. 0.75: the same bound as
+    # test_eval's batching check, 2.5× the largest mean drop measured here (0.10).
+    after = _user_encoder_counts(server.grpc_url, at_least=inferences + len(texts))
     assert after[0] - inferences == len(texts)
     assert after[1] - executions < len(texts)
     same = np.mean([len(set(r.item_ids) & set(alone[t])) / 10 for r, t in zip(results, texts)])
-    assert same >= 0.9, same
+    assert same >= 0.75, same
 
 
 def test_server_down_is_one_clear_line():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from towerlite.errors import TowerliteError
 from towerlite.files import write_json_atomic, write_text_atomic
+from towerlite.machine import cpu_info, usable_cores
 
 SCHEMA = "towerlite-bench/1"
 LATENCY_KEYS = ("mean", "min", "p50", "p90", "p95", "p99", "max")
@@ -21,28 +22,13 @@ LEVEL_KEYS = ("concurrency", "requests", "errors", "error_rate", "first_error", 
               "throughput_rps", "latency_ms", "client_cpu_s", "server", "notes", "engine_own")
 TOP_KEYS = ("schema", "label", "created", "engine", "server", "settings", "inputs", "machine",
             "versions", "warmup", "levels", "seconds")
-INTERESTING_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
-                     "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
 
 
 def machine() -> dict:
-    """What the numbers depend on: cores, CPU and its vector flags, and how busy it was."""
-    info = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity") else os.cpu_count(), "cpu_flags": []}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            info["cpu"] = value.strip()
-        elif key.strip() == "flags":
-            present = set(value.split())
-            info["cpu_flags"] = [f for f in INTERESTING_FLAGS if f in present]
-            break
-    return info
+    """What the numbers depend on: the CPU model, its vector flags and cores
+    (towerlite.machine.cpu_info, the record every report shares), the cores usable here and
+    the platform; runner.py adds how busy it was."""
+    return {**cpu_info(), "cores_usable": usable_cores(), "platform": platform.platform()}
 
 
 def load_average() -> list[float] | None:

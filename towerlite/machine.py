@@ -1,0 +1,54 @@
+"""The machine a number was measured on, in one place: the CPU model, the vector-instruction
+flags onnxruntime's and PyTorch's kernels dispatch on, and the core count.
+
+Every benchmark and report records this beside its numbers (export's report and benchmark,
+`towerlite bench`, serving/measure.py, scripts/serving_sweep.py, the GPU scripts). int8
+latency depends on the instruction set far more than on the clock: onnxruntime's int8 GEMM
+takes the avx512_vnni (or avx_vnni / amx_int8) path where the CPU has it and a slower AVX2
+path otherwise, and the two round differently, so a figure without its flags cannot be
+compared with another one.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+# the flags the fp32/int8 kernels choose between (x86); anything amx_* present is kept as well
+RELEVANT_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw",
+                  "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
+    """{"cpu_model": str, "cpu_flags": [the RELEVANT_FLAGS present, in that order, then any
+    other amx_*], "cores": os.cpu_count()}, read from the first processor of /proc/cpuinfo
+    (platform.processor() and no flags where there is none, e.g. off Linux)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        text = ""
+    model, flags = "", None
+    for line in text.splitlines():
+        if not line.strip() and flags is not None:
+            break  # the first processor's block is enough: they are all the same model
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key in ("flags", "Features") and flags is None:  # Features: the ARM spelling
+            flags = set(value.split())
+    flags = flags or set()
+    present = [f for f in RELEVANT_FLAGS if f in flags]
+    present += sorted(f for f in flags if f.startswith("amx") and f not in present)
+    return {"cpu_model": model or platform.processor() or platform.machine() or "unknown",
+            "cpu_flags": present, "cores": os.cpu_count()}
+
+
+def usable_cores() -> int | None:
+    """The cores this process may run on (its affinity), which a container can make fewer
+    than `cores`."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count()
