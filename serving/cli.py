@@ -76,6 +76,9 @@ def add_deploy_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nprobe", type=int, help="IVF lists visited per query (default 32)")
     p.add_argument("--threads", type=int, default=2,
                    help="onnxruntime threads for embedding the catalog (default 2)")
+    p.add_argument("--history-model", type=Path, metavar="FOLDER",
+                   help="a `towerlite history` folder: also serve `recommend_history` (liked item "
+                        "ids → top-k, no tokenizer) over the same catalog")
     p.add_argument("--spec", action="append", default=[], metavar="FIELD=JSON",
                    help="any serving setting of serving.repository.RepositorySpec, e.g. "
                         "--spec user_encoder_instances=1 --spec user_encoder_threads=2 "
@@ -118,7 +121,7 @@ def deploy_command(args: argparse.Namespace) -> int:
                     item_variant=args.item_variant, native_variant=args.native_variant,
                     catalog=args.catalog, limit=args.limit, flavors=flavors,
                     spec=spec, index=args.index,
-                    nprobe=args.nprobe, threads=args.threads,
+                    nprobe=args.nprobe, threads=args.threads, history_model=args.history_model,
                     log=lambda msg: print(msg, file=sys.stderr))
     c = report["catalog"]
     print(f"deployed {c['count']:,} items ({c['dim']}-d) to "

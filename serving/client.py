@@ -13,7 +13,7 @@ rejected request, "cannot reach Triton at …" when nothing answers.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,6 +29,7 @@ class Recommendations:
     item_ids: list[str]
     scores: np.ndarray
     domains: list[str]
+    skipped: list[str] = field(default_factory=list)  # recommend_history: unknown history ids
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -149,6 +150,35 @@ class Client:
         domains = _decode(result.as_numpy("DOMAINS")[0])
         keep = [i for i, v in enumerate(ids) if v]  # rows of a batch are padded with ""
         return Recommendations([ids[i] for i in keep], scores[keep], [domains[i] for i in keep])
+
+    def recommend_history(self, history: Sequence[str], k: int | None = 10,
+                          domain: str | None = None, exclude: Sequence[str] | None = None,
+                          min_score: float | None = None,
+                          model: str = "recommend_history") -> Recommendations:
+        """Top-k items for a user's liked item ids (oldest → newest), best first, by the history
+        tower; the history itself is left out. Ids the catalog does not know are skipped and
+        come back in `.skipped`; a history with no known id is refused (ServingError)."""
+        if isinstance(history, (str, bytes)):
+            raise TypeError("recommend_history takes a list of item ids")
+        inputs = [self._input("HISTORY", _strings(list(history)).reshape(1, -1), "BYTES")]
+        if k is not None:
+            inputs.append(self._input("K", np.array([[k]], dtype=np.int32), "INT32"))
+        if domain:
+            inputs.append(self._input("DOMAIN", _strings([domain]).reshape(1, 1), "BYTES"))
+        if exclude is not None and len(exclude):
+            inputs.append(self._input("EXCLUDE", _strings(list(exclude)).reshape(1, -1), "BYTES"))
+        if min_score is not None:
+            inputs.append(self._input("MIN_SCORE", np.array([[min_score]], dtype=np.float32),
+                                      "FP32"))
+        result = self._call(model, inputs, ["ITEM_IDS", "SCORES", "DOMAINS", "SKIPPED"])
+        ids = _decode(result.as_numpy("ITEM_IDS")[0])
+        scores = result.as_numpy("SCORES")[0]
+        domains = _decode(result.as_numpy("DOMAINS")[0])
+        skipped_raw = result.as_numpy("SKIPPED")
+        skipped = [s for s in _decode(skipped_raw.reshape(-1))] if skipped_raw is not None else []
+        keep = [i for i, v in enumerate(ids) if v]
+        return Recommendations([ids[i] for i in keep], scores[keep], [domains[i] for i in keep],
+                               [s for s in skipped if s])
 
     def embed_items(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """(n, dim) float32 item-tower embeddings of `texts`, in order."""

@@ -138,18 +138,56 @@ def _versions() -> dict:
     return out
 
 
+def _history_table(folder, prepared, embeddings, item: EncoderExport, log):
+    """(the saved tower, its item table over this catalog): every item by the deployed item
+    tower's text embedding through the tower's adapter, plus its ID vector where it has one."""
+    from towerlite.sequential import SavedTower
+
+    tower = SavedTower.load(folder)
+    trained_with = tower.item_model
+    if trained_with and Path(trained_with.split(":")[0]).resolve() not in (
+            Path(item.onnx).resolve(), Path(item.onnx).resolve().parent):
+        log(f"warning: the history tower was trained on item vectors of {trained_with}; this "
+            f"catalog is embedded by {item.onnx}: its text part reads other vectors than it learned")
+    table = tower.item_table(prepared["item_id"].tolist(), embeddings)
+    log(f"history tower ({tower.config.kind}, {tower.config.dim}-d): item table for "
+        f"{len(table):,} items")
+    return tower, table
+
+
+def _write_history(staging: Path, history, prepared, info: dict) -> None:
+    """history_encoder/1/history/ (graph, item table, ids) and history_scorer/1/catalog/."""
+    import numpy as np
+
+    from towerlite.sequential import ONNX_FILE
+
+    tower, table = history
+    meta = cat.write_catalog(staging / "history_scorer" / "1" / "catalog", prepared, table,
+                             {**info, "history_tower": str(tower.folder)})
+    folder = staging / "history_encoder" / "1" / "history"
+    folder.mkdir(parents=True, exist_ok=True)
+    _place(tower.folder / ONNX_FILE, folder / ONNX_FILE)
+    np.save(folder / "item_table.npy", np.ascontiguousarray(table, dtype=np.float32))
+    _place(staging / "history_scorer" / "1" / "catalog" / "item_ids.npy", folder / "item_ids.npy")
+    (folder / "history.json").write_text(json.dumps(
+        {"count": meta["count"], "dim": meta["dim"], "domains": meta["domains"],
+         "max_len": tower.config.max_len, "kind": tower.config.kind,
+         "history_tower": str(tower.folder)}, indent=1))
+
+
 def deploy(user_model: str | Path, out: str | Path, *, item_model: str | Path | None = None,
            variant: str = "int8_dynamic", item_variant: str | None = None,
            native_variant: str | None = None, catalog: str = "movielens",
            items: pd.DataFrame | None = None, limit: int | None = None,
            flavors: tuple[str, ...] = FLAVORS, spec: RepositorySpec | None = None,
            index: str = "auto", nprobe: int | None = None, threads: int = 2,
-           progress: bool = True, log=print) -> dict:
+           history_model: str | Path | None = None, progress: bool = True, log=print) -> dict:
     """Write OUT/<flavor>/ for each flavor and OUT/deploy_report.json; returns the report.
 
     `items` (an items frame with the loaders' ITEM_COLUMNS) replaces the named catalog;
     `limit` keeps the first N items of each named dataset. `index`: exact, ivf (a FAISS
-    IVF-Flat index beside the matrix) or auto (ivf from 100k items)."""
+    IVF-Flat index beside the matrix) or auto (ivf from 100k items). `history_model`: a
+    `towerlite history` folder, served as `recommend_history` over the same catalog."""
     from export.runtime import OnnxEncoder
 
     t0 = time.perf_counter()
@@ -195,6 +233,11 @@ def deploy(user_model: str | Path, out: str | Path, *, item_model: str | Path | 
 
     catalog_info = {"item_model": item.describe(), "max_length": spec.max_length,
                     "text": "towerlite.data.render.item_text", "source": source}
+    history = _history_table(history_model, prepared, embeddings, item, log) \
+        if history_model else None
+    if history is not None:
+        spec = replace(spec, history_dim=history[0].config.dim,
+                       history_max_len=history[0].config.max_len)
     out.mkdir(parents=True, exist_ok=True)
     first_catalog = None
     written = {}
@@ -218,6 +261,8 @@ def deploy(user_model: str | Path, out: str | Path, *, item_model: str | Path | 
         else:
             for f in first_catalog.iterdir():
                 _place(f, catalog_dir / f.name)
+        if history is not None:
+            _write_history(staging, history, prepared, catalog_info)
         validate_repository(staging)
         final = out / flavor
         old = out / f".{flavor}.old"
@@ -240,6 +285,10 @@ def deploy(user_model: str | Path, out: str | Path, *, item_model: str | Path | 
                     "cache_hit": cached, "embed_seconds": round(embed_s, 2),
                     "index": meta.get("index") or {"kind": "exact"},
                     "prepare_seconds": round(t_embed - t_items, 2)},
+        "history_tower": None if history is None else {
+            "folder": str(history[0].folder), "kind": history[0].config.kind,
+            "dim": history[0].config.dim, "max_len": history[0].config.max_len,
+            "trained_with_item_model": history[0].item_model},
         "spec": spec.to_json(), "versions": _versions(),
         "seconds": round(time.perf_counter() - t0, 2),
     }

@@ -36,6 +36,10 @@ PYTHON_MODELS = {
                  "scorer": "scorer.py", FUSED: "fused.py"},
     "native": {"tokenizer": "tokenizer.py", "item_tokenizer": "tokenizer.py", "scorer": "scorer.py"},
 }
+# the history path (both flavors, when deploy is given a history tower): ensemble
+# `recommend_history` = history_encoder → history_scorer (the scorer's code over the history
+# tower's item table)
+HISTORY_MODELS = {"history_encoder": "history_encoder.py", "history_scorer": "scorer.py"}
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,11 @@ class RepositorySpec:
     gpu_instances: int = 1
     tensorrt: bool = False
     tensorrt_precision: str = "FP16"
+    # the history user tower (`recommend_history`): its width, 0 = not deployed
+    history_dim: int = 0
+    history_max_len: int = 50  # newest items a history is read to
+    history_max_ids: int = 10_000  # longer HISTORY inputs are refused
+    history_instances: int = 2
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -206,13 +215,16 @@ def _device(spec: RepositorySpec) -> str:
     return spec.encoder_device
 
 
-def scorer_config(spec: RepositorySpec) -> str:
+def scorer_config(spec: RepositorySpec, name: str = "scorer") -> str:
+    dim = spec.history_dim if name == "history_scorer" else spec.dim
+    what = ("the history tower's item table" if name == "history_scorer" else
+            "the memory-mapped catalog (exact dot product = cosine)")
     return "\n".join([
-        _header("scorer", "top-k over the memory-mapped catalog (exact dot product = cosine), "
+        _header(name, f"top-k over {what}, "
                 "with domain filter, exclusions and a minimum score", backend="python",
                 max_batch_size=spec.max_batch_size),
         _block("input", [
-            _io("input", "EMBEDDING", "TYPE_FP32", [spec.dim], comment="user embedding"),
+            _io("input", "EMBEDDING", "TYPE_FP32", [dim], comment="user embedding"),
             _io("input", "K", "TYPE_INT32", [1], optional=True,
                 comment=f"results wanted (default {spec.default_k}, at most {spec.max_k})"),
             _io("input", "DOMAIN", "TYPE_STRING", [1], optional=True,
@@ -225,7 +237,7 @@ def scorer_config(spec: RepositorySpec) -> str:
         _block("output", [_io("output", "ITEM_IDS", "TYPE_STRING", [-1]),
                           _io("output", "SCORES", "TYPE_FP32", [-1]),
                           _io("output", "DOMAINS", "TYPE_STRING", [-1])]),
-        _instances(spec.scorer_instances),
+        _instances(spec.history_instances if name == "history_scorer" else spec.scorer_instances),
         # `towerlite catalog update` writes the catalog as the scorer's next version folder:
         # Triton serves only the newest (the old one answers until the new one is ready, then
         # unloads); the ensemble asks for version -1, the latest
@@ -236,7 +248,7 @@ def scorer_config(spec: RepositorySpec) -> str:
         _params({"CATALOG_DIR": "catalog", "DEFAULT_K": spec.default_k, "MAX_K": spec.max_k,
                  "INDEX": spec.scorer_index}),
         ("model_warmup [ {\n  name: \"zero_user\"\n  batch_size: 1\n"
-         f"  inputs {{ key: \"EMBEDDING\" value: {{ data_type: TYPE_FP32 dims: [ {spec.dim} ] "
+         f"  inputs {{ key: \"EMBEDDING\" value: {{ data_type: TYPE_FP32 dims: [ {dim} ] "
          "zero_data: true } }\n} ]"),
     ]) + "\n"
 
@@ -322,6 +334,54 @@ def embed_items_config(spec: RepositorySpec) -> str:
     ]) + "\n"
 
 
+def history_encoder_config(spec: RepositorySpec) -> str:
+    return "\n".join([
+        _header("history_encoder", "liked item ids → the history tower's user vector (item "
+                "table rows → causal transformer, ONNX); no tokenizer", backend="python",
+                max_batch_size=spec.max_batch_size),
+        _block("input", [
+            _io("input", "HISTORY", "TYPE_STRING", [-1], comment="liked item ids, oldest → newest"),
+            _io("input", "EXCLUDE", "TYPE_STRING", [-1], optional=True)]),
+        _block("output", [
+            _io("output", "EMBEDDING", "TYPE_FP32", [spec.history_dim]),
+            _io("output", "EXCLUDE_ALL", "TYPE_STRING", [-1],
+                comment="the known history ids and EXCLUDE: left out by the scorer"),
+            _io("output", "SKIPPED", "TYPE_STRING", [-1],
+                comment="history ids not in the catalog (skipped, not an error)")]),
+        _instances(spec.history_instances),
+        "version_policy: { latest: { num_versions: 1 } }",
+        _params({"MAX_LEN": spec.history_max_len, "MAX_HISTORY": spec.history_max_ids,
+                 "THREADS": 1}),
+    ]) + "\n"
+
+
+def recommend_history_config(spec: RepositorySpec) -> str:
+    return "\n".join([
+        _header("recommend_history", "liked item ids → top-k item ids, scores, domains "
+                "(history_encoder → history_scorer); unknown ids come back in SKIPPED",
+                platform="ensemble", max_batch_size=spec.max_batch_size),
+        _block("input", [
+            _io("input", "HISTORY", "TYPE_STRING", [-1], comment="liked item ids, oldest → newest"),
+            _io("input", "K", "TYPE_INT32", [1], optional=True),
+            _io("input", "DOMAIN", "TYPE_STRING", [1], optional=True),
+            _io("input", "EXCLUDE", "TYPE_STRING", [-1], optional=True),
+            _io("input", "MIN_SCORE", "TYPE_FP32", [1], optional=True)]),
+        _block("output", [_io("output", "ITEM_IDS", "TYPE_STRING", [-1]),
+                          _io("output", "SCORES", "TYPE_FP32", [-1]),
+                          _io("output", "DOMAINS", "TYPE_STRING", [-1]),
+                          _io("output", "SKIPPED", "TYPE_STRING", [-1])]),
+        "ensemble_scheduling {\n  step [\n" + ",\n".join([
+            _step("history_encoder", {"HISTORY": "HISTORY", "EXCLUDE": "EXCLUDE"},
+                  {"EMBEDDING": "history_embedding", "EXCLUDE_ALL": "history_exclude",
+                   "SKIPPED": "SKIPPED"}),
+            _step("history_scorer", {"EMBEDDING": "history_embedding", "K": "K",
+                                     "DOMAIN": "DOMAIN", "EXCLUDE": "history_exclude",
+                                     "MIN_SCORE": "MIN_SCORE"},
+                  {"ITEM_IDS": "ITEM_IDS", "SCORES": "SCORES", "DOMAINS": "DOMAINS"}),
+        ]) + "\n  ]\n}",
+    ]) + "\n"
+
+
 def model_configs(spec: RepositorySpec, flavor: str) -> dict[str, str]:
     """{model name: config.pbtxt text} for one flavor."""
     if flavor not in FLAVORS:
@@ -336,6 +396,10 @@ def model_configs(spec: RepositorySpec, flavor: str) -> dict[str, str]:
     configs["embed_items"] = embed_items_config(spec)
     if flavor == "portable":
         configs[FUSED] = fused_config(spec)
+    if spec.history_dim:
+        configs["history_encoder"] = history_encoder_config(spec)
+        configs["history_scorer"] = scorer_config(spec, "history_scorer")
+        configs["recommend_history"] = recommend_history_config(spec)
     return configs
 
 
@@ -399,7 +463,7 @@ def write_code(root: Path, spec: RepositorySpec, flavor: str) -> list[Path]:
         (folder / "1").mkdir(parents=True, exist_ok=True)
         (folder / "config.pbtxt").write_text(text)
         written.append(folder / "config.pbtxt")
-        code = PYTHON_MODELS[flavor].get(name)
+        code = PYTHON_MODELS[flavor].get(name) or HISTORY_MODELS.get(name)
         if name == FUSED:  # Triton's BYTES file format: 4-byte length, then the bytes
             text = FUSED_WARMUP_TEXT.encode()
             (folder / "warmup").mkdir(exist_ok=True)

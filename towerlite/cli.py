@@ -116,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     finetune_cli.add_arguments(p)
     p.set_defaults(func=finetune_cli.command)
 
+    from distill import history as history_cli
+
+    p = sub.add_parser("history", help="train the history user tower (liked item ids → user "
+                                       "vector), measured beside SASRec and the baselines",
+                       description=history_cli.DESCRIPTION)
+    history_cli.add_arguments(p)
+    p.set_defaults(func=history_cli.command)
+
     from export import cli as export_cli
 
     p = sub.add_parser("export", help="export an encoder to ONNX variants, parity-gated",

@@ -7,7 +7,8 @@ rendering every stage uses). Candidates: the dataset's catalog (or a seeded samp
 keeps every evaluated user's items) minus everything the user liked before the target.
 
 The training part, which the baselines learn from and cold start is counted in: every liked
-item of every user except the evaluated users' targets.
+item of every user except the evaluated users' targets. The sequential models (SASRec, the
+history tower) learn from the training users' sequences alone: no held-out user is read.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class Cases:
     user_texts: list[str]
     train_likes: list[list[int]] = field(repr=False)  # catalog rows liked, per training-part user
     target_counts: np.ndarray = field(repr=False)  # other likes of each target in the training part
+    # catalog rows liked by each training user (not held out), oldest → newest: what the
+    # sequential models (SASRec, the history tower) learn from; held-out users are never read
+    train_sequences: list[list[int]] = field(default_factory=list, repr=False)
     settings: dict = field(default_factory=dict)
 
 
@@ -83,6 +87,7 @@ def build_cases(dataset: str, users: int = 1000, max_history: int = 10, seed: in
         seen=[[row[i] for i in held[u][:-1] if i in row] for u, _, _ in cases],
         user_texts=[user_text(by_id.loc[h].to_dict("records"), max_history) for _, h, _ in cases],
         train_likes=[t for t in train if t], target_counts=counts[targets],
+        train_sequences=[t for (u, _), t in zip(likes.items(), train) if t and not is_heldout_user(u)],
         settings={"users": len(cases), "held_out_users_eligible": eligible,
                   "max_history": max_history, "min_history": min_history, "seed": seed,
                   "catalog_items": len(catalog), "catalog_full": len(data.items) == len(catalog),

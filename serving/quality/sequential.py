@@ -1,0 +1,56 @@
+"""The sequential rows of an evaluation: models that read a user's whole liked-item sequence.
+
+    sasrec(cases, epochs)           the ID-based yardstick (towerlite.sequential, ID only),
+                                    trained on the training users of these cases
+    trained(cases, cfg, text)       any history-tower setting trained the same way (the parts
+                                    table of `towerlite history`: text + ID, text only, ID only)
+    saved(cases, folder)            a saved history tower (`towerlite history` output) through
+                                    its ONNX graph, as the served model runs it
+
+Each reads a user's `Cases.seen` (every like before the target, oldest → newest; the newest
+`max_len` of them) and returns a ScoreBlock over the cases' catalog, so it is ranked exactly
+like the text towers and the other baselines.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from towerlite.metrics import ScoreBlock, dot_scores
+from towerlite.sequential import (HistoryConfig, SavedTower, item_table, onnx_user_vectors, train,
+                                  user_vectors)
+
+from .cases import Cases
+
+log = logging.getLogger(__name__)
+
+# SASRec as the issue measured it: 2 blocks, d=64, 50 items, full-softmax cross-entropy
+SASREC = HistoryConfig(use_text=False, use_ids=True, id_min_likes=1)
+
+
+def trained(cases: Cases, cfg: HistoryConfig, text: np.ndarray | None = None,
+            progress: bool = True) -> tuple[ScoreBlock, dict]:
+    """Train `cfg` on the cases' training users; (scores, about) with its training record."""
+    t0 = time.perf_counter()
+    model, state = train(cfg, cases.train_sequences, len(cases.item_ids), text, progress=progress)
+    users = user_vectors(model, cases.seen, cfg.max_len)
+    about = {"model": cfg.kind, "settings": cfg.__dict__.copy(), "train_s": round(time.perf_counter() - t0, 1),
+             "losses": state.losses, "training_users": len(cases.train_sequences)}
+    return dot_scores(users, item_table(model)), about
+
+
+def sasrec(cases: Cases, epochs: int = SASREC.epochs, progress: bool = True) -> tuple[ScoreBlock, dict]:
+    return trained(cases, replace(SASREC, epochs=epochs), None, progress)
+
+
+def saved(cases: Cases, tower: SavedTower, text: np.ndarray | None) -> tuple[ScoreBlock, dict]:
+    """A saved tower over the cases' catalog: its item table for these items (`text`: the
+    tower's item model's embeddings of cases.item_texts), user vectors through the ONNX graph."""
+    table = tower.item_table(cases.item_ids, text)
+    users = onnx_user_vectors(tower.session(threads=2), table, cases.seen, tower.config.max_len)
+    return dot_scores(users, table), {"model": tower.config.kind, "folder": str(tower.folder),
+                                      "item_model": tower.item_model}

@@ -1,0 +1,123 @@
+"""Triton python model `history_encoder`: a user's liked item ids → the history tower's user
+vector, the first step of the `recommend_history` ensemble (the second is `history_scorer`, the
+scorer over the history tower's item table). No tokenizer and no text encoder at request time:
+an item is its row of the item table (its text embedding through the tower's adapter, plus a
+learned ID vector when it was warm in training), a small causal transformer (ONNX) reads the
+newest MAX_LEN of them.
+
+Runs inside Triton's python backend: imports only numpy, onnxruntime and
+triton_python_backend_utils. Files in the version folder, written by `towerlite deploy`:
+
+    history/history_encoder.onnx   item_vectors (B, L, dim), mask (B, L) → user_vector (B, dim)
+    history/item_table.npy         float32 (n, dim), the catalog's rows in the scorer's order
+    history/item_ids.npy           the catalog's ids as UTF-8 bytes (n,), sorted within a domain
+    history/history.json           count, dim, max_len, domain ranges [start, stop)
+
+Inputs: HISTORY bytes [-1] (item ids, oldest → newest; "" entries are ignored), optional
+EXCLUDE bytes [-1]. Outputs: EMBEDDING float32 [dim]; EXCLUDE_ALL bytes [-1] (the known
+history ids and EXCLUDE, for the scorer to leave out); SKIPPED bytes [-1] (history ids not in
+the catalog: skipped, reported, never an error). A history with no known item is the caller's
+error (INVALID_ARGUMENT), as is one longer than MAX_HISTORY ids.
+"""
+
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+def _error(message):
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)  # a caller's mistake: 400, not 500
+    text = f"history_encoder: {message}"
+    return pb_utils.TritonError(text) if code is None else pb_utils.TritonError(text, code)
+
+
+class RequestError(ValueError):
+    pass
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        folder = os.path.join(args["model_repository"], args["model_version"], "history")
+        for name in ("history.json", "history_encoder.onnx", "item_table.npy", "item_ids.npy"):
+            if not os.path.isfile(os.path.join(folder, name)):
+                raise FileNotFoundError(f"{os.path.join(folder, name)} is missing "
+                                        "(towerlite deploy --history-model writes it)")
+        with open(os.path.join(folder, "history.json")) as f:
+            self.meta = json.load(f)
+        self.table = np.load(os.path.join(folder, "item_table.npy"), mmap_mode="r")
+        self.ids = np.load(os.path.join(folder, "item_ids.npy"), mmap_mode="r")
+        self.ranges = [(d["start"], d["stop"]) for d in self.meta["domains"]]
+        self.max_len = int(params.get("MAX_LEN", self.meta["max_len"]))
+        self.max_history = int(params.get("MAX_HISTORY", "10000"))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(params.get("THREADS", "1"))
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(os.path.join(folder, "history_encoder.onnx"), options,
+                                            providers=["CPUExecutionProvider"])
+
+    def _row(self, key):
+        for start, stop in self.ranges:  # ids are sorted within each domain's range
+            pos = start + int(np.searchsorted(self.ids[start:stop], key))
+            if pos < stop and self.ids[pos] == key:
+                return pos
+        return -1
+
+    def _rows(self, request):
+        history = pb_utils.get_input_tensor_by_name(request, "HISTORY").as_numpy().reshape(-1)
+        if history.size > self.max_history:
+            raise RequestError(f"HISTORY has {history.size:,} ids; at most {self.max_history:,} "
+                               "(MAX_HISTORY)")
+        keys = [v if isinstance(v, bytes) else str(v).encode() for v in history]
+        keys = [k for k in keys if k]
+        rows = [self._row(k) for k in keys]
+        skipped = [k for k, r in zip(keys, rows) if r < 0]
+        known = [(k, r) for k, r in zip(keys, rows) if r >= 0]
+        if not known:
+            raise RequestError("the history has no item of this catalog" + (
+                f" ({len(skipped)} unknown id(s), e.g. {skipped[0].decode('utf-8', 'replace')!r})"
+                if skipped else " (it is empty)") + ": send at least one liked item id, or use "
+                "`recommend` with a user text")
+        return known, skipped
+
+    def execute(self, requests):
+        parsed = []
+        for request in requests:
+            try:
+                parsed.append(self._rows(request))
+            except RequestError as exc:
+                parsed.append(exc)
+        good = [p for p in parsed if not isinstance(p, RequestError)]
+        vectors = iter(self._encode([[r for _, r in known] for known, _ in good]) if good else [])
+        responses = []
+        for request, p in zip(requests, parsed):
+            if isinstance(p, RequestError):
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_error(p)))
+                continue
+            known, skipped = p
+            extra = pb_utils.get_input_tensor_by_name(request, "EXCLUDE")
+            exclude = list(dict.fromkeys([k for k, _ in known] + (
+                [] if extra is None else [v for v in extra.as_numpy().reshape(-1)])))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("EMBEDDING", next(vectors)[None, :]),
+                pb_utils.Tensor("EXCLUDE_ALL", np.array([exclude], dtype=object)),
+                pb_utils.Tensor("SKIPPED", np.array([skipped], dtype=object).reshape(1, -1)),
+            ]))
+        return responses
+
+    def _encode(self, histories):
+        """User vectors of several histories (catalog rows) in one onnxruntime call."""
+        width = min(self.max_len, max(len(h) for h in histories))
+        rows = np.full((len(histories), width), -1, np.int64)
+        for r, h in enumerate(histories):
+            h = h[-width:]
+            rows[r, width - len(h):] = h
+        mask = (rows >= 0).astype(np.float32)
+        vectors = np.asarray(self.table[np.maximum(rows, 0).reshape(-1)]).reshape(
+            len(histories), width, -1) * mask[..., None]
+        return self.session.run(None, {"item_vectors": vectors.astype(np.float32),
+                                       "mask": mask})[0]

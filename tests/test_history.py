@@ -1,0 +1,280 @@
+"""The history user tower (towerlite.sequential): windows and padding, the ONNX graph and a numpy
+re-computation rank alike, training resumes after SIGKILL, no held-out user is trained on, and
+the served `recommend_history` gives the in-process ranking with clear errors for bad histories.
+The unit tests run on a tiny tower over synthetic sequences; the rest read the real MovieLens."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from towerlite.sequential import (PAD, HistoryConfig, SavedTower, history_rows, item_table,
+                                  onnx_user_vectors, save, train, user_vectors, windows)
+
+TINY = HistoryConfig(dim=16, layers=2, heads=2, max_len=8, dropout=0.1, epochs=3, batch_size=16,
+                     lr=3e-3, id_min_likes=2)
+
+
+def synthetic(n_items=40, users=60, seed=0):
+    """Sequences that walk the catalog in steps of 1–3: an order a sequence model can learn."""
+    rng = np.random.default_rng(seed)
+    seqs = []
+    for _ in range(users):
+        start, steps = rng.integers(n_items), rng.integers(1, 4, size=rng.integers(3, 20))
+        seqs.append([int(x) for x in (start + np.cumsum(steps)) % n_items])
+    text = rng.normal(size=(n_items, 12)).astype(np.float32)
+    return seqs, text
+
+
+def test_windows_cut_from_the_newest_end_and_pad_left():
+    w = windows([[1, 2, 3, 4, 5, 6], [7, 8]], max_len=3)
+    assert w.tolist() == [[3, 4, 5, 6], [PAD, 1, 2, 3], [PAD, PAD, 7, 8]]
+    rows = history_rows([[1, 2, 3, 4], [5]], max_len=3)
+    assert rows.tolist() == [[2, 3, 4], [PAD, PAD, 5]]
+
+
+def _numpy_user_vectors(model, cfg: HistoryConfig, table: np.ndarray, histories) -> np.ndarray:
+    """The sequence model re-computed in numpy from the torch weights (pre-norm blocks,
+    positions counted back from the newest item, causal attention over real items)."""
+    w = {k: v.detach().numpy().astype(np.float64) for k, v in model.encoder.state_dict().items()}
+
+    def norm(x, name):
+        mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + 1e-5) * w[f"{name}.weight"] + w[f"{name}.bias"]
+
+    def gelu(x):
+        from scipy.special import erf
+
+        return 0.5 * x * (1 + erf(x / np.sqrt(2)))
+
+    out = []
+    for h in histories:
+        h = list(h)[-cfg.max_len:]
+        n = len(h)
+        x = table[h].astype(np.float64) * np.sqrt(cfg.dim) + w["pos.weight"][np.arange(n - 1, -1, -1)]
+        for b in range(cfg.layers):
+            p = f"blocks.{b}."
+            qkv = norm(x, p + "norm1") @ w[p + "qkv.weight"].T + w[p + "qkv.bias"]
+            q, k, v = (qkv[:, i * cfg.dim:(i + 1) * cfg.dim].reshape(n, cfg.heads, -1).transpose(1, 0, 2)
+                       for i in range(3))
+            att = q @ k.transpose(0, 2, 1) / np.sqrt(cfg.dim // cfg.heads)
+            att = np.where(np.tril(np.ones((n, n), bool)), att, -1e9)
+            att = np.exp(att - att.max(-1, keepdims=True))
+            att /= att.sum(-1, keepdims=True)
+            x = x + (att @ v).transpose(1, 0, 2).reshape(n, cfg.dim) @ w[p + "out.weight"].T + w[p + "out.bias"]
+            f = gelu(norm(x, p + "norm2") @ w[p + "ff.0.weight"].T + w[p + "ff.0.bias"])
+            x = x + f @ w[p + "ff.3.weight"].T + w[p + "ff.3.bias"]
+        out.append(norm(x, "norm")[-1])
+    return np.array(out)
+
+
+@pytest.mark.parametrize("use_text, use_ids", [(True, True), (True, False), (False, True)])
+def test_torch_onnx_and_numpy_rank_alike(tmp_path, use_text, use_ids):
+    seqs, text = synthetic()
+    cfg = replace(TINY, use_text=use_text, use_ids=use_ids)
+    model, state = train(cfg, seqs, 40, text, progress=False)
+    assert len(state.losses) == cfg.epochs and state.losses[-1] < state.losses[0]
+    histories = [s[:-1] for s in seqs[:20]] + [[5]]
+    table = item_table(model)
+    torch_users = user_vectors(model, histories, cfg.max_len)
+    numpy_users = _numpy_user_vectors(model, cfg, table, histories)
+    # float64 numpy vs float32 torch: the same function up to rounding
+    np.testing.assert_allclose(torch_users, numpy_users, atol=2e-4, rtol=1e-4)
+    folder = save(tmp_path / "tower", model, cfg, [f"i{j}" for j in range(40)], "synthetic", {})
+    saved = SavedTower.load(folder)
+    served_table = saved.item_table([f"i{j}" for j in range(40)], text)
+    np.testing.assert_allclose(served_table, table, atol=1e-5)
+    onnx_users = onnx_user_vectors(saved.session(), served_table, histories, cfg.max_len)
+    np.testing.assert_allclose(onnx_users, torch_users, atol=1e-4)
+    # the ranking: top-10 by numpy equals top-10 by the ONNX graph, where scores are not tied
+    a, b = onnx_users @ served_table.T, numpy_users @ table.T
+    for sa, sb in zip(a, b):
+        top = np.argsort(-sb)[:10]
+        gaps = np.abs(np.diff(sb[top]))
+        assert list(np.argsort(-sa)[:10]) == list(top) or gaps.min() < 1e-3
+
+
+def test_cold_items_score_by_text_alone(tmp_path):
+    seqs, text = synthetic()
+    model, _ = train(TINY, seqs, 40, text, progress=False)
+    folder = save(tmp_path / "tower", model, TINY, [f"i{j}" for j in range(40)], "synthetic", {})
+    saved = SavedTower.load(folder)
+    new_text = np.random.default_rng(5).normal(size=(1, 12)).astype(np.float32)
+    row = saved.item_table(["never-seen"], new_text)
+    a = np.load(folder / "adapter.npz")
+    np.testing.assert_allclose(row, ((new_text - a["mean"]) @ a["white"]) @ a["weight"].T + a["bias"],
+                               atol=1e-5)
+    ids_only = replace(TINY, use_text=False)
+    m2, _ = train(ids_only, seqs, 40, None, progress=False)
+    f2 = save(tmp_path / "ids", m2, ids_only, [f"i{j}" for j in range(40)], "synthetic", {})
+    assert not SavedTower.load(f2).item_table(["never-seen"], None).any()  # an ID model cannot
+
+
+RESUME_SCRIPT = """
+import logging, sys, numpy as np, torch
+from pathlib import Path
+logging.basicConfig(level=logging.INFO)
+sys.path.insert(0, {tests!r})
+torch.set_num_threads(1)
+from test_history import TINY, synthetic
+from dataclasses import replace
+from towerlite.sequential import train
+seqs, text = synthetic()
+cfg = replace(TINY, epochs=6)
+model, state = train(cfg, seqs, 40, text, checkpoint=Path(sys.argv[1]), progress=False)
+np.save(sys.argv[2], model.encoder.pos.weight.detach().numpy())
+print("losses", state.losses)
+"""
+
+
+def test_training_resumes_after_sigkill(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(RESUME_SCRIPT.format(tests=os.path.dirname(__file__)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ckpt = tmp_path / "ckpt.pt"
+    proc = subprocess.Popen([sys.executable, str(script), str(ckpt), str(tmp_path / "a.npy")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), proc.stderr.read().decode()[-2000:]
+    import torch
+
+    done = torch.load(ckpt, weights_only=False)["state"]["epoch"]
+    assert 1 <= done <= 6
+    resumed = subprocess.run([sys.executable, str(script), str(ckpt), str(tmp_path / "a.npy")], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming {ckpt} after epoch {done}" in resumed.stderr
+    fresh = subprocess.run([sys.executable, str(script), str(tmp_path / "other.pt"), str(tmp_path / "b.npy")],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    # the interrupted-and-resumed run ends where the uninterrupted one does
+    assert resumed.stdout.strip() == fresh.stdout.strip()
+    np.testing.assert_allclose(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"), atol=1e-6)
+
+
+# -- real data -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ml_cases(cache):
+    from serving.quality.cases import build_cases
+
+    return build_cases("movielens", users=40, max_history=5, catalog_items=300)
+
+
+def test_no_held_out_user_is_trained_on(ml_cases):
+    from towerlite.data import load_dataset
+    from towerlite.data.splits import is_heldout_user, ordered_likes
+
+    likes = ordered_likes(load_dataset("movielens"))
+    row = {i: r for r, i in enumerate(ml_cases.item_ids)}
+    expected = [[row[i] for i in items if i in row] for u, items in likes.items()
+                if not is_heldout_user(u)]
+    assert ml_cases.train_sequences == [s for s in expected if s]
+    heldout = [[row[i] for i in items if i in row] for u, items in likes.items() if is_heldout_user(u)]
+    assert heldout and not any(s in ml_cases.train_sequences for s in heldout if len(s) > 3)
+    # and every evaluated target is a held-out user's like, so none is a training target
+    assert all(is_heldout_user(u) for u in ml_cases.users)
+
+
+def test_sasrec_baseline_learns_from_the_training_users(ml_cases):
+    from serving.quality.evaluate import metric_rows
+    from serving.quality.sequential import sasrec
+
+    scores, about = sasrec(ml_cases, epochs=2, progress=False)
+    assert about["training_users"] == len(ml_cases.train_sequences) and len(about["losses"]) == 2
+    overall, _ = metric_rows(ml_cases, scores, ml_cases.target_counts <= 2)
+    assert 0 <= overall["recall@10"] <= overall["recall@50"] <= 1 and overall["users"] == 40
+
+
+@pytest.fixture(scope="module")
+def served_history(cache, exported, ml_cases, tmp_path_factory):
+    """A text + ID tower trained on the eval's small MovieLens catalog over the exported
+    student's fp32 item vectors, deployed beside the text path, served by a real Triton."""
+    from serving.deploy import deploy
+    from serving.quality.towers import towers_of
+    from serving.triton import start_server
+    from towerlite.data import load_dataset
+
+    (item_tower,) = towers_of(f"{exported}:fp32")
+    text = item_tower.embed(ml_cases.item_texts, "items")
+    cfg = replace(HistoryConfig(dim=32, max_len=20, epochs=2, batch_size=64), id_min_likes=3)
+    model, state = train(cfg, ml_cases.train_sequences, len(ml_cases.item_ids), text, progress=False)
+    folder = tmp_path_factory.mktemp("history") / "model"
+    save(folder, model, cfg, ml_cases.item_ids, f"{exported}:fp32", {})
+    items = load_dataset("movielens").items
+    items = items[items["item_id"].isin(ml_cases.item_ids)]
+    repo = tmp_path_factory.mktemp("history-repo")
+    deploy(exported, repo, variant="fp32", items=items, index="exact", flavors=("portable",),
+           history_model=folder, progress=False, log=lambda *_: None)
+    with start_server(repo / "portable", log_path=repo / "triton.log") as server:
+        yield server, SavedTower.load(folder), text, repo
+
+
+def test_served_history_gives_the_in_process_ranking(served_history, ml_cases):
+    from serving.client import Client
+
+    server, tower, text, _ = served_history
+    table = tower.item_table(ml_cases.item_ids, text)
+    users = onnx_user_vectors(tower.session(), table, ml_cases.seen, tower.config.max_len)
+    ids = np.array(ml_cases.item_ids)
+    same, checked = 0, 0
+    with Client(server.grpc_url) as client:
+        for user, seen in zip(users, ml_cases.seen):
+            got = client.recommend_history([ml_cases.item_ids[r] for r in seen], k=10)
+            scores = table @ user
+            scores[seen] = -np.inf
+            want = ids[np.argsort(-scores, kind="stable")[:10]].tolist()
+            assert got.skipped == [] and len(got) == 10
+            # the same fp32 graph on one user vs a batch: equal up to float rounding
+            np.testing.assert_allclose(got.scores, np.sort(scores)[::-1][:10], atol=1e-4)
+            same += got.item_ids == want
+            checked += 1
+    assert same / checked >= 0.95, f"{same}/{checked} identical top-10 lists"
+
+
+def test_history_errors_are_clear_and_unknown_ids_are_skipped(served_history, ml_cases):
+    from serving.client import Client, ServingError
+
+    server, *_ = served_history
+    history = [ml_cases.item_ids[r] for r in ml_cases.seen[0]]
+    with Client(server.grpc_url) as client:
+        got = client.recommend_history(["no-such-item", *history, "nor-this"], k=5)
+        assert got.skipped == ["no-such-item", "nor-this"] and len(got) == 5
+        assert not set(got.item_ids) & set(history)  # the history is left out
+        with pytest.raises(ServingError, match="it is empty"):
+            client.recommend_history([], k=5)
+        with pytest.raises(ServingError, match="no item of this catalog"):
+            client.recommend_history(["no-such-item"], k=5)
+        with pytest.raises(ServingError, match="MAX_HISTORY"):
+            client.recommend_history(history * 5000, k=5)
+        with pytest.raises(ServingError, match="K must be between"):
+            client.recommend_history(history, k=0)
+        with pytest.raises(ServingError, match="unknown domain"):
+            client.recommend_history(history, k=5, domain="planets")
+        books = client.recommend_history(history, k=3, domain="movie")
+        assert books.domains == ["movie"] * 3
+        assert client.ready()  # and the server still serves
+        assert len(client.recommend_history(history, k=5)) == 5
+
+
+def test_deploy_report_and_repository_name_the_history_tower(served_history):
+    from serving.repository import validate_repository
+
+    _, tower, _, repo = served_history
+    report = json.loads((repo / "deploy_report.json").read_text())
+    assert report["history_tower"]["folder"] == str(tower.folder)
+    configs = validate_repository(repo / "portable")
+    assert {"history_encoder", "history_scorer", "recommend_history"} <= set(configs)
+    assert configs["history_scorer"].input[0].dims == [tower.config.dim]

@@ -1,0 +1,387 @@
+"""The history user tower: a user's liked items (catalog rows, oldest → newest) → a user vector
+scored by dot product against an item table. One model, three settings of it:
+
+    text + ID   item vector = adapter(text embedding) + a learned ID vector for warm items
+                (cold items — fewer than `id_min_likes` training likes — keep text alone)
+    text only   the adapter alone: every item, warm or cold, by its text
+    ID only     learned ID vectors alone: SASRec (Kang & McAuley 2018), the yardstick
+
+The adapter is UniSRec's idea (Hou et al. 2022) kept small: the item tower's embeddings
+PCA-whitened once (a fixed buffer: the text model's cosines crowd into a narrow cone), then a
+learned linear map into the tower's width. The sequence model is SASRec's: learned positions
+(counted back from the newest item, so any history length reads alike), pre-norm causal
+self-attention blocks, the last position's state is the user vector. Training is SASRec+'s
+(Klenitskiy & Vasilev 2023): cross-entropy over the whole catalog at every position, or over a
+shared uniform sample of `negatives` items for large catalogs (uniform, so no logQ term).
+
+The same item table is the input lookup and the scoring matrix, as in SASRec. A served catalog
+holds `item_table(...)` of it; the ONNX graph holds only the sequence model (item vectors in,
+user vector out), so a new item needs only its text embedding to be recommended at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PAD = -1  # a history row that is not an item (left padding)
+
+
+@dataclass
+class HistoryConfig:
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    max_len: int = 50  # items read per history (the newest ones)
+    dropout: float = 0.2
+    use_text: bool = True
+    use_ids: bool = True
+    id_min_likes: int = 3  # an item needs this many training likes to get an ID vector
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    negatives: int = 0  # 0: full softmax over the catalog; else this many shared uniform samples
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HistoryConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def kind(self) -> str:
+        return {(True, True): "text + ID", (True, False): "text only",
+                (False, True): "ID only (SASRec)"}[self.use_text, self.use_ids]
+
+
+def whitening(text: np.ndarray, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, matrix): x ↦ (x − mean) @ matrix has identity covariance over the catalog."""
+    mean = text.mean(0)
+    cov = np.cov((text - mean).T.astype(np.float64))
+    vals, vecs = np.linalg.eigh(cov)
+    return mean.astype(np.float32), (vecs / np.sqrt(np.maximum(vals, 0) + eps)).astype(np.float32)
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def build_model(cfg: HistoryConfig, n_items: int, text: np.ndarray | None, warm: np.ndarray):
+    """The torch module; `text` (n_items, text_dim) the item tower's embeddings (None when
+    use_text is off), `warm` (n_items,) bool: items that get an ID vector."""
+    torch = _torch()
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm1, self.norm2 = nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim)
+            self.qkv, self.out = nn.Linear(cfg.dim, 3 * cfg.dim), nn.Linear(cfg.dim, cfg.dim)
+            self.ff = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.GELU(), nn.Dropout(cfg.dropout),
+                                    nn.Linear(cfg.dim, cfg.dim))
+            self.drop = nn.Dropout(cfg.dropout)
+
+        def forward(self, x, allowed):  # allowed: (B, 1, L, L) bool
+            b, n, d = x.shape
+            h = cfg.heads
+            q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)
+            att = (q @ k.transpose(-1, -2)) / math.sqrt(d // h)
+            att = att.masked_fill(~allowed, -1e9).softmax(-1)
+            x = x + self.drop(self.out((att @ v).transpose(1, 2).reshape(b, n, d)))
+            return x + self.drop(self.ff(self.norm2(x)))
+
+    class SequenceEncoder(nn.Module):
+        """Item vectors (B, L, dim) and a mask (B, L) of real items → user vectors (B, dim).
+        This is what the ONNX graph holds."""
+
+        def __init__(self):
+            super().__init__()
+            self.pos = nn.Embedding(cfg.max_len, cfg.dim)
+            self.blocks = nn.ModuleList(Block() for _ in range(cfg.layers))
+            self.norm = nn.LayerNorm(cfg.dim)
+            self.drop = nn.Dropout(cfg.dropout)
+
+        def states(self, vectors, mask):
+            # positions from the mask's own shape (a traced arange froze the length in ONNX)
+            at = torch.ones_like(mask[0]).cumsum(0) - 1
+            back = at.flip(0).long()  # the newest item is position 0
+            x = self.drop(vectors * math.sqrt(cfg.dim) + self.pos(back)) * mask.unsqueeze(-1)
+            # a position reads itself and earlier real items: a padded position reads only
+            # itself, so no row of the softmax is empty (comparisons, not tril/eye: onnxruntime
+            # has no boolean EyeLike)
+            allowed = ((at.unsqueeze(1) >= at.unsqueeze(0)) & (mask > 0).unsqueeze(1)) \
+                | (at.unsqueeze(1) == at.unsqueeze(0))
+            for block in self.blocks:
+                x = block(x, allowed.unsqueeze(1))
+            return self.norm(x)
+
+        def forward(self, vectors, mask):
+            return self.states(vectors, mask)[:, -1]
+
+    class HistoryTower(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = SequenceEncoder()
+            self.register_buffer("warm", torch.as_tensor(np.asarray(warm, bool)))
+            if cfg.use_text:
+                mean, white = whitening(text)
+                # scaled to unit norm on average, so text and ID vectors start at one scale
+                # (unscaled, the first epoch's loss started above log(catalog size))
+                white = white / np.float32(math.sqrt(text.shape[1]))
+                self.register_buffer("text_white", torch.as_tensor((text - mean) @ white))
+                self.adapter = nn.Linear(text.shape[1], cfg.dim)
+                self.whitening = (mean, white)
+            if cfg.use_ids:
+                self.ids = nn.Embedding(n_items, cfg.dim)
+                nn.init.normal_(self.ids.weight, std=cfg.dim ** -0.5)
+
+        def item_table(self):
+            table = 0
+            if cfg.use_text:
+                table = self.adapter(self.text_white)
+            if cfg.use_ids:
+                table = table + self.ids.weight * self.warm.unsqueeze(-1)
+            return table
+
+        def forward(self, rows):  # (B, L) catalog rows, PAD on the left → (B, L, dim) states
+            mask = rows >= 0
+            table = self.item_table()
+            return self.encoder.states(table[rows.clamp(min=0)], mask.float()), table
+
+    return HistoryTower()
+
+
+def windows(sequences: list[list[int]], max_len: int) -> np.ndarray:
+    """Every training sequence cut from its newest end into windows of max_len + 1 rows
+    (inputs are a window's first max_len, targets its last max_len), left-padded with PAD."""
+    out = []
+    for seq in sequences:
+        for stop in range(len(seq), 1, -max_len):
+            part = seq[max(0, stop - max_len - 1):stop]
+            out.append([PAD] * (max_len + 1 - len(part)) + list(part))
+    return np.asarray(out, np.int64).reshape(-1, max_len + 1)
+
+
+def history_rows(histories: list[list[int]], max_len: int) -> np.ndarray:
+    """The newest max_len rows of each history, left-padded with PAD: (users, width), width the
+    longest history read (at most max_len)."""
+    width = max(1, min(max_len, max((len(h) for h in histories), default=1)))
+    out = np.full((len(histories), width), PAD, np.int64)
+    for r, h in enumerate(histories):
+        h = list(h)[-width:]
+        if h:
+            out[r, width - len(h):] = h
+    return out
+
+
+@dataclass
+class TrainState:
+    """What a run resumes from: written atomically after every epoch."""
+
+    epoch: int
+    seconds: float
+    losses: list
+
+
+def _save_checkpoint(path: Path, model, opt, state: TrainState) -> None:
+    torch = _torch()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": asdict(state),
+                "rng": torch.get_rng_state()}, tmp)
+    tmp.replace(path)
+
+
+def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np.ndarray | None,
+          checkpoint: Path | None = None, progress: bool = True):
+    """Train on `sequences` (catalog rows, oldest → newest; training users only). Resumes from
+    `checkpoint` when it exists (written after every epoch). Returns (model, TrainState)."""
+    torch = _torch()
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(cfg.seed)
+    counts = np.bincount(np.concatenate([np.asarray(s, np.int64) for s in sequences if s]),
+                         minlength=n_items)
+    warm = counts >= cfg.id_min_likes
+    model = build_model(cfg, n_items, text if cfg.use_text else None, warm)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = TrainState(0, 0.0, [])
+    if checkpoint is not None and checkpoint.is_file():
+        saved = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        torch.set_rng_state(saved["rng"])
+        state = TrainState(**saved["state"])
+        log.info("resuming %s after epoch %d", checkpoint, state.epoch)
+    data = torch.as_tensor(windows(sequences, cfg.max_len))
+    for epoch in range(state.epoch, cfg.epochs):
+        model.train()
+        t0, total, steps = time.perf_counter(), 0.0, 0
+        # each epoch's order a function of (seed, epoch): a resumed run reads what an
+        # uninterrupted one would
+        order = torch.as_tensor(np.random.default_rng([cfg.seed, epoch]).permutation(len(data)))
+        bar = tqdm(range(0, len(data), cfg.batch_size), disable=not progress, leave=False,
+                   desc=f"{cfg.kind} epoch {epoch + 1}/{cfg.epochs}")
+        for a in bar:
+            batch = data[order[a:a + cfg.batch_size]]
+            inputs, targets = batch[:, :-1], batch[:, 1:]
+            states, table = model(inputs)
+            keep = (inputs >= 0) & (targets >= 0)
+            h, t = states[keep], targets[keep]
+            if cfg.negatives and cfg.negatives < n_items:
+                sample = torch.randint(0, n_items, (cfg.negatives,))
+                cand = torch.cat([t, sample])
+                logits = h @ table[cand].T
+                logits[:, len(t):][sample.unsqueeze(0) == t.unsqueeze(1)] = -1e9  # not the target
+                loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(t)))
+            else:
+                loss = torch.nn.functional.cross_entropy(h @ table.T, t)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total, steps = total + loss.item(), steps + 1
+            bar.set_postfix(loss=f"{total / steps:.3f}")
+        state = TrainState(epoch + 1, state.seconds + time.perf_counter() - t0,
+                           state.losses + [round(total / max(steps, 1), 4)])
+        log.info("%s epoch %d/%d: loss %.4f (%.0f s)", cfg.kind, epoch + 1, cfg.epochs,
+                 state.losses[-1], time.perf_counter() - t0)
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, model, opt, state)
+    model.eval()
+    return model, state
+
+
+def user_vectors(model, histories: list[list[int]], max_len: int, batch: int = 512) -> np.ndarray:
+    """(users, dim) float32 user vectors from the model in torch, newest max_len items read."""
+    torch = _torch()
+    out = []
+    with torch.no_grad():
+        table = model.item_table()
+        for a in range(0, len(histories), batch):
+            rows = torch.as_tensor(history_rows(histories[a:a + batch], max_len))
+            mask = (rows >= 0).float()
+            out.append(model.encoder(table[rows.clamp(min=0)], mask).numpy())
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, max_len), np.float32)
+
+
+def item_table(model) -> np.ndarray:
+    torch = _torch()
+    with torch.no_grad():
+        return model.item_table().numpy().astype(np.float32)
+
+
+ONNX_FILE = "history_encoder.onnx"
+
+
+def save(folder: Path, model, cfg: HistoryConfig, item_ids: list[str], item_model: str,
+         report: dict) -> Path:
+    """A tower folder: history_encoder.onnx (item vectors (B, L, dim) + mask (B, L) → user
+    vector), adapter.npz (whitening mean and matrix, linear weight and bias; text settings),
+    id_vectors.npy + id_items.json (warm items' ID vectors, by item id), item_ids.json (the
+    training catalog), config.json, history_report.json. Written into a staging folder and
+    moved into place whole."""
+    import shutil
+
+    torch = _torch()
+    folder = Path(folder)
+    staging = folder.with_name(f".{folder.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    encoder = model.encoder.eval()
+    example = (torch.zeros(2, cfg.max_len, cfg.dim), torch.ones(2, cfg.max_len))
+    torch.onnx.export(encoder, example, staging / ONNX_FILE, input_names=["item_vectors", "mask"],
+                      output_names=["user_vector"], opset_version=17, dynamo=False,
+                      dynamic_axes={"item_vectors": {0: "batch", 1: "length"},
+                                    "mask": {0: "batch", 1: "length"}, "user_vector": {0: "batch"}})
+    with torch.no_grad():
+        if cfg.use_text:
+            mean, white = model.whitening
+            np.savez(staging / "adapter.npz", mean=mean, white=white,
+                     weight=model.adapter.weight.numpy(), bias=model.adapter.bias.numpy())
+        if cfg.use_ids:
+            warm = model.warm.numpy()
+            np.save(staging / "id_vectors.npy", model.ids.weight.numpy()[warm].astype(np.float32))
+            (staging / "id_items.json").write_text(json.dumps([i for i, w in zip(item_ids, warm) if w]))
+    (staging / "item_ids.json").write_text(json.dumps(list(item_ids)))
+    (staging / "config.json").write_text(json.dumps({**asdict(cfg), "item_model": item_model},
+                                                    indent=2))
+    (staging / "history_report.json").write_text(json.dumps(report, indent=2))
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    staging.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+@dataclass
+class SavedTower:
+    """A saved tower folder, read with numpy and onnxruntime only."""
+
+    folder: Path
+    config: HistoryConfig
+    item_model: str
+
+    @classmethod
+    def load(cls, folder: str | Path) -> SavedTower:
+        from .errors import TowerliteError
+
+        folder = Path(folder)
+        if not (folder / "config.json").is_file() or not (folder / ONNX_FILE).is_file():
+            raise TowerliteError(f"{folder} is not a history tower folder (no config.json and "
+                                 f"{ONNX_FILE}; `towerlite history` writes one)")
+        data = json.loads((folder / "config.json").read_text())
+        return cls(folder, HistoryConfig.from_dict(data), data.get("item_model", ""))
+
+    def item_table(self, item_ids: list[str], text: np.ndarray | None) -> np.ndarray:
+        """The scoring / lookup table for a catalog: (n, dim) float32. `text`: the item
+        tower's embeddings of these items (the tower's own item model), needed with text."""
+        cfg = self.config
+        table = np.zeros((len(item_ids), cfg.dim), np.float32)
+        if cfg.use_text:
+            if text is None:
+                raise ValueError("this history tower reads item text: give the item embeddings")
+            a = np.load(self.folder / "adapter.npz")
+            table += ((text - a["mean"]) @ a["white"]) @ a["weight"].T + a["bias"]
+        if cfg.use_ids:
+            known = json.loads((self.folder / "id_items.json").read_text())
+            vectors = np.load(self.folder / "id_vectors.npy")
+            where = {item: r for r, item in enumerate(known)}
+            rows = [(r, where[i]) for r, i in enumerate(item_ids) if i in where]
+            if rows:
+                dst, src = map(list, zip(*rows))
+                table[dst] += vectors[src]
+        return table.astype(np.float32)
+
+    def session(self, threads: int = 1):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        return ort.InferenceSession(str(self.folder / ONNX_FILE), opts,
+                                    providers=["CPUExecutionProvider"])
+
+
+def onnx_user_vectors(session, table: np.ndarray, histories: list[list[int]], max_len: int,
+                      batch: int = 256) -> np.ndarray:
+    """User vectors through the ONNX graph: the numpy gather the served model does."""
+    out = []
+    for a in range(0, len(histories), batch):
+        rows = history_rows(histories[a:a + batch], max_len)
+        mask = (rows >= 0).astype(np.float32)
+        vectors = table[np.maximum(rows, 0)] * mask[..., None]
+        out.append(session.run(None, {"item_vectors": vectors.astype(np.float32), "mask": mask})[0])
+    return np.concatenate(out) if out else np.zeros((0, table.shape[1]), np.float32)
