@@ -12,14 +12,13 @@ steps — through the same training loop as distillation (checkpoints, resume, D
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 
+from towerlite.machine import cpu_info
 from towerlite.errors import TowerliteError
 from towerlite.files import ensure_writable_dir, write_json_atomic
 
@@ -143,7 +142,7 @@ def run(cfg: FinetuneConfig, log=print) -> dict:
         timings["eval_s"] = round(time.monotonic() - t0, 1)
     timings["total_s"] = round(time.monotonic() - started, 1)
     report.update(timings=timings, peak_rss_mb=peak_rss_mb(),
-                  machine={"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+                  machine=cpu_info(),
                   versions={p: version(p) for p in ("torch", "transformers", "tokenizers", "numpy")})
     write_json_atomic(out / "finetune_report.json", report)
     return report

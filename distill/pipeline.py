@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import shutil
 import time
 from importlib.metadata import version
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from towerlite.machine import cpu_info
 from towerlite.embedding_cache import cache_key, cache_root, cached_embeddings
 from towerlite.files import ensure_writable_dir, write_json_atomic
 
@@ -239,7 +239,7 @@ def _evaluate_and_report(cfg, teacher, ev, t_eval, tr, t_train, trained, teacher
                                           "eval_users": len(ev.cases), "catalog_items": len(ev.catalog_ids)},
         "training": trained, "evaluation": rows, "served": serve, "model_folder": str(out / "model"),
         "world_size": int(os.environ.get("WORLD_SIZE", "1")), "timings": timings, "peak_rss_mb": peak_rss_mb(),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "machine": cpu_info(),
         "versions": {p: version(p) for p in ("torch", "transformers", "tokenizers", "numpy")},
     }
     write_json_atomic(out / "distill_report.json", report)

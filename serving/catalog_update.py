@@ -40,6 +40,7 @@ import pandas as pd
 from towerlite.errors import TowerliteError
 
 from . import catalog as cat
+from . import history_update as history
 from . import index as ix
 from .repository import FUSED
 
@@ -319,6 +320,8 @@ def prune(repo: Path, keep: int) -> list[int]:
     gone = versions[:-keep] if keep >= 1 else []
     for v in gone:
         shutil.rmtree(repo / "scorer" / str(v))
+    if history.deployed(repo):
+        history.prune(repo, keep)
     return gone
 
 
@@ -394,6 +397,10 @@ def load_on_server(url: str, protocol: str, version: int, present: Sequence[str]
             config.setdefault("parameters", {})["SCORER_VERSION"] = {"string_value": str(version)}
             _load_model(client, protocol, FUSED, json.dumps(config))
             ensemble = ensemble and client.is_model_ready(FUSED)
+        repo_models = {m["name"] if isinstance(m, dict) else m.name
+                       for m in _repository_index(client, protocol)}
+        if set(history.MODELS) <= repo_models:
+            ensemble = ensemble and history.load(client, protocol, _load_model, version)
         load_s = time.perf_counter() - t0
     except (InferenceServerException, OSError) as exc:
         raise _load_error(url, protocol, exc) from None
@@ -552,6 +559,9 @@ def update(repository: str | Path, items: str | Path | pd.DataFrame | None = Non
     log(f"wrote scorer version {base + 1}: {len(merged):,} items (+{len(added)} added, "
         f"{len(changed)} changed, -{len(removed)} removed; {len(new)} encoded in "
         f"{encode_s:.1f} s) at {folder}")
+    if history.deployed(repo):
+        record["history"] = history.write_versions(repo, base + 1, new, new_emb, set(removed),
+                                                   domain_order, merge, log)
     if url:
         record["load"] = load_version(repo, url, protocol, version=base + 1,
                                       keep_versions=keep_versions, log=log)

@@ -159,14 +159,16 @@ def _write_history(staging: Path, history, prepared, info: dict) -> None:
     """history_encoder/1/history/ (graph, item table, ids) and history_scorer/1/catalog/."""
     import numpy as np
 
-    from towerlite.sequential import ONNX_FILE
-
     tower, table = history
     meta = cat.write_catalog(staging / "history_scorer" / "1" / "catalog", prepared, table,
                              {**info, "history_tower": str(tower.folder)})
     folder = staging / "history_encoder" / "1" / "history"
     folder.mkdir(parents=True, exist_ok=True)
-    _place(tower.folder / ONNX_FILE, folder / ONNX_FILE)
+    # the whole tower (graph, adapter, ID vectors: small) travels with the version, so
+    # `towerlite catalog update` can give a new item its row from its text embedding alone
+    for f in tower.folder.iterdir():
+        if f.is_file():
+            _place(f, folder / f.name)
     np.save(folder / "item_table.npy", np.ascontiguousarray(table, dtype=np.float32))
     _place(staging / "history_scorer" / "1" / "catalog" / "item_ids.npy", folder / "item_ids.npy")
     (folder / "history.json").write_text(json.dumps(

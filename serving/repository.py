@@ -246,7 +246,8 @@ def scorer_config(spec: RepositorySpec, name: str = "scorer") -> str:
         # INDEX "auto": use catalog/index.faiss when deploy built one (large catalogs);
         # "exact": always the exact matrix product
         _params({"CATALOG_DIR": "catalog", "DEFAULT_K": spec.default_k, "MAX_K": spec.max_k,
-                 "INDEX": spec.scorer_index}),
+                 "INDEX": spec.scorer_index,
+                 **({"UNKNOWN_EXCLUDE": "skip"} if name == "history_scorer" else {})}),
         ("model_warmup [ {\n  name: \"zero_user\"\n  batch_size: 1\n"
          f"  inputs {{ key: \"EMBEDDING\" value: {{ data_type: TYPE_FP32 dims: [ {dim} ] "
          "zero_data: true } }\n} ]"),

@@ -278,3 +278,40 @@ def test_deploy_report_and_repository_name_the_history_tower(served_history):
     configs = validate_repository(repo / "portable")
     assert {"history_encoder", "history_scorer", "recommend_history"} <= set(configs)
     assert configs["history_scorer"].input[0].dims == [tower.config.dim]
+
+
+def test_catalog_update_adds_an_item_the_next_history_request_recommends(served_history, ml_cases):
+    """Last in this module: it changes the served catalog. A new movie (no training likes, so
+    no ID vector) is ranked by its text through the tower's adapter as soon as the update
+    lands, and a history that names it reads it instead of skipping it; a removed movie leaves."""
+    import pandas as pd
+
+    from serving.catalog_update import update
+    from serving.client import Client
+    from towerlite.data import load_dataset
+
+    server, tower, text, repo = served_history
+    items = load_dataset("movielens").items.set_index("item_id", drop=False)
+    history = [ml_cases.item_ids[r] for r in ml_cases.seen[0]]
+    new = items.loc[[history[-1]]].assign(item_id="new-movie-1", title="A New Movie")
+    removed = next(i for i in ml_cases.item_ids if i not in history)
+    with Client(server.grpc_url) as client:
+        before = client.recommend_history(history + ["new-movie-1"], k=len(ml_cases.item_ids) - len(history))
+        assert before.skipped == ["new-movie-1"] and removed in before.item_ids
+        record = update(repo / "portable", items=pd.DataFrame(new), remove=[removed], url=server.grpc_url,
+                        progress=False, log=lambda *_: None)
+        assert record["history"]["version"] == 2 and record["history"]["text_rows"] == 1
+        after = client.recommend_history(history, k=len(ml_cases.item_ids) - len(history))
+        assert "new-movie-1" in after.item_ids and removed not in after.item_ids
+        read = client.recommend_history(history + ["new-movie-1"], k=5)
+        assert read.skipped == [] and "new-movie-1" not in read.item_ids  # read, so left out
+    # its served row is the one its text gives through the adapter, with no ID part
+    scorer_ids = np.load(repo / "portable" / "history_scorer" / "2" / "catalog" / "item_ids.npy")
+    matrix = np.load(repo / "portable" / "history_scorer" / "2" / "catalog" / "embeddings_t.npy")
+    row = matrix[:, list(scorer_ids).index(b"new-movie-1")]
+    from serving.quality.towers import towers_of
+    from towerlite.data.render import item_texts
+
+    (item_tower,) = towers_of(tower.item_model)
+    expected = tower.item_table(["new-movie-1"], item_tower.encode(item_texts(pd.DataFrame(new))))
+    np.testing.assert_allclose(row, expected[0], atol=1e-4)

@@ -16,7 +16,8 @@ DESCRIPTION = (
     "to --history liked items before it render the user text, the candidates are the domain's "
     "catalog minus what the user liked before. Rows: the teacher and the student start (PyTorch), "
     "every --model (a Hugging Face folder in PyTorch, an export folder's ONNX variants), items by "
-    "the teacher with users by each model in the teacher's space, and the baselines; Recall@10/50, "
+    "the teacher with users by each model in the teacher's space, every --history-model, and the "
+    "baselines (popularity, co-occurrence, and SASRec trained on the training users); Recall@10/50, "
     "NDCG@10, MRR with 95%% bootstrap intervals, a cold-start slice, and each metric as a share "
     "of the teacher's. Embeddings are cached per model under $TOWERLITE_HOME/embedding-cache. "
     "Writes OUT/eval_DATASET.json and .md.")
@@ -32,7 +33,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(all its ONNX variants) or FOLDER:VARIANT")
     p.add_argument("--no-teacher", action="store_true", help="leave out the teacher row (and asymmetric rows)")
     p.add_argument("--no-start", action="store_true", help="leave out the student-start row")
-    p.add_argument("--no-baselines", action="store_true", help="leave out popularity and co-occurrence")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="leave out popularity, co-occurrence and SASRec")
+    p.add_argument("--sasrec-epochs", type=int, default=20,
+                   help="epochs of the ID-based SASRec yardstick, trained on the training users "
+                        "(default 20, ≈ 6 min on MovieLens on 2 cores; 0 = leave it out)")
+    p.add_argument("--history-model", action="append", default=[], type=Path, metavar="FOLDER",
+                   help="a `towerlite history` tower to rank (repeatable), through its ONNX graph")
     p.add_argument("--users", type=int, default=1000,
                    help="held-out users to sample (default 1000; 0 = all of them)")
     p.add_argument("--history", type=int, default=10, help="liked items rendered into a user text (default 10)")
@@ -58,7 +65,7 @@ def _towers(args) -> list:
     for t in towers:  # two folders named alike (e.g. runs/a/model, runs/b/model): add the parent
         if labels.count((t.name, t.runtime)) > 1:
             t.name = f"{Path(t.path).parent.name}/{t.name}"
-    if not towers and args.no_baselines:
+    if not towers and args.no_baselines and not args.history_model:
         raise TowerliteError("nothing to evaluate: no towers and --no-baselines")
     if args.via_triton and not any(t.runtime.startswith("ONNX") for t in towers):
         raise TowerliteError("--via-triton compares with an ONNX tower: give the served export with --model")
@@ -69,6 +76,7 @@ def run_dataset(dataset: str, towers: list, args, log) -> dict:
     from importlib.metadata import version
 
     from towerlite.files import write_json_atomic, write_text_atomic
+    from towerlite.machine import cpu_info
 
     from .cases import build_cases
     from .evaluate import evaluate
@@ -79,13 +87,18 @@ def run_dataset(dataset: str, towers: list, args, log) -> dict:
     size = AUTO_CATALOG[dataset] if args.catalog_items is None else args.catalog_items
     cases = build_cases(dataset, args.users, args.history, args.seed, size)
     log(f"{dataset}: {len(cases.users):,} users, {len(cases.item_ids):,} candidate items")
-    report = evaluate(cases, towers, not args.no_baselines, args.cold_max, log)
+    from towerlite.sequential import SavedTower
+
+    histories = [SavedTower.load(f) for f in args.history_model]
+    report = evaluate(cases, towers, not args.no_baselines, args.cold_max, log,
+                      sasrec_epochs=max(0, args.sasrec_epochs), history_towers=histories)
     if args.via_triton:
         onnx = next(t for t in towers if t.runtime.startswith("ONNX"))
         report["via_triton"] = compare(cases, onnx, args.via_triton, args.protocol, log)
     report["models"] = {f"{t.name} ({t.runtime})": t.path for t in towers}
     report["seconds"] = round(time.monotonic() - started, 1)
     report["versions"] = {p: version(p) for p in ("torch", "onnxruntime", "numpy", "scipy")}
+    report["machine"] = cpu_info()
     write_json_atomic(args.out / f"eval_{dataset}.json", report)
     write_text_atomic(args.out / f"eval_{dataset}.md", markdown(report) + "\n")
     return report

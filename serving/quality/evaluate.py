@@ -45,7 +45,10 @@ def _kept(rows: dict, teacher: str | None) -> None:
 
 
 def evaluate(cases: Cases, towers: list[Tower], baselines: bool = True, cold_max: int = 2,
-             log=print) -> dict:
+             log=print, sasrec_epochs: int = 0, history_towers: tuple = ()) -> dict:
+    """`sasrec_epochs`: also train the ID-based SASRec yardstick on the cases' training users
+    (0: not); `history_towers`: saved history towers (towerlite.sequential.SavedTower) to rank
+    through their ONNX graphs, their item text embedded by their own item model."""
     cold = cases.target_counts <= cold_max
     rows, emb = {}, {}
     for tower in towers:
@@ -69,10 +72,28 @@ def evaluate(cases: Cases, towers: list[Tower], baselines: bool = True, cold_max
             rows[label] = _row(cases, dot_scores(users, t_items), cold, kind="asymmetric",
                                users_by=f"{tower.name} ({tower.runtime})",
                                items_by=f"teacher ({teacher.runtime})", dim=int(users.shape[1]))
+    for tower in history_towers:
+        from .sequential import saved
+        from .towers import towers_of
+
+        text = towers_of(tower.item_model)[0].embed(cases.item_texts, f"{cases.dataset} catalog") \
+            if tower.config.use_text else None
+        scores, about = saved(cases, tower, text)
+        label = f"history tower, {tower.config.kind} ({tower.folder})"
+        rows[label] = _row(cases, scores, cold, kind="history tower", users_by=label,
+                           items_by=label, **about)
+        log(f"{label}: Recall@10 {rows[label]['metrics']['recall@10']}")
     if baselines:
         for name, build in BASELINES.items():
             rows[name] = _row(cases, build(cases), cold, kind="baseline", users_by=None, items_by=None)
             log(f"{name}: Recall@10 {rows[name]['metrics']['recall@10']}")
+        if sasrec_epochs:
+            from .sequential import sasrec
+
+            scores, about = sasrec(cases, sasrec_epochs)
+            rows["SASRec"] = _row(cases, scores, cold, kind="baseline", users_by=None,
+                                  items_by=None, **about)
+            log(f"SASRec: Recall@10 {rows['SASRec']['metrics']['recall@10']}")
     _kept(rows, f"teacher ({teacher.runtime})" if teacher is not None else None)
     return {"dataset": cases.dataset, "domain": cases.domain,
             "cases": {**cases.settings, "cold_start_max_other_likes": cold_max,

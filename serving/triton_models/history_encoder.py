@@ -82,7 +82,15 @@ class TritonPythonModel:
                 f" ({len(skipped)} unknown id(s), e.g. {skipped[0].decode('utf-8', 'replace')!r})"
                 if skipped else " (it is empty)") + ": send at least one liked item id, or use "
                 "`recommend` with a user text")
-        return known, skipped
+        extra = pb_utils.get_input_tensor_by_name(request, "EXCLUDE")
+        extra = [] if extra is None else [
+            v if isinstance(v, bytes) else str(v).encode() for v in extra.as_numpy().reshape(-1)]
+        extra = [v for v in extra if v]
+        unknown = [v.decode("utf-8", "replace") for v in extra if self._row(v) < 0]
+        if unknown:
+            raise RequestError(f"{len(unknown)} EXCLUDE id(s) not in the catalog: "
+                               + ", ".join(map(repr, unknown[:5])))
+        return known, skipped, extra
 
     def execute(self, requests):
         parsed = []
@@ -92,16 +100,14 @@ class TritonPythonModel:
             except RequestError as exc:
                 parsed.append(exc)
         good = [p for p in parsed if not isinstance(p, RequestError)]
-        vectors = iter(self._encode([[r for _, r in known] for known, _ in good]) if good else [])
+        vectors = iter(self._encode([[r for _, r in p[0]] for p in good]) if good else [])
         responses = []
         for request, p in zip(requests, parsed):
             if isinstance(p, RequestError):
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_error(p)))
                 continue
-            known, skipped = p
-            extra = pb_utils.get_input_tensor_by_name(request, "EXCLUDE")
-            exclude = list(dict.fromkeys([k for k, _ in known] + (
-                [] if extra is None else [v for v in extra.as_numpy().reshape(-1)])))
+            known, skipped, _ = p
+            exclude = list(dict.fromkeys([k for k, _ in known] + p[2]))
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor("EMBEDDING", next(vectors)[None, :]),
                 pb_utils.Tensor("EXCLUDE_ALL", np.array([exclude], dtype=object)),

@@ -72,6 +72,10 @@ class TritonPythonModel:
         self.domain_names = np.array([d["name"].encode() for d in self.meta["domains"]],
                                      dtype=object)
         self.domain_starts = np.array([d["start"] for d in self.meta["domains"]])
+        # history_scorer: its exclusions come from history_encoder, which checked them against
+        # its own table; during a catalog update's two loads an id may be in one and not yet
+        # (or no longer) in the other, and leaving out an item that is not there is no error
+        self.skip_unknown = params.get("UNKNOWN_EXCLUDE", "error") == "skip"
         self.default_k = int(params.get("DEFAULT_K", "10"))
         self.max_k = int(params.get("MAX_K", "1000"))
         # approximate search: the IVF index deploy wrote for a large catalog (INDEX "auto"),
@@ -116,7 +120,7 @@ class TritonPythonModel:
                     break
             else:
                 unknown.append(_text(key))
-        if unknown:
+        if unknown and not self.skip_unknown:
             shown = ", ".join(map(repr, unknown[:5])) + (" …" if len(unknown) > 5 else "")
             raise RequestError(f"{len(unknown)} EXCLUDE id(s) not in the catalog: {shown}")
         return np.array(found, dtype=np.int64)
