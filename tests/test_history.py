@@ -315,3 +315,21 @@ def test_catalog_update_adds_an_item_the_next_history_request_recommends(served_
     (item_tower,) = towers_of(tower.item_model)
     expected = tower.item_table(["new-movie-1"], item_tower.encode(item_texts(pd.DataFrame(new))))
     np.testing.assert_allclose(row, expected[0], atol=1e-4)
+
+
+def test_both_flavors_write_the_history_models(tmp_path):
+    """The history path is python models in both flavors (no encoder platform to choose), and
+    the default spec writes none of it (the committed repository stays as it is)."""
+    from serving.repository import FLAVORS, RepositorySpec, model_configs, validate_repository, write_code
+
+    for flavor in FLAVORS:
+        assert "recommend_history" not in model_configs(RepositorySpec(), flavor)
+        write_code(tmp_path / flavor, RepositorySpec(history_dim=48, history_max_len=30), flavor)
+        configs = validate_repository(tmp_path / flavor)
+        assert configs["history_scorer"].input[0].dims == [48]
+        assert configs["history_encoder"].parameters["MAX_LEN"].string_value == "30"
+        assert configs["history_scorer"].parameters["UNKNOWN_EXCLUDE"].string_value == "skip"
+        assert "UNKNOWN_EXCLUDE" not in configs["scorer"].parameters
+        steps = [s.model_name for s in configs["recommend_history"].ensemble_scheduling.step]
+        assert steps == ["history_encoder", "history_scorer"]
+        assert (tmp_path / flavor / "history_encoder" / "1" / "model.py").is_file()

@@ -164,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo", help="the whole chain on the embedded default, one summary",
-        description="Run prepare, distill (preset demo), finetune (preset demo), export (fp32, int8), deploy (portable, "
-                    "MovieLens), serve, eval (in-process and through Triton) and bench, then print "
+        description="Run prepare, distill (preset demo), finetune (preset demo), export (fp32, int8), history (the "
+                    "history user tower), deploy (portable, MovieLens, text and history paths), serve, eval "
+                    "(in-process and through Triton, SASRec beside the baselines) and bench, then print "
                     "one summary: quality kept and latency won against the teacher, with where the "
                     "reports are. Writes under OUT (default runs/demo) and OUT/demo_summary.json; "
                     "stops the server however it ends.")

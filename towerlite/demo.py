@@ -1,8 +1,9 @@
 """`towerlite demo`: the whole chain on the embedded default, ending in one summary.
 
     prepare → distill (preset `demo`) → finetune (preset `demo`: the distilled student on
-    MovieLens interactions) → export (fp32 + int8) → deploy (portable, MovieLens) → serve
-    → eval (in-process and through Triton) → bench → summary
+    MovieLens interactions) → export (fp32 + int8) → history (the history user tower over the
+    export's item vectors) → deploy (portable, MovieLens, both user paths) → serve → eval
+    (in-process and through Triton; SASRec beside the baselines) → bench → summary
 
 Each step is the same `towerlite` subcommand a user would run, in this process, writing under
 OUT/; the server is stopped however the demo ends. Caches (assets, teacher and catalog
@@ -19,6 +20,11 @@ from pathlib import Path
 
 from .errors import TowerliteError
 from .files import write_json_atomic
+
+
+# the history tower and the SASRec yardstick train this many epochs in the demo (the
+# documented runs use 20: docs/quality.md); ≈ 1 min an epoch each on MovieLens, 2 cores
+DEMO_EPOCHS = 5
 
 
 def _say(msg: str) -> None:
@@ -57,6 +63,18 @@ def _user_tower_latency(export: Path, texts: list[str]) -> dict:
             "student_int8_ms": median_ms(student.encode)}
 
 
+def _history_via_triton(folder: Path, url: str) -> dict:
+    from serving.quality.cases import build_cases
+    from serving.quality.sequential import served_agreement
+    from serving.quality.towers import towers_of
+    from towerlite.sequential import SavedTower
+
+    tower = SavedTower.load(folder)
+    cases = build_cases("movielens", users=200)
+    text = towers_of(tower.item_model)[0].embed(cases.item_texts, "movielens catalog")
+    return served_agreement(cases, tower, text, url, users=100)
+
+
 def _summary(out: Path, timings: dict, latency: dict) -> dict:
     ev = json.loads((out / "eval" / "eval_movielens.json").read_text())
     bench = json.loads((out / "bench" / "bench.json").read_text())
@@ -74,6 +92,9 @@ def _summary(out: Path, timings: dict, latency: dict) -> dict:
                         v["metrics"]["recall@10"] for k, v in rows.items() if k.startswith("distill/model")),
                     "popularity_recall@10": rows["popularity"]["metrics"]["recall@10"],
                     "co_occurrence_recall@10": rows["co-occurrence"]["metrics"]["recall@10"],
+                    "sasrec_recall@10": rows["SASRec"]["metrics"]["recall@10"],
+                    "history_tower_recall@10": next(v["metrics"]["recall@10"] for k, v in rows.items()
+                                                    if k.startswith("history tower")),
                     "via_triton_agrees": ev.get("via_triton", {}).get("agree")},
         "latency": {**latency, "speedup": round(latency["teacher_pytorch_ms"] / latency["student_int8_ms"], 1),
                     "served_c1_p50_ms": c1["latency_ms"]["p50"], "served_c1_p99_ms": c1["latency_ms"]["p99"],
@@ -95,6 +116,10 @@ towerlite demo — summary
 teacher (NDCG@10 {q['kept_ndcg@10_pct']}%); distilled before fine-tuning {q['distilled_before_finetune_recall@10']:.4f}; \
 popularity {q['popularity_recall@10']:.4f}, co-occurrence {q['co_occurrence_recall@10']:.4f}; through Triton = \
 in-process: {q['via_triton_agrees']}
+  history path   history tower (liked item ids → user vector, no tokenizer) Recall@10 \
+{q['history_tower_recall@10']:.4f} vs SASRec {q['sasrec_recall@10']:.4f} (both {DEMO_EPOCHS} epochs); \
+recommend_history through Triton = in-process: {q['history_via_triton']['agree']} \
+({q['history_via_triton']['same_top10_share']:.0%} identical top-10 lists)
   latency won    user tower, batch 1, median of {lat['texts']} user texts: teacher PyTorch \
 {lat['teacher_pytorch_ms']} ms → student int8 {lat['student_int8_ms']} ms ({lat['speedup']}×); served \
 recommend at concurrency 1: p50 {lat['served_c1_p50_ms']} ms, p99 {lat['served_c1_p99_ms']} ms
@@ -113,14 +138,20 @@ def run(out: Path) -> dict:
                        "--out", str(out / "finetune")], timings)
     _step("export", ["export", "--model", str(out / "finetune" / "model"), "--out", str(out / "export"),
                      "--variants", "fp32,int8_dynamic", "--no-speed"], timings)
+    _step("history", ["history", "--item-model", f"{out / 'export'}:int8_dynamic", "--set",
+                      f"epochs={DEMO_EPOCHS}", "--no-progress", "--out", str(out / "history")], timings)
     _step("deploy", ["deploy", "--user-model", str(out / "export"), "--catalog", "movielens",
-                     "--flavor", "portable", "--index", "exact", "--out", str(out / "repository")], timings)
+                     "--flavor", "portable", "--index", "exact", "--history-model",
+                     str(out / "history" / "model"), "--out", str(out / "repository")], timings)
     _say("serve: starting Triton on the portable repository")
     with start_server(out / "repository" / "portable", log_path=out / "triton.log") as server:
         _say(f"serving at grpc {server.grpc_url}, http {server.http_url}")
         _step("eval", ["eval", "--dataset", "movielens", "--users", "200", "--model", str(out / "distill" / "model"),
                        "--model", str(out / "finetune" / "model"), "--model", f"{out / 'export'}:int8_dynamic", "--via-triton", server.grpc_url,
-                       "--out", str(out / "eval")], timings)
+                       "--history-model", str(out / "history" / "model"),
+                       "--sasrec-epochs", str(DEMO_EPOCHS), "--out", str(out / "eval")], timings)
+        _say("history path: recommend_history through Triton vs the same tower in-process")
+        history_served = _history_via_triton(out / "history" / "model", server.grpc_url)
         _step("bench", ["bench", "--url", server.grpc_url, "--concurrency", "1,4,8", "--duration", "5",
                         "--texts", "300", "--out", str(out / "bench")], timings)
     _say("latency of the user tower in-process: teacher vs student, on held-out users' texts")
@@ -130,6 +161,7 @@ def run(out: Path) -> dict:
     latency = _user_tower_latency(out / "export", build_cases("movielens", users=40).user_texts)
     timings["latency"] = round(time.monotonic() - t0, 1)
     summary = _summary(out, timings, latency)
+    summary["quality"]["history_via_triton"] = history_served
     summary["total_s"] = round(time.monotonic() - started, 1)
     write_json_atomic(out / "demo_summary.json", summary)
     _print(summary)

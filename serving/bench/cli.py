@@ -61,6 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where the users come from (default auto: the served catalog's domains)")
     p.add_argument("--max-history", type=int, default=10,
                    help="a text holds 1…N of the user's latest liked items (default 10)")
+    p.add_argument("--history-ids", type=int, default=50,
+                   help="a model with a HISTORY input (recommend_history): each request sends the "
+                        "newest 1…N liked item ids of a held-out user (default 50)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=int, default=10, help="results per request (default 10)")
     p.add_argument("--domain", help="domain filter on every request (movie, book)")
@@ -103,7 +106,8 @@ def command(args: argparse.Namespace) -> int:
                       (10.0 if args.duration is None else args.duration),
                       requests=args.requests, engine=args.engine, texts=args.texts,
                       datasets=args.datasets, seed=args.seed, k=args.k, domain=args.domain,
-                      max_history=args.max_history, warmup=args.warmup, timeout_s=args.timeout,
+                      max_history=args.max_history, history_ids=args.history_ids,
+                      warmup=args.warmup, timeout_s=args.timeout,
                       perf_analyzer=args.perf_analyzer, label=args.label)
     report = run(cfg, log=_log)
     paths = write(report, args.out)

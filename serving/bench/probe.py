@@ -50,14 +50,19 @@ def unreachable(url: str, protocol: str, why: str) -> str:
             "(`towerlite serve --repository DIR` prints its endpoints)")
 
 
-def infer_inputs(tc, text: str, k: int | None, domain: str | None) -> list:
-    """The recommend inputs of one request (TEXT, K, DOMAIN) for a tritonclient module."""
+def infer_inputs(tc, text: str | list[str], k: int | None, domain: str | None) -> list:
+    """The inputs of one request (TEXT, K, DOMAIN; HISTORY instead of TEXT when `text` is a
+    list of item ids) for a tritonclient module."""
     def tensor(name, array, dtype):
         t = tc.InferInput(name, list(array.shape), dtype)
         t.set_data_from_numpy(array)
         return t
 
-    inputs = [tensor("TEXT", np.array([[text.encode("utf-8")]], dtype=np.object_), "BYTES")]
+    if isinstance(text, list):
+        inputs = [tensor("HISTORY", np.array([[i.encode("utf-8") for i in text]],
+                                             dtype=np.object_), "BYTES")]
+    else:
+        inputs = [tensor("TEXT", np.array([[text.encode("utf-8")]], dtype=np.object_), "BYTES")]
     if k is not None:
         inputs.append(tensor("K", np.array([[k]], dtype=np.int32), "INT32"))
     if domain:
@@ -124,7 +129,7 @@ def probe(url: str, protocol: str, model: str, timeout: float = 10.0) -> ServerI
         info = ServerInfo(url, protocol, model, meta.get("name", ""), meta.get("version", ""),
                           [s["model_name"] for s in steps] or [model],
                           [i["name"] for i in config.get("input", [])])
-        if "DOMAIN" in info.inputs:
+        if "DOMAIN" in info.inputs and "TEXT" in info.inputs:  # a history model: no probe text
             info.domains = [d for d in ("movie", "book")
                             if _serves_domain(client, protocol, model, d, timeout)]
         return info

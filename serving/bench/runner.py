@@ -38,6 +38,7 @@ class BenchConfig:
     k: int = 10
     domain: str | None = None
     max_history: int = 10
+    history_ids: int = 50  # a history model's requests: up to this many liked item ids
     warmup: int = 50
     timeout_s: float = 30.0
     perf_analyzer: Path | None = None
@@ -133,10 +134,12 @@ def run(cfg: BenchConfig, log=print) -> dict:
     datasets = choose_datasets(cfg.datasets, info, cfg.domain)
     log(f"Triton {info.server_version} at {cfg.protocol}://{info.url}: {cfg.model} = "
         f"{' → '.join(info.composing)}; catalog domains: {', '.join(info.domains) or '?'}")
-    requests = build_requests(datasets, cfg.texts, cfg.seed, cfg.k, cfg.domain, cfg.max_history)
+    kind = "history" if "HISTORY" in info.inputs else "text"
+    requests = build_requests(datasets, cfg.texts, cfg.seed, cfg.k, cfg.domain,
+                              cfg.max_history if kind == "text" else cfg.history_ids, kind)
     fewer = (f" (all the held-out users there are; --texts asked {cfg.texts:,})"
              if len(requests.texts) < cfg.texts else "")
-    log(f"{len(requests.texts):,} request texts from held-out users of {', '.join(datasets)}"
+    log(f"{len(requests.texts):,} request {'histories' if kind == 'history' else 'texts'} from held-out users of {', '.join(datasets)}"
         f"{fewer}, fingerprint {requests.fingerprint}")
     load_before = rep.load_average()
     models = list(dict.fromkeys([cfg.model, *info.composing]))

@@ -54,3 +54,27 @@ def saved(cases: Cases, tower: SavedTower, text: np.ndarray | None) -> tuple[Sco
     users = onnx_user_vectors(tower.session(threads=2), table, cases.seen, tower.config.max_len)
     return dot_scores(users, table), {"model": tower.config.kind, "folder": str(tower.folder),
                                       "item_model": tower.item_model}
+
+
+def served_agreement(cases: Cases, tower: SavedTower, text: np.ndarray | None, url: str,
+                     protocol: str = "grpc", users: int = 100, model: str = "recommend_history") -> dict:
+    """The served `recommend_history` against the in-process ranking of the same tower, for
+    the first `users` cases: each user's history sent as ids, top-10 compared. The served graph
+    runs one user at a time and in-process runs a batch, so scores agree to float rounding
+    (`max_abs_score_diff`) and a top-10 list can differ only where two scores (nearly) tie."""
+    from serving.client import Client
+
+    table = tower.item_table(cases.item_ids, text)
+    n = min(users, len(cases.users))
+    vectors = onnx_user_vectors(tower.session(), table, cases.seen[:n], tower.config.max_len)
+    same, diff = 0, 0.0
+    with Client(url, protocol) as client:
+        for vector, seen in zip(vectors, cases.seen[:n]):
+            got = client.recommend_history([cases.item_ids[r] for r in seen], k=10, model=model)
+            scores = table @ vector
+            scores[seen] = -np.inf
+            best = np.argsort(-scores, kind="stable")[:10]
+            same += got.item_ids == [cases.item_ids[r] for r in best]
+            diff = max(diff, float(np.max(np.abs(np.asarray(got.scores) - scores[best]))))
+    return {"url": url, "users": n, "same_top10_share": round(same / max(n, 1), 4),
+            "max_abs_score_diff": diff, "agree": same / max(n, 1) >= 0.95 and diff < 1e-3}
