@@ -127,14 +127,9 @@ class Client:
             return False
 
     # -- the two calls ----------------------------------------------------------------------
-    def recommend(self, user_text: str | bytes, k: int | None = 10, domain: str | None = None,
-                  exclude: Sequence[str] | None = None,
-                  min_score: float | None = None) -> Recommendations:
-        """Top-k items for one user text, best first. `domain`: only that domain (or several,
-        comma-separated); `exclude`: item ids to leave out (e.g. the history); `min_score`: only
-        items scoring at least this (with k=None: up to the server's MAX_K of them)."""
-        text = user_text if isinstance(user_text, bytes) else str(user_text).encode("utf-8")
-        inputs = [self._input("TEXT", np.array([[text]], dtype=np.object_), "BYTES")]
+    def _options(self, k, domain, exclude, min_score) -> list:
+        """The optional inputs both recommend models take (K, DOMAIN, EXCLUDE, MIN_SCORE)."""
+        inputs = []
         if k is not None:
             inputs.append(self._input("K", np.array([[k]], dtype=np.int32), "INT32"))
         if domain:
@@ -144,6 +139,17 @@ class Client:
         if min_score is not None:
             inputs.append(self._input("MIN_SCORE", np.array([[min_score]], dtype=np.float32),
                                       "FP32"))
+        return inputs
+
+    def recommend(self, user_text: str | bytes, k: int | None = 10, domain: str | None = None,
+                  exclude: Sequence[str] | None = None,
+                  min_score: float | None = None) -> Recommendations:
+        """Top-k items for one user text, best first. `domain`: only that domain (or several,
+        comma-separated); `exclude`: item ids to leave out (e.g. the history); `min_score`: only
+        items scoring at least this (with k=None: up to the server's MAX_K of them)."""
+        text = user_text if isinstance(user_text, bytes) else str(user_text).encode("utf-8")
+        inputs = [self._input("TEXT", np.array([[text]], dtype=np.object_), "BYTES"),
+                  *self._options(k, domain, exclude, min_score)]
         result = self._call(self.model, inputs, ["ITEM_IDS", "SCORES", "DOMAINS"])
         ids = _decode(result.as_numpy("ITEM_IDS")[0])
         scores = result.as_numpy("SCORES")[0]
@@ -160,16 +166,8 @@ class Client:
         come back in `.skipped`; a history with no known id is refused (ServingError)."""
         if isinstance(history, (str, bytes)):
             raise TypeError("recommend_history takes a list of item ids")
-        inputs = [self._input("HISTORY", _strings(list(history)).reshape(1, -1), "BYTES")]
-        if k is not None:
-            inputs.append(self._input("K", np.array([[k]], dtype=np.int32), "INT32"))
-        if domain:
-            inputs.append(self._input("DOMAIN", _strings([domain]).reshape(1, 1), "BYTES"))
-        if exclude is not None and len(exclude):
-            inputs.append(self._input("EXCLUDE", _strings(list(exclude)).reshape(1, -1), "BYTES"))
-        if min_score is not None:
-            inputs.append(self._input("MIN_SCORE", np.array([[min_score]], dtype=np.float32),
-                                      "FP32"))
+        inputs = [self._input("HISTORY", _strings(list(history)).reshape(1, -1), "BYTES"),
+                  *self._options(k, domain, exclude, min_score)]
         result = self._call(model, inputs, ["ITEM_IDS", "SCORES", "DOMAINS", "SKIPPED"])
         ids = _decode(result.as_numpy("ITEM_IDS")[0])
         scores = result.as_numpy("SCORES")[0]

@@ -285,15 +285,20 @@ def _step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
         "\n".join(maps) + "\n    }"
 
 
+def _option_inputs() -> list[str]:
+    """The optional inputs of `recommend`, `recommend_fused` and `recommend_history`."""
+    return [_io("input", "K", "TYPE_INT32", [1], optional=True),
+            _io("input", "DOMAIN", "TYPE_STRING", [1], optional=True),
+            _io("input", "EXCLUDE", "TYPE_STRING", [-1], optional=True),
+            _io("input", "MIN_SCORE", "TYPE_FP32", [1], optional=True)]
+
+
 def _recommend_io(spec: RepositorySpec) -> list[str]:
     """Inputs and outputs of `recommend`, the same for the ensemble and the fused model."""
     return [
         _block("input", [
             _io("input", "TEXT", "TYPE_STRING", [1], comment="the user's text (history, profile)"),
-            _io("input", "K", "TYPE_INT32", [1], optional=True),
-            _io("input", "DOMAIN", "TYPE_STRING", [1], optional=True),
-            _io("input", "EXCLUDE", "TYPE_STRING", [-1], optional=True),
-            _io("input", "MIN_SCORE", "TYPE_FP32", [1], optional=True)]),
+            *_option_inputs()]),
         _block("output", [_io("output", "ITEM_IDS", "TYPE_STRING", [-1]),
                           _io("output", "SCORES", "TYPE_FP32", [-1]),
                           _io("output", "DOMAINS", "TYPE_STRING", [-1])])]
@@ -363,10 +368,7 @@ def recommend_history_config(spec: RepositorySpec) -> str:
                 platform="ensemble", max_batch_size=spec.max_batch_size),
         _block("input", [
             _io("input", "HISTORY", "TYPE_STRING", [-1], comment="liked item ids, oldest → newest"),
-            _io("input", "K", "TYPE_INT32", [1], optional=True),
-            _io("input", "DOMAIN", "TYPE_STRING", [1], optional=True),
-            _io("input", "EXCLUDE", "TYPE_STRING", [-1], optional=True),
-            _io("input", "MIN_SCORE", "TYPE_FP32", [1], optional=True)]),
+            *_option_inputs()]),
         _block("output", [_io("output", "ITEM_IDS", "TYPE_STRING", [-1]),
                           _io("output", "SCORES", "TYPE_FP32", [-1]),
                           _io("output", "DOMAINS", "TYPE_STRING", [-1]),
