@@ -189,7 +189,8 @@ def config_of(args) -> HistoryConfig:
         try:
             parsed = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
         except ValueError:
-            raise TowerliteError(f"--set {item!r}: {value!r} is not a {kind.__name__}") from None
+            wanted = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
+            raise TowerliteError(f"--set {item!r}: {name} takes {wanted}, not {value!r}") from None
         cfg = replace(cfg, **{name: parsed})
     if cfg.dim % cfg.heads or cfg.dim < 1 or cfg.max_len < 1 or cfg.epochs < 1:
         raise TowerliteError("dim must be a multiple of heads; dim, max_len, epochs at least 1")

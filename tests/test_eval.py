@@ -108,11 +108,12 @@ def test_baselines_rank_by_the_training_part(ml_cases):
 
 def test_eval_cli_writes_a_table_with_baselines_and_towers(cache, exported, tmp_path):
     proc = run_cli("eval", "--dataset", "movielens", "--no-teacher", "--users", "60", "--catalog-items",
-                   "400", "--model", f"{exported}:int8_dynamic", "--out", str(tmp_path))
+                   "400", "--model", f"{exported}:int8_dynamic", "--sasrec-epochs", "1", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "eval_movielens.json").read_text())
     rows = report["rows"]
-    assert {"student-start (PyTorch fp32)", "popularity", "co-occurrence"} <= set(rows)
+    assert {"student-start (PyTorch fp32)", "popularity", "co-occurrence", "SASRec"} <= set(rows)
+    assert rows["SASRec"]["model"] == "ID only (SASRec)" and len(rows["SASRec"]["losses"]) == 1
     assert any("ONNX int8_dynamic" in r for r in rows)
     for row in rows.values():
         m = row["metrics"]

@@ -280,6 +280,28 @@ def test_deploy_report_and_repository_name_the_history_tower(served_history):
     assert configs["history_scorer"].input[0].dims == [tower.config.dim]
 
 
+def test_eval_ranks_a_saved_tower_and_the_demo_check_agrees(served_history, ml_cases, tmp_path):
+    """`towerlite eval --history-model` ranks the saved tower as `serving.quality.sequential.saved`
+    does, and `served_agreement` (the demo's through-Triton check) finds the server agreeing."""
+    from conftest import run_cli
+    from serving.quality.evaluate import metric_rows
+    from serving.quality.sequential import saved, served_agreement
+
+    server, tower, text, _ = served_history
+    proc = run_cli("eval", "--dataset", "movielens", "--no-teacher", "--no-start", "--users", "40",
+                   "--history", "5", "--catalog-items", "300", "--history-model", str(tower.folder),
+                   "--sasrec-epochs", "0", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "eval_movielens.json").read_text())["rows"]
+    (label,) = [k for k in rows if k.startswith("history tower")]
+    scores, _ = saved(ml_cases, tower, text)
+    overall, _ = metric_rows(ml_cases, scores, ml_cases.target_counts <= 2)
+    assert rows[label]["metrics"]["recall@10"] == overall["recall@10"]
+    assert "SASRec" not in rows  # --sasrec-epochs 0 leaves it out
+    agreement = served_agreement(ml_cases, tower, text, server.grpc_url, users=20)
+    assert agreement["agree"] and agreement["users"] == 20, agreement
+
+
 def test_catalog_update_adds_an_item_the_next_history_request_recommends(served_history, ml_cases):
     """Last in this module: it changes the served catalog. A new movie (no training likes, so
     no ID vector) is ranked by its text through the tower's adapter as soon as the update
@@ -333,3 +355,23 @@ def test_both_flavors_write_the_history_models(tmp_path):
         steps = [s.model_name for s in configs["recommend_history"].ensemble_scheduling.step]
         assert steps == ["history_encoder", "history_scorer"]
         assert (tmp_path / flavor / "history_encoder" / "1" / "model.py").is_file()
+
+
+def test_history_cli_trains_saves_and_reports(cache, tmp_path):
+    from conftest import run_cli
+
+    proc = run_cli("history", "--catalog-items", "300", "--set", "epochs=1", "--set", "dim=16",
+                   "--set", "max_len=10", "--no-progress", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "history_report.json").read_text())
+    assert report["training_users"] > 1000 and report["cases"]["catalog_items"] == 300
+    label = "history tower, text + ID (ONNX, as served)"
+    assert {label, "popularity", "co-occurrence"} <= set(report["rows"])
+    assert 0 <= report["rows"][label]["metrics"]["recall@10"] <= 1
+    assert "cpu_flags" in report["machine"]
+    assert SavedTower.load(tmp_path / "model").config.dim == 16
+    assert f"deploy --history-model {tmp_path / 'model'}" in proc.stdout
+    bad = run_cli("history", "--set", "layers=two", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 1 and "layers takes an integer, not 'two'" in bad.stderr
+    bad = run_cli("history", "--set", "colour=red", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 1 and "not FIELD=VALUE with a HistoryConfig field" in bad.stderr

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -300,10 +301,16 @@ def save(folder: Path, model, cfg: HistoryConfig, item_ids: list[str], item_mode
     staging.mkdir(parents=True)
     encoder = model.encoder.eval()
     example = (torch.zeros(2, cfg.max_len, cfg.dim), torch.ones(2, cfg.max_len))
-    torch.onnx.export(encoder, example, staging / ONNX_FILE, input_names=["item_vectors", "mask"],
-                      output_names=["user_vector"], opset_version=17, dynamo=False,
-                      dynamic_axes={"item_vectors": {0: "batch", 1: "length"},
-                                    "mask": {0: "batch", 1: "length"}, "user_vector": {0: "batch"}})
+    with warnings.catch_warnings():
+        # the tracer warns about unpacking q, k, v (always three) and the constant 1/sqrt(d):
+        # both are fixed by design; batch and length stay dynamic (tests run 1…256 × 1…max_len)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(encoder, example, staging / ONNX_FILE,
+                          input_names=["item_vectors", "mask"], output_names=["user_vector"],
+                          opset_version=17, dynamo=False,
+                          dynamic_axes={"item_vectors": {0: "batch", 1: "length"},
+                                        "mask": {0: "batch", 1: "length"},
+                                        "user_vector": {0: "batch"}})
     with torch.no_grad():
         if cfg.use_text:
             mean, white = model.whitening
