@@ -364,7 +364,8 @@ def test_history_cli_trains_saves_and_reports(cache, tmp_path):
                    "--set", "max_len=10", "--no-progress", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "history_report.json").read_text())
-    assert report["training_users"] > 1000 and report["cases"]["catalog_items"] == 300
+    # a sampled catalog keeps every evaluated user's items: at least the 300 asked, not all 3,883
+    assert report["training_users"] > 1000 and 300 <= report["cases"]["catalog_items"] < 3883
     label = "history tower, text + ID (ONNX, as served)"
     assert {label, "popularity", "co-occurrence"} <= set(report["rows"])
     assert 0 <= report["rows"][label]["metrics"]["recall@10"] <= 1
