@@ -48,7 +48,7 @@ class RequestSet:
         per = {name: self.sources.count(name) for name in dict.fromkeys(self.sources)}
         if self.kind == "history":
             return {"fingerprint": self.fingerprint, "kind": self.kind, "count": len(self.texts),
-                    "k": self.k, "domain": self.domain, **self.settings,
+                    "k": self.k, "domain": self.domain, "datasets": per, **self.settings,
                     "ids_per_history": _spread(np.array([len(t) for t in self.texts]))}
         out = {"fingerprint": self.fingerprint, "count": len(self.texts), "k": self.k,
                "domain": self.domain, "datasets": per, **self.settings,
