@@ -376,3 +376,20 @@ def test_history_cli_trains_saves_and_reports(cache, tmp_path):
     assert bad.returncode == 1 and "layers takes an integer, not 'two'" in bad.stderr
     bad = run_cli("history", "--set", "colour=red", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 1 and "not FIELD=VALUE with a HistoryConfig field" in bad.stderr
+
+
+def test_bench_history_requests_are_held_out_likes(cache):
+    from serving.bench.inputs import build_requests, perf_analyzer_data
+    from towerlite.data import load_dataset
+    from towerlite.data.splits import is_heldout_user, ordered_likes
+
+    requests = build_requests(["movielens"], 30, k=5, max_history=50, kind="history")
+    likes = ordered_likes(load_dataset("movielens"))
+    held = {tuple(items[-len(h):]) for u, items in likes.items() if is_heldout_user(u) for h in requests.texts
+            if len(items) >= len(h)}
+    assert len(requests.texts) == 30 and all(1 <= len(h) <= 50 for h in requests.texts)
+    assert all(tuple(h) in held for h in requests.texts)  # each the newest likes of a held-out user
+    rows = perf_analyzer_data(requests)["data"]
+    assert rows[0]["HISTORY"] == {"content": requests.texts[0], "shape": [len(requests.texts[0])]}
+    assert "TEXT" not in rows[0] and requests.describe()["kind"] == "history"
+    assert requests.fingerprint != build_requests(["movielens"], 30, k=5, max_history=50).fingerprint
