@@ -285,7 +285,7 @@ def test_eval_ranks_a_saved_tower_and_the_demo_check_agrees(served_history, ml_c
     does, and `served_agreement` (the demo's through-Triton check) finds the server agreeing."""
     from conftest import run_cli
     from serving.quality.evaluate import metric_rows
-    from serving.quality.sequential import saved, served_agreement
+    from serving.quality.sequential import deployed_table, saved, served_agreement
 
     server, tower, text, _ = served_history
     proc = run_cli("eval", "--dataset", "movielens", "--no-teacher", "--no-start", "--users", "40",
@@ -298,7 +298,10 @@ def test_eval_ranks_a_saved_tower_and_the_demo_check_agrees(served_history, ml_c
     overall, _ = metric_rows(ml_cases, scores, ml_cases.target_counts <= 2)
     assert rows[label]["metrics"]["recall@10"] == overall["recall@10"]
     assert "SASRec" not in rows  # --sasrec-epochs 0 leaves it out
-    agreement = served_agreement(ml_cases, tower, text, server.grpc_url, users=20)
+    server, tower, text, repo = served_history
+    table = deployed_table(repo / "portable", ml_cases.item_ids)  # what the server reads
+    np.testing.assert_allclose(table, tower.item_table(ml_cases.item_ids, text), atol=1e-4)
+    agreement = served_agreement(ml_cases, tower, None, server.grpc_url, users=20, table=table)
     assert agreement["agree"] and agreement["users"] == 20, agreement
 
 

@@ -63,16 +63,17 @@ def _user_tower_latency(export: Path, texts: list[str]) -> dict:
             "student_int8_ms": median_ms(student.encode)}
 
 
-def _history_via_triton(folder: Path, url: str) -> dict:
+def _history_via_triton(folder: Path, repository: Path, url: str) -> dict:
+    """recommend_history on 100 held-out users against the same tower in-process, over the
+    item table the deploy wrote (the int8 item tower's rows depend on its batching)."""
     from serving.quality.cases import build_cases
-    from serving.quality.sequential import served_agreement
-    from serving.quality.towers import towers_of
+    from serving.quality.sequential import deployed_table, served_agreement
     from towerlite.sequential import SavedTower
 
     tower = SavedTower.load(folder)
     cases = build_cases("movielens", users=200)
-    text = towers_of(tower.item_model)[0].embed(cases.item_texts, "movielens catalog")
-    return served_agreement(cases, tower, text, url, users=100)
+    table = deployed_table(repository, cases.item_ids)
+    return served_agreement(cases, tower, None, url, users=100, table=table)
 
 
 def _summary(out: Path, timings: dict, latency: dict) -> dict:
@@ -151,7 +152,8 @@ def run(out: Path) -> dict:
                        "--history-model", str(out / "history" / "model"),
                        "--sasrec-epochs", str(DEMO_EPOCHS), "--out", str(out / "eval")], timings)
         _say("history path: recommend_history through Triton vs the same tower in-process")
-        history_served = _history_via_triton(out / "history" / "model", server.grpc_url)
+        history_served = _history_via_triton(out / "history" / "model",
+                                             out / "repository" / "portable", server.grpc_url)
         _step("bench", ["bench", "--url", server.grpc_url, "--concurrency", "1,4,8", "--duration", "5",
                         "--texts", "300", "--out", str(out / "bench")], timings)
     _say("latency of the user tower in-process: teacher vs student, on held-out users' texts")

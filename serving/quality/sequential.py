@@ -56,15 +56,32 @@ def saved(cases: Cases, tower: SavedTower, text: np.ndarray | None) -> tuple[Sco
                                       "item_model": tower.item_model}
 
 
+def deployed_table(repository, item_ids: list[str]) -> np.ndarray:
+    """The item table a deploy wrote (history_encoder's newest version), in `item_ids` order:
+    the rows the server reads. Recomputing them from text would not do for an int8 item tower,
+    whose embeddings depend on how the catalog was batched."""
+    from pathlib import Path
+
+    root = Path(repository) / "history_encoder"
+    version = max(int(p.name) for p in root.iterdir() if p.name.isdigit())
+    folder = root / str(version) / "history"
+    ids = [i.decode() for i in np.load(folder / "item_ids.npy")]
+    where = {item: r for r, item in enumerate(ids)}
+    return np.load(folder / "item_table.npy")[[where[i] for i in item_ids]]
+
+
 def served_agreement(cases: Cases, tower: SavedTower, text: np.ndarray | None, url: str,
-                     protocol: str = "grpc", users: int = 100, model: str = "recommend_history") -> dict:
+                     protocol: str = "grpc", users: int = 100, model: str = "recommend_history",
+                     table: np.ndarray | None = None) -> dict:
     """The served `recommend_history` against the in-process ranking of the same tower, for
-    the first `users` cases: each user's history sent as ids, top-10 compared. The served graph
-    runs one user at a time and in-process runs a batch, so scores agree to float rounding
-    (`max_abs_score_diff`) and a top-10 list can differ only where two scores (nearly) tie."""
+    the first `users` cases: each user's history sent as ids, top-10 compared. `table`: the
+    served item table in cases.item_ids order (`deployed_table`); else it is built from `text`.
+    The served graph runs one user at a time and in-process runs a batch, so scores agree to
+    float rounding (`max_abs_score_diff`) and a top-10 list can differ only where two scores
+    (nearly) tie."""
     from serving.client import Client
 
-    table = tower.item_table(cases.item_ids, text)
+    table = tower.item_table(cases.item_ids, text) if table is None else table
     n = min(users, len(cases.users))
     vectors = onnx_user_vectors(tower.session(), table, cases.seen[:n], tower.config.max_len)
     same, diff = 0, 0.0
