@@ -124,7 +124,6 @@ class HistoryRun:
                                                            else None, self.progress))
         for name, build in BASELINES.items():
             add(name, build(cases), {"model": name})
-        self.rows = {k: v for k, v in self.rows.items()}
         self.timings["cold_users"] = int(np.sum(cold))
 
     def report(self) -> dict:

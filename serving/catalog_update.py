@@ -561,7 +561,7 @@ def update(repository: str | Path, items: str | Path | pd.DataFrame | None = Non
         f"{encode_s:.1f} s) at {folder}")
     if history.deployed(repo):
         record["history"] = history.write_versions(repo, base + 1, new, new_emb, set(removed),
-                                                   domain_order, merge, log)
+                                                   domain_order, log)
     if url:
         record["load"] = load_version(repo, url, protocol, version=base + 1,
                                       keep_versions=keep_versions, log=log)

@@ -38,11 +38,13 @@ def _versions(repo: Path, model: str) -> list[int]:
 
 
 def write_versions(repo: Path, version: int, new: pd.DataFrame, new_text: np.ndarray,
-                   removed: set[str], domain_order: Sequence[str], merge, log) -> dict:
+                   removed: set[str], domain_order: Sequence[str], log) -> dict:
     """history_scorer/<version>/ and history_encoder/<version>/ for the updated catalog, each
-    built under a name Triton ignores and renamed into place. `merge` is catalog_update.merge
-    (the same order as the scorer's catalog). Returns what was written."""
+    built under a name Triton ignores and renamed into place, merged exactly as the scorer's
+    catalog is (so both hold one row order). Returns what was written."""
     from towerlite.sequential import SavedTower
+
+    from .catalog_update import _row_domains, merge  # here: catalog_update imports this module
 
     base = _versions(repo, "history_scorer")[-1]
     encoder_base = repo / "history_encoder" / str(_versions(repo, "history_encoder")[-1])
@@ -50,10 +52,8 @@ def write_versions(repo: Path, version: int, new: pd.DataFrame, new_text: np.nda
     new_rows = tower.item_table(new["item_id"].tolist(), new_text) if len(new) else \
         np.zeros((0, tower.config.dim), np.float32)
     old_emb, old_ids, old_meta = cat.read_catalog(repo / "history_scorer" / str(base) / "catalog")
-    domains = np.empty(len(old_ids), dtype=object)
-    for d in old_meta["domains"]:
-        domains[d["start"]:d["stop"]] = d["name"]
-    frame, matrix_t = merge(old_ids, domains, old_emb.T, new, new_rows, removed, domain_order)
+    frame, matrix_t = merge(old_ids, _row_domains(old_meta, len(old_ids)), old_emb.T, new,
+                            new_rows, removed, domain_order)
     table = np.ascontiguousarray(matrix_t.T)
     written = {}
     for model in MODELS:

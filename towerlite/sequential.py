@@ -268,12 +268,13 @@ def user_vectors(model, histories: list[list[int]], max_len: int, batch: int = 5
     torch = _torch()
     out = []
     with torch.no_grad():
-        table = model.item_table()
+        table = model.item_table()  # once for all batches: it is the same for every user
         for a in range(0, len(histories), batch):
             rows = torch.as_tensor(history_rows(histories[a:a + batch], max_len))
             mask = (rows >= 0).float()
             out.append(model.encoder(table[rows.clamp(min=0)], mask).numpy())
-    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, max_len), np.float32)
+    return np.concatenate(out).astype(np.float32) if out else \
+        np.zeros((0, table.shape[1]), np.float32)
 
 
 def item_table(model) -> np.ndarray:
