@@ -42,7 +42,7 @@ from towerlite.errors import TowerliteError
 from . import catalog as cat
 from . import history_update as history
 from . import index as ix
-from .repository import FUSED
+from .repository import FUSED, HISTORY_FUSED
 
 ITEM_COLUMNS = ("item_id", "domain", "title", "year", "genres", "author", "publisher")
 REQUIRED_COLUMNS = ("item_id", "domain", "title")
@@ -389,18 +389,17 @@ def load_on_server(url: str, protocol: str, version: int, present: Sequence[str]
         ensemble = client.is_model_ready("recommend")
         # recommend_fused reads the scorer's newest catalog when it loads: reload it too (Triton
         # keeps the loaded one answering until the reloaded one is ready)
-        fused = FUSED in {m["name"] if isinstance(m, dict) else m.name
-                          for m in _repository_index(client, protocol)}
-        if fused:  # its files are unchanged, so Triton reloads it only for a changed config
-            config = client.get_model_config(FUSED, **({"as_json": True} if protocol == "grpc" else {}))
-            config = config.get("config", config)
-            config.setdefault("parameters", {})["SCORER_VERSION"] = {"string_value": str(version)}
-            _load_model(client, protocol, FUSED, json.dumps(config))
-            ensemble = ensemble and client.is_model_ready(FUSED)
         repo_models = {m["name"] if isinstance(m, dict) else m.name
                        for m in _repository_index(client, protocol)}
+        fused = FUSED in repo_models
+        if fused:
+            _reload_fused(client, protocol, FUSED, "SCORER_VERSION", version)
+            ensemble = ensemble and client.is_model_ready(FUSED)
         if set(history.MODELS) <= repo_models:
             ensemble = ensemble and history.load(client, protocol, _load_model, version)
+            if HISTORY_FUSED in repo_models:
+                _reload_fused(client, protocol, HISTORY_FUSED, "HISTORY_VERSION", version)
+                ensemble = ensemble and client.is_model_ready(HISTORY_FUSED)
         load_s = time.perf_counter() - t0
     except (InferenceServerException, OSError) as exc:
         raise _load_error(url, protocol, exc) from None
@@ -417,6 +416,16 @@ def load_on_server(url: str, protocol: str, version: int, present: Sequence[str]
     return {"url": url, "protocol": protocol, "load_seconds": round(load_s, 2),
             "served_versions": [str(v) for v in served], "checked_present": len(present),
             "checked_absent": len(absent)}
+
+
+def _reload_fused(client, protocol: str, name: str, parameter: str, version: int) -> None:
+    """Reload a fused model (fused.py) at catalog `version`: it reads its steps' newest version
+    when it loads, and its own files are unchanged, so Triton reloads it only for a changed
+    config: the parameter naming the version. The loaded one answers until the new one is ready."""
+    config = client.get_model_config(name, **({"as_json": True} if protocol == "grpc" else {}))
+    config = config.get("config", config)
+    config.setdefault("parameters", {})[parameter] = {"string_value": str(version)}
+    _load_model(client, protocol, name, json.dumps(config))
 
 
 def _load_model(client, protocol: str, name: str, config: str | None = None) -> None:

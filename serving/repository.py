@@ -38,8 +38,10 @@ PYTHON_MODELS = {
 }
 # the history path (both flavors, when deploy is given a history tower): ensemble
 # `recommend_history` = history_encoder → history_scorer (the scorer's code over the history
-# tower's item table)
-HISTORY_MODELS = {"history_encoder": "history_encoder.py", "history_scorer": "scorer.py"}
+# tower's item table), and the same two steps in one python model (fused.py, PATH history)
+HISTORY_FUSED = "recommend_history_fused"
+HISTORY_MODELS = {"history_encoder": "history_encoder.py", "history_scorer": "scorer.py",
+                  HISTORY_FUSED: "fused.py"}
 
 
 @dataclass(frozen=True)
@@ -361,18 +363,39 @@ def history_encoder_config(spec: RepositorySpec) -> str:
     ]) + "\n"
 
 
-def recommend_history_config(spec: RepositorySpec) -> str:
-    return "\n".join([
-        _header("recommend_history", "liked item ids → top-k item ids, scores, domains "
-                "(history_encoder → history_scorer); unknown ids come back in SKIPPED",
-                platform="ensemble", max_batch_size=spec.max_batch_size),
+def _recommend_history_io() -> list[str]:
+    """Inputs and outputs of `recommend_history`, the same for the ensemble and the fused model."""
+    return [
         _block("input", [
             _io("input", "HISTORY", "TYPE_STRING", [-1], comment="liked item ids, oldest → newest"),
             *_option_inputs()]),
         _block("output", [_io("output", "ITEM_IDS", "TYPE_STRING", [-1]),
                           _io("output", "SCORES", "TYPE_FP32", [-1]),
                           _io("output", "DOMAINS", "TYPE_STRING", [-1]),
-                          _io("output", "SKIPPED", "TYPE_STRING", [-1])]),
+                          _io("output", "SKIPPED", "TYPE_STRING", [-1])])]
+
+
+def history_fused_config(spec: RepositorySpec) -> str:
+    return "\n".join([
+        _header(HISTORY_FUSED, "liked item ids → top-k item ids, scores, domains: the "
+                "`recommend_history` ensemble's two models in one python model (one backend "
+                "crossing, not two)", backend="python", max_batch_size=spec.max_batch_size),
+        *_recommend_history_io(), _dynamic(spec.user_queue_delay_us, []),
+        _instances(spec.history_instances),
+        "version_policy: { latest: { num_versions: 1 } }",
+        _params({"PATH": "history", "MAX_LEN": spec.history_max_len,
+                 "MAX_HISTORY": spec.history_max_ids, "THREADS": 1, "CATALOG_DIR": "catalog",
+                 "DEFAULT_K": spec.default_k, "MAX_K": spec.max_k, "INDEX": spec.scorer_index,
+                 "UNKNOWN_EXCLUDE": "skip"}),
+    ]) + "\n"
+
+
+def recommend_history_config(spec: RepositorySpec) -> str:
+    return "\n".join([
+        _header("recommend_history", "liked item ids → top-k item ids, scores, domains "
+                "(history_encoder → history_scorer); unknown ids come back in SKIPPED",
+                platform="ensemble", max_batch_size=spec.max_batch_size),
+        *_recommend_history_io(),
         "ensemble_scheduling {\n  step [\n" + ",\n".join([
             _step("history_encoder", {"HISTORY": "HISTORY", "EXCLUDE": "EXCLUDE"},
                   {"EMBEDDING": "history_embedding", "EXCLUDE_ALL": "history_exclude",
@@ -403,6 +426,7 @@ def model_configs(spec: RepositorySpec, flavor: str) -> dict[str, str]:
         configs["history_encoder"] = history_encoder_config(spec)
         configs["history_scorer"] = scorer_config(spec, "history_scorer")
         configs["recommend_history"] = recommend_history_config(spec)
+        configs[HISTORY_FUSED] = history_fused_config(spec)
     return configs
 
 

@@ -222,7 +222,8 @@ def served_history(cache, exported, ml_cases, tmp_path_factory):
         yield server, SavedTower.load(folder), text, repo
 
 
-def test_served_history_gives_the_in_process_ranking(served_history, ml_cases):
+@pytest.mark.parametrize("model", ["recommend_history", "recommend_history_fused"])
+def test_served_history_gives_the_in_process_ranking(served_history, ml_cases, model):
     from serving.client import Client
 
     server, tower, text, _ = served_history
@@ -232,7 +233,7 @@ def test_served_history_gives_the_in_process_ranking(served_history, ml_cases):
     same, checked = 0, 0
     with Client(server.grpc_url) as client:
         for user, seen in zip(users, ml_cases.seen):
-            got = client.recommend_history([ml_cases.item_ids[r] for r in seen], k=10)
+            got = client.recommend_history([ml_cases.item_ids[r] for r in seen], k=10, model=model)
             scores = table @ user
             scores[seen] = -np.inf
             want = ids[np.argsort(-scores, kind="stable")[:10]].tolist()
@@ -244,29 +245,37 @@ def test_served_history_gives_the_in_process_ranking(served_history, ml_cases):
     assert same / checked >= 0.95, f"{same}/{checked} identical top-10 lists"
 
 
-def test_history_errors_are_clear_and_unknown_ids_are_skipped(served_history, ml_cases):
+@pytest.mark.parametrize("model", ["recommend_history", "recommend_history_fused"])
+def test_history_errors_are_clear_and_unknown_ids_are_skipped(served_history, ml_cases, model):
+    from functools import partial
+
     from serving.client import Client, ServingError
 
     server, *_ = served_history
     history = [ml_cases.item_ids[r] for r in ml_cases.seen[0]]
     with Client(server.grpc_url) as client:
-        got = client.recommend_history(["no-such-item", *history, "nor-this"], k=5)
+        ask = partial(client.recommend_history, model=model)
+        got = ask(["no-such-item", *history, "nor-this"], k=5)
         assert got.skipped == ["no-such-item", "nor-this"] and len(got) == 5
+        # an id longer than every catalog id, starting with the longest one, is not that one
+        # (the lookup's fixed-width byte array would cut it to a match)
+        longer = max(ml_cases.item_ids, key=len) + "-but-longer"
+        assert ask([longer, *history], k=5).skipped == [longer]
         assert not set(got.item_ids) & set(history)  # the history is left out
         with pytest.raises(ServingError, match="it is empty"):
-            client.recommend_history([], k=5)
+            ask([], k=5)
         with pytest.raises(ServingError, match="no item of this catalog"):
-            client.recommend_history(["no-such-item"], k=5)
+            ask(["no-such-item"], k=5)
         with pytest.raises(ServingError, match="MAX_HISTORY"):
-            client.recommend_history(history * 5000, k=5)
+            ask(history * 5000, k=5)
         with pytest.raises(ServingError, match="K must be between"):
-            client.recommend_history(history, k=0)
+            ask(history, k=0)
         with pytest.raises(ServingError, match="unknown domain"):
-            client.recommend_history(history, k=5, domain="planets")
-        books = client.recommend_history(history, k=3, domain="movie")
+            ask(history, k=5, domain="planets")
+        books = ask(history, k=3, domain="movie")
         assert books.domains == ["movie"] * 3
         assert client.ready()  # and the server still serves
-        assert len(client.recommend_history(history, k=5)) == 5
+        assert len(ask(history, k=5)) == 5
 
 
 def test_deploy_report_and_repository_name_the_history_tower(served_history):
@@ -276,7 +285,8 @@ def test_deploy_report_and_repository_name_the_history_tower(served_history):
     report = json.loads((repo / "deploy_report.json").read_text())
     assert report["history_tower"]["folder"] == str(tower.folder)
     configs = validate_repository(repo / "portable")
-    assert {"history_encoder", "history_scorer", "recommend_history"} <= set(configs)
+    assert {"history_encoder", "history_scorer", "recommend_history",
+            "recommend_history_fused"} <= set(configs)
     assert configs["history_scorer"].input[0].dims == [tower.config.dim]
 
 
@@ -330,6 +340,11 @@ def test_catalog_update_adds_an_item_the_next_history_request_recommends(served_
         assert "new-movie-1" in after.item_ids and removed not in after.item_ids
         read = client.recommend_history(history + ["new-movie-1"], k=5)
         assert read.skipped == [] and "new-movie-1" not in read.item_ids  # read, so left out
+        # the fused model was reloaded at the new version: the same answers
+        fused = client.recommend_history(history, k=len(after), model="recommend_history_fused")
+        assert fused.item_ids == after.item_ids
+        assert client.recommend_history(history + ["new-movie-1"], k=5,
+                                        model="recommend_history_fused").skipped == []
     # its served row is the one its text gives through the adapter, with no ID part
     scorer_ids = np.load(repo / "portable" / "history_scorer" / "2" / "catalog" / "item_ids.npy")
     matrix = np.load(repo / "portable" / "history_scorer" / "2" / "catalog" / "embeddings_t.npy")
@@ -357,6 +372,10 @@ def test_both_flavors_write_the_history_models(tmp_path):
         assert "UNKNOWN_EXCLUDE" not in configs["scorer"].parameters
         steps = [s.model_name for s in configs["recommend_history"].ensemble_scheduling.step]
         assert steps == ["history_encoder", "history_scorer"]
+        fused = configs["recommend_history_fused"]
+        assert fused.parameters["PATH"].string_value == "history"
+        assert [t.name for t in fused.output] == [t.name for t in configs["recommend_history"].output]
+        assert [t.name for t in fused.input] == [t.name for t in configs["recommend_history"].input]
         assert (tmp_path / flavor / "history_encoder" / "1" / "model.py").is_file()
 
 

@@ -1,22 +1,29 @@
-"""Triton python model `recommend_fused` (portable flavor): what the `recommend` ensemble does
-(tokenizer → user_encoder → scorer), in one python model, so a request crosses into a python
-backend stub once instead of three times.
+"""Triton python models `recommend_fused` and `recommend_history_fused`: an ensemble's steps in
+one python model, so a request crosses into a python backend stub once instead of two or three
+times. The PATH parameter says which:
+
+    text (recommend_fused, portable flavor)   tokenizer → user_encoder → scorer, as `recommend`
+    history (recommend_history_fused)         history_encoder → history_scorer, as
+                                              `recommend_history`
 
 Runs inside Triton's python backend: imports only numpy and triton_python_backend_utils here,
-and the repository's own `tokenizer`, `user_encoder` and `scorer` model.py files, loaded from
-their folders beside this one (the same code, the same tokenizer.json, model.onnx and catalog
-files: nothing is copied). The catalog is the scorer's version SCORER_VERSION, or its newest
-version folder when the parameter is absent; `towerlite catalog update` reloads this model after
-the scorer with SCORER_VERSION set to the new version.
+and the repository's own model.py files of those steps, loaded from their folders beside this
+one (the same code, the same tokenizer.json, model.onnx, catalog and item-table files: nothing
+is copied). The catalog is the scorer's version SCORER_VERSION (text) or the history models'
+version HISTORY_VERSION (history), or the newest version folder when the parameter is absent;
+`towerlite catalog update` reloads this model after the steps with the parameter set to the new
+version.
 
-Parameters (config.pbtxt): the three models' own (MAX_LENGTH, BUCKETS, MAX_TEXT_BYTES, THREADS,
-DEVICE, CATALOG_DIR, DEFAULT_K, MAX_K, INDEX). Inputs and outputs: those of `recommend`.
+Parameters (config.pbtxt): the steps' own (MAX_LENGTH, BUCKETS, MAX_TEXT_BYTES, THREADS,
+DEVICE, CATALOG_DIR, DEFAULT_K, MAX_K, INDEX; MAX_LEN, MAX_HISTORY, UNKNOWN_EXCLUDE). Inputs and
+outputs: those of the ensemble it stands for.
 """
 
 import importlib.util
 import json
 import os
 
+import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
@@ -42,20 +49,38 @@ def _load(root, name, config, version=None):
     return model, module
 
 
+def _caller_error(message):
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)  # a caller's mistake: 400, not 500
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         root = os.path.dirname(os.path.normpath(args["model_repository"]))
         own = {"parameters": config.get("parameters", {})}
-        self.tokenizer, _ = _load(root, "tokenizer", own, "1")
-        self.encoder, _ = _load(root, "user_encoder", {
-            **own, "output": [{"name": "sentence_embedding"}]}, "1")
-        version = own["parameters"].get("SCORER_VERSION", {}).get("string_value")
-        self.scorer, scorer_module = _load(root, "scorer", own, version)
+        param = lambda name: own["parameters"].get(name, {}).get("string_value")  # noqa: E731
+        self.history = param("PATH") == "history"
+        if self.history:
+            version = param("HISTORY_VERSION")
+            self.encoder, encoder_module = _load(root, "history_encoder", own, version)
+            self.scorer, scorer_module = _load(root, "history_scorer", own, version)
+            self.encoder_error = encoder_module.RequestError
+        else:
+            self.tokenizer, _ = _load(root, "tokenizer", own, "1")
+            self.encoder, _ = _load(root, "user_encoder", {
+                **own, "output": [{"name": "sentence_embedding"}]}, "1")
+            self.scorer, scorer_module = _load(root, "scorer", own, param("SCORER_VERSION"))
         self.request_options = scorer_module.request_options
         self.request_error = scorer_module.RequestError
 
     def execute(self, requests):
+        results = self._history(requests) if self.history else self._text(requests)
+        return [pb_utils.InferenceResponse(output_tensors=[], error=r)
+                if isinstance(r, pb_utils.TritonError)
+                else pb_utils.InferenceResponse(output_tensors=r) for r in results]
+
+    def _text(self, requests):
         results, tokens = [None] * len(requests), []
         raws = [pb_utils.get_input_tensor_by_name(r, "TEXT").as_numpy() for r in requests]
         for i, out in enumerate(self.tokenizer.tokenize_batch(raws)):
@@ -73,6 +98,25 @@ class TritonPythonModel:
                 results[i] = self.scorer.search(emb, *self.request_options(requests[i]))
             except self.request_error as exc:
                 results[i] = pb_utils.TritonError(f"scorer: {exc}")
-        return [pb_utils.InferenceResponse(output_tensors=[], error=r)
-                if isinstance(r, pb_utils.TritonError)
-                else pb_utils.InferenceResponse(output_tensors=r) for r in results]
+        return results
+
+    def _history(self, requests):
+        results, parsed = [None] * len(requests), []
+        for i, request in enumerate(requests):
+            try:
+                parsed.append((i, *self.encoder._rows(request)))
+            except self.encoder_error as exc:
+                results[i] = _caller_error(f"history_encoder: {exc}")
+        # every request's history through the sequence model in one batch, then each one's top-k
+        vectors = self.encoder._encode([[r for _, r in known] for _, known, _, _ in parsed]) \
+            if parsed else []
+        for (i, known, skipped, extra), vector in zip(parsed, vectors):
+            k, domain, _, min_score = self.request_options(requests[i])
+            # what the ensemble's EXCLUDE_ALL carries: the known history ids, then EXCLUDE
+            exclude = np.array(list(dict.fromkeys([key for key, _ in known] + extra)), dtype=object)
+            try:
+                results[i] = self.scorer.search(vector, k, domain, exclude, min_score) + [
+                    pb_utils.Tensor("SKIPPED", np.array([skipped], dtype=object).reshape(1, -1))]
+            except self.request_error as exc:
+                results[i] = _caller_error(f"history_scorer: {exc}")
+        return results

@@ -106,24 +106,30 @@ class TritonPythonModel:
                                f"has {', '.join(self.domains)}")
         return tuple(self.domains[n] for n in dict.fromkeys(names))
 
+    def _rows_of(self, keys):
+        """Catalog rows of item ids (non-empty bytes), -1 where unknown: one vectorized
+        searchsorted per domain range (a python loop per id cost 17 µs an id, measured)."""
+        width = self.ids.dtype.itemsize  # a longer key is in no catalog (numpy would cut it)
+        wanted = np.array([k if len(k) <= width else b"" for k in keys], dtype=self.ids.dtype)
+        rows = np.full(len(keys), -1, dtype=np.int64)
+        for start, stop in self.domains.values():
+            part = self.ids[start:stop]
+            if len(part) and len(keys):
+                pos = np.minimum(np.searchsorted(part, wanted), len(part) - 1)
+                hit = (rows < 0) & (part[pos] == wanted) & (wanted != b"")
+                rows[hit] = start + pos[hit]
+        return rows
+
     def _lookup(self, wanted):
         """Row indices of item ids (bytes); unknown ids are an error."""
-        found, unknown = [], []
-        for value in wanted:
-            key = value if isinstance(value, bytes) else str(value).encode()
-            if not key:
-                continue
-            for start, stop in self.domains.values():
-                pos = start + int(np.searchsorted(self.ids[start:stop], key))
-                if pos < stop and self.ids[pos] == key:
-                    found.append(pos)
-                    break
-            else:
-                unknown.append(_text(key))
+        keys = [value if isinstance(value, bytes) else str(value).encode() for value in wanted]
+        keys = [key for key in keys if key]
+        rows = self._rows_of(keys)
+        unknown = [_text(key) for key, row in zip(keys, rows) if row < 0]
         if unknown and not self.skip_unknown:
             shown = ", ".join(map(repr, unknown[:5])) + (" …" if len(unknown) > 5 else "")
             raise RequestError(f"{len(unknown)} EXCLUDE id(s) not in the catalog: {shown}")
-        return np.array(found, dtype=np.int64)
+        return rows[rows >= 0]
 
     def _k(self, k, min_score, candidates, row):
         if k is None:
