@@ -170,7 +170,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "sampled for bookcrossing)")
     p.add_argument("--parts", action="store_true",
                    help="also train and measure the text-only and ID-only (SASRec) settings")
-    p.add_argument("--text-only", action="store_true", help="train the text-only setting")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--text-only", action="store_true", help="train the text-only setting")
+    only.add_argument("--ids-only", action="store_true",
+                      help="train the ID-only setting (SASRec: every item with a training like "
+                           "gets an ID vector, no text), saved and served like the others")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a HistoryConfig field (dim, layers, heads, max_len, dropout, "
                         "id_min_likes, epochs, batch_size, lr, weight_decay, negatives, seed)")
@@ -180,6 +184,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_of(args) -> HistoryConfig:
     cfg = HistoryConfig(use_ids=not args.text_only)
+    if getattr(args, "ids_only", False):
+        cfg = replace(cfg, use_text=False, id_min_likes=1)  # as the eval's SASRec row
     for item in args.set:
         name, sep, value = item.partition("=")
         if not sep or not hasattr(cfg, name) or name in ("use_text", "use_ids"):
