@@ -21,7 +21,19 @@ from towerlite.errors import TowerliteError
 
 
 class ServingError(TowerliteError):
-    """A request the server rejected, or a server that cannot be reached."""
+    """A request the server rejected, or a server that cannot be reached. `status`: the
+    server's status for a rejected request ("StatusCode.INVALID_ARGUMENT" over gRPC, "400" over
+    HTTP), None when there was no answer."""
+
+    def __init__(self, message: str, status: str | None = None):
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def caller_error(self) -> bool:
+        """The request's own mistake (gRPC INVALID_ARGUMENT, HTTP 4xx): retrying cannot help."""
+        return self.status is not None and (self.status == "StatusCode.INVALID_ARGUMENT"
+                                            or self.status.startswith("4"))
 
 
 @dataclass
@@ -90,7 +102,10 @@ class Client:
             else:
                 result = self._client.infer(model, inputs, outputs=wanted)
         except InferenceServerException as exc:
-            raise ServingError(self._explain(model, exc)) from None
+            message = self._explain(model, exc)
+            reached = not message.startswith("cannot reach")
+            raise ServingError(message, str(exc.status()) if reached and exc.status() else None) \
+                from None
         except (ConnectionError, OSError) as exc:
             raise ServingError(self._unreachable(exc)) from None
         return result

@@ -262,16 +262,18 @@ def test_history_errors_are_clear_and_unknown_ids_are_skipped(served_history, ml
         longer = max(ml_cases.item_ids, key=len) + "-but-longer"
         assert ask([longer, *history], k=5).skipped == [longer]
         assert not set(got.item_ids) & set(history)  # the history is left out
-        with pytest.raises(ServingError, match="it is empty"):
+        with pytest.raises(ServingError, match="it is empty") as err:
             ask([], k=5)
+        assert err.value.status == "StatusCode.INVALID_ARGUMENT"  # the caller's mistake, not a 500
         with pytest.raises(ServingError, match="no item of this catalog"):
             ask(["no-such-item"], k=5)
         with pytest.raises(ServingError, match="MAX_HISTORY"):
             ask(history * 5000, k=5)
         with pytest.raises(ServingError, match="K must be between"):
             ask(history, k=0)
-        with pytest.raises(ServingError, match="unknown domain"):
+        with pytest.raises(ServingError, match="unknown domain") as err:
             ask(history, k=5, domain="planets")
+        assert err.value.caller_error
         books = ask(history, k=3, domain="movie")
         assert books.domains == ["movie"] * 3
         assert client.ready()  # and the server still serves

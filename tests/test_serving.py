@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -398,7 +399,9 @@ BAD_REQUESTS = {
     "unknown domain": (dict(user_text="x", domain="music"), "unknown domain 'music'"),
     "unknown exclude id": (dict(user_text="x", exclude=["Heat (1995)", "no-such-item"]),
                            "1 EXCLUDE id(s) not in the catalog: 'no-such-item'"),
+    "NaN min_score": (dict(user_text="x", min_score=float("nan")), "MIN_SCORE is NaN"),
 }
+CALLER_ERROR = {"grpc": "StatusCode.INVALID_ARGUMENT", "http": "400"}  # not INTERNAL / 500
 
 
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
@@ -408,7 +411,18 @@ def test_bad_request_is_a_clear_error_and_the_server_keeps_serving(client, case)
         client.recommend(**kwargs)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+    assert err.value.status == CALLER_ERROR[client.protocol] and err.value.caller_error
     assert len(client.recommend("[movie] Heat (1995). Action|Crime|Thriller", k=3)) == 3
+
+
+def test_bad_requests_to_the_fused_model_over_http_are_400(server):
+    """The one combination the `client` fixture leaves out: recommend_fused over HTTP."""
+    with Client(server.http_url, "http", model="recommend_fused") as c:
+        for case, (kwargs, message) in BAD_REQUESTS.items():
+            with pytest.raises(ServingError, match=re.escape(message)) as err:
+                c.recommend(**kwargs)
+            assert err.value.status == "400", case
+        assert len(c.recommend("[movie] Heat (1995)", k=2)) == 2
 
 
 @pytest.mark.parametrize("case", ["TEXT as INT32", "K as FP32", "TEXT of the wrong shape",
@@ -435,8 +449,9 @@ def test_wrong_dtype_or_shape_is_a_clear_error(server, case):
                                                           "FP32")], "unexpected shape"),
     }[case]
     with tc.InferenceServerClient(server.grpc_url) as raw:
-        with pytest.raises(InferenceServerException, match=expected):
+        with pytest.raises(InferenceServerException, match=expected) as err:
             raw.infer(model, inputs)
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"  # Triton's own check: a 4xx too
     with Client(server.grpc_url) as c:
         assert len(c.recommend("[movie] Heat (1995)", k=2)) == 2
 

@@ -28,10 +28,11 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 
-def _error(message):
-    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)  # a caller's mistake: 400, not 500
-    text = f"history_encoder: {message}"
-    return pb_utils.TritonError(text) if code is None else pb_utils.TritonError(text, code)
+def caller_error(message):
+    """The request's own mistake: INVALID_ARGUMENT over gRPC, 400 over HTTP, also through an
+    ensemble (a bare TritonError is INTERNAL / 500: a server fault to retry, to page about)."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)  # absent before Triton 2.39
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
 
 
 class RequestError(ValueError):
@@ -112,7 +113,8 @@ class TritonPythonModel:
         responses = []
         for request, p in zip(requests, parsed):
             if isinstance(p, RequestError):
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_error(p)))
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[], error=caller_error(f"history_encoder: {p}")))
                 continue
             known, skipped, _ = p
             exclude = list(dict.fromkeys([k for k, _ in known] + p[2]))

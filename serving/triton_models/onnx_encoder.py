@@ -19,6 +19,13 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 
+def caller_error(message):
+    """The request's own mistake: INVALID_ARGUMENT over gRPC, 400 over HTTP, also through an
+    ensemble (a bare TritonError is INTERNAL / 500: a server fault to retry, to page about)."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)  # absent before Triton 2.39
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+
+
 def _session(path, options, device):
     if device not in ("cpu", "gpu"):
         raise ValueError(f"DEVICE must be cpu or gpu, not {device!r}")
@@ -59,7 +66,7 @@ class TritonPythonModel:
             ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy()
             mask = pb_utils.get_input_tensor_by_name(request, "attention_mask").as_numpy()
             if ids.shape != mask.shape:
-                results[i] = pb_utils.TritonError(
+                results[i] = caller_error(
                     f"input_ids {list(ids.shape)} and attention_mask {list(mask.shape)} differ")
             else:
                 inputs.append((i, ids, mask))
@@ -99,5 +106,5 @@ class TritonPythonModel:
     def _run_one(self, ids, mask):
         try:
             return self._run([(ids, mask)])[0]
-        except Exception as exc:  # onnxruntime's own message
-            return pb_utils.TritonError(f"encoder: {exc}")
+        except Exception as exc:  # onnxruntime's own message: this request's inputs alone
+            return caller_error(f"encoder: {exc}")  # fail (the batch without them ran)

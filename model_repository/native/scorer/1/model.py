@@ -35,6 +35,13 @@ import triton_python_backend_utils as pb_utils
 OPTIONS = ("K", "DOMAIN", "EXCLUDE", "MIN_SCORE")  # the optional inputs, in search()'s order
 
 
+def caller_error(message):
+    """The request's own mistake: INVALID_ARGUMENT over gRPC, 400 over HTTP, also through an
+    ensemble (a bare TritonError is INTERNAL / 500: a server fault to retry, to page about)."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)  # absent before Triton 2.39
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+
+
 class RequestError(ValueError):
     pass
 
@@ -188,6 +195,10 @@ class TritonPythonModel:
         emb = emb.reshape(-1, emb.shape[-1]).astype(np.float32, copy=False)
         if emb.shape[1] != self.dim:
             raise RequestError(f"EMBEDDING has {emb.shape[1]} values; the catalog's are {self.dim}-d")
+        if not np.isfinite(emb).all():
+            raise RequestError("EMBEDDING holds NaN or infinite values")
+        if min_score is not None and np.isnan(min_score).any():
+            raise RequestError("MIN_SCORE is NaN; send a number (or leave it out)")
         ranges = self._ranges(domain)
         excluded = self._lookup(exclude.reshape(-1)) if exclude is not None else None
         candidates = sum(stop - start for start, stop in ranges)
@@ -237,5 +248,5 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(output_tensors=self._run(request)))
             except RequestError as exc:
                 responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[], error=pb_utils.TritonError(f"scorer: {exc}")))
+                    output_tensors=[], error=caller_error(f"scorer: {exc}")))
         return responses

@@ -49,11 +49,6 @@ def _load(root, name, config, version=None):
     return model, module
 
 
-def _caller_error(message):
-    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)  # a caller's mistake: 400, not 500
-    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
-
-
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -73,6 +68,7 @@ class TritonPythonModel:
             self.scorer, scorer_module = _load(root, "scorer", own, param("SCORER_VERSION"))
         self.request_options = scorer_module.request_options
         self.request_error = scorer_module.RequestError
+        self.caller_error = scorer_module.caller_error  # INVALID_ARGUMENT / 400, as the steps'
 
     def execute(self, requests):
         results = self._history(requests) if self.history else self._text(requests)
@@ -85,7 +81,7 @@ class TritonPythonModel:
         raws = [pb_utils.get_input_tensor_by_name(r, "TEXT").as_numpy() for r in requests]
         for i, out in enumerate(self.tokenizer.tokenize_batch(raws)):
             if isinstance(out, ValueError):
-                results[i] = pb_utils.TritonError(f"tokenizer: {out}")
+                results[i] = self.caller_error(f"tokenizer: {out}")
             else:
                 tokens.append((i, *out))
         # every request's user text through the encoder in one batch, then each one's top-k
@@ -97,7 +93,7 @@ class TritonPythonModel:
             try:
                 results[i] = self.scorer.search(emb, *self.request_options(requests[i]))
             except self.request_error as exc:
-                results[i] = pb_utils.TritonError(f"scorer: {exc}")
+                results[i] = self.caller_error(f"scorer: {exc}")
         return results
 
     def _history(self, requests):
@@ -106,7 +102,7 @@ class TritonPythonModel:
             try:
                 parsed.append((i, *self.encoder._rows(request)))
             except self.encoder_error as exc:
-                results[i] = _caller_error(f"history_encoder: {exc}")
+                results[i] = self.caller_error(f"history_encoder: {exc}")
         # every request's history through the sequence model in one batch, then each one's top-k
         vectors = self.encoder._encode([[r for _, r in known] for _, known, _, _ in parsed]) \
             if parsed else []
@@ -118,5 +114,5 @@ class TritonPythonModel:
                 results[i] = self.scorer.search(vector, k, domain, exclude, min_score) + [
                     pb_utils.Tensor("SKIPPED", np.array([skipped], dtype=object).reshape(1, -1))]
             except self.request_error as exc:
-                results[i] = _caller_error(f"history_scorer: {exc}")
+                results[i] = self.caller_error(f"history_scorer: {exc}")
         return results

@@ -19,6 +19,13 @@ import triton_python_backend_utils as pb_utils
 from tokenizers import Tokenizer
 
 
+def caller_error(message):
+    """The request's own mistake: INVALID_ARGUMENT over gRPC, 400 over HTTP, also through an
+    ensemble (a bare TritonError is INTERNAL / 500: a server fault to retry, to page about)."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)  # absent before Triton 2.39
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+
+
 def _params(model_config):
     return {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
 
@@ -93,7 +100,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         raws = [pb_utils.get_input_tensor_by_name(r, "TEXT").as_numpy() for r in requests]
-        return [pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
+        return [pb_utils.InferenceResponse(output_tensors=[], error=caller_error(
                     f"tokenizer: {out}")) if isinstance(out, ValueError)
                 else pb_utils.InferenceResponse(output_tensors=[
                     pb_utils.Tensor("input_ids", out[0]), pb_utils.Tensor("attention_mask", out[1])])
