@@ -69,6 +69,10 @@ def add_deploy_arguments(p: argparse.ArgumentParser) -> None:
                    help="which flavor(s) to write (default both)")
     p.add_argument("--tensorrt", action="store_true",
                    help="native flavor: enable the TensorRT execution accelerator (FP16)")
+    p.add_argument("--native-kind", default="gpu", choices=["gpu", "cpu"],
+                   help="native flavor: encoder instances on the GPU (default; fp16 where the "
+                        "export has it) or the CPU (a CPU-only node; the portable variant, "
+                        "instances and threads)")
     p.add_argument("--index", default="auto", choices=["auto", "exact", "ivf"],
                    help="scorer search: exact, ivf (FAISS IVF-Flat beside the exact matrix; "
                         "recall@10 vs exact is measured and recorded) or auto (ivf from 100k "
@@ -116,7 +120,8 @@ def deploy_command(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise TowerliteError("--limit must be at least 1")
     flavors = FLAVORS if args.flavor == "both" else (args.flavor,)
-    spec = replace(RepositorySpec(), tensorrt=args.tensorrt, **spec_settings(args.spec))
+    spec = replace(RepositorySpec(), tensorrt=args.tensorrt, native_kind=args.native_kind,
+                   **spec_settings(args.spec))
     report = deploy(args.user_model, args.out, item_model=args.item_model, variant=args.variant,
                     item_variant=args.item_variant, native_variant=args.native_variant,
                     catalog=args.catalog, limit=args.limit, flavors=flavors,
@@ -128,6 +133,14 @@ def deploy_command(args: argparse.Namespace) -> int:
           f"{', '.join(report['repositories'].values())} in {report['seconds']} s")
     if "portable" in report["repositories"]:
         print(f"next: towerlite serve --repository {report['repositories']['portable']}")
+    if "native" in report["repositories"]:
+        from .deploy import container_command
+
+        kind = report["spec"]["native_kind"]
+        print(f"native flavor ({kind.upper()} encoders: {report['native_encoders']['user']}), "
+              "in the stock Triton container:\n"
+              + container_command(report["repositories"]["native"], kind,
+                                  bool(report.get("history_tower"))))
     return 0
 
 

@@ -80,18 +80,38 @@ def load_export(folder: str | Path, variant: str) -> EncoderExport:
 
 
 def native_export(folder: str | Path, requested: str | None, portable: EncoderExport,
-                  log=print) -> EncoderExport:
-    """The native flavor's encoder (GPU instances): the requested variant, else fp16 where the
-    export has it — on onnxruntime's CUDA provider int8_dynamic ran 3-10x slower than fp16, its
-    quantization steps left on the CPU (docs/benchmarks.md, GPU) — else the portable one."""
+                  log=print, kind: str = "gpu") -> EncoderExport:
+    """The native flavor's encoder: the requested variant; else on CPU instances the portable
+    one (int8_dynamic by default, as the portable flavor runs it); else on GPU instances fp16
+    where the export has it — on onnxruntime's CUDA provider int8_dynamic ran 3-10x slower than
+    fp16, its quantization steps left on the CPU (docs/benchmarks.md, GPU) — else the portable
+    one, with a warning."""
     if requested:
         return load_export(folder, requested)
+    if kind == "cpu":
+        return portable
     if (Path(folder) / VARIANT_FILES["fp16"]).is_file():
         return load_export(folder, "fp16")
     if portable.variant.startswith("int8"):
         log(f"native flavor: {Path(folder).name} has no fp16 variant, so its GPU encoders run "
             f"{portable.variant}, a CPU format (export --variants ...,fp16 for GPUs)")
     return portable
+
+
+# the python models' own imports, in the stock container's Python (it has numpy)
+CONTAINER_PACKAGES = ("tokenizers==0.22.2", "faiss-cpu==1.12.0")
+HISTORY_CONTAINER_PACKAGES = ("onnxruntime==1.31.1",)  # history_encoder runs its graph itself
+TRITON_CONTAINER = "nvcr.io/nvidia/tritonserver:24.10-py3"  # Triton 2.51, as the pip wheel
+
+
+def container_command(repository: str | Path, kind: str = "gpu", history: bool = False) -> str:
+    """The `docker run` line that serves a native repository in the stock NGC container, on a
+    GPU node (`--gpus all`) or a CPU-only one."""
+    packages = " ".join(CONTAINER_PACKAGES + (HISTORY_CONTAINER_PACKAGES if history else ()))
+    gpus = "--gpus all " if kind == "gpu" else ""
+    return (f"docker run --rm {gpus}--shm-size=1g -p 8000:8000 -p 8001:8001 -p 8002:8002 \\\n"
+            f"  -v \"{Path(repository).resolve()}:/models\" {TRITON_CONTAINER} \\\n"
+            f"  bash -c \"pip install {packages} && tritonserver --model-repository=/models\"")
 
 
 def _place(src: Path, dst: Path) -> None:
@@ -199,9 +219,9 @@ def deploy(user_model: str | Path, out: str | Path, *, item_model: str | Path | 
             raise TowerliteError(f"unknown flavor {flavor!r}; choose from {', '.join(FLAVORS)}")
     user = load_export(user_model, variant)
     item = load_export(item_model or user_model, item_variant or variant)
-    native = "native" in flavors
-    native_user = native_export(user_model, native_variant, user, log) if native else user
-    native_item = native_export(item_model or user_model, native_variant, item, log) \
+    native, kind = "native" in flavors, (spec or RepositorySpec()).native_kind
+    native_user = native_export(user_model, native_variant, user, log, kind) if native else user
+    native_item = native_export(item_model or user_model, native_variant, item, log, kind) \
         if native else item
     if user.dim != item.dim:
         raise TowerliteError(f"the user tower is {user.dim}-d and the item tower {item.dim}-d: "

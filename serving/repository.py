@@ -82,7 +82,9 @@ class RepositorySpec:
     # dynamic batching: the user path waits little (latency), the item path longer (throughput)
     user_queue_delay_us: int = 100
     item_queue_delay_us: int = 2000
-    # native flavor
+    # native flavor: encoders on GPU instances (fp16 by default), or CPU instances (a CPU-only
+    # node running the stock container; the portable flavor's variant, instances and threads)
+    native_kind: str = "gpu"
     gpu_instances: int = 1
     tensorrt: bool = False
     tensorrt_precision: str = "FP16"
@@ -185,9 +187,9 @@ def encoder_config(spec: RepositorySpec, name: str, flavor: str) -> str:
           _block("output", [_io("output", "sentence_embedding", "TYPE_FP32", [spec.dim],
                                 comment="L2-normalized inside the graph")])]
     preferred = [b for b in (4, 8, 16, 32) if b <= spec.max_batch_size]
+    instances = spec.user_encoder_instances if tower == "user" else spec.item_encoder_instances
+    threads = spec.user_encoder_threads if tower == "user" else spec.item_encoder_threads
     if flavor == "portable":
-        instances = spec.user_encoder_instances if tower == "user" else spec.item_encoder_instances
-        threads = spec.user_encoder_threads if tower == "user" else spec.item_encoder_threads
         return "\n".join([
             _header(name, f"{tower} tower: exported ONNX encoder run by onnxruntime inside a "
                     "python model (portable flavor)", backend="python",
@@ -203,12 +205,30 @@ def encoder_config(spec: RepositorySpec, name: str, flavor: str) -> str:
         trt = ("# TensorRT execution accelerator (deploy --tensorrt writes it uncommented); the "
                "length buckets\n# bound how many engine shapes it builds:\n"
                + "\n".join("# " + line for line in trt.splitlines()))
+    header = [_header(name, f"{tower} tower: exported ONNX encoder on Triton's onnxruntime "
+                      "backend (native flavor" + (", CPU)" if _native_kind(spec) == "cpu" else ")"),
+                      platform="onnxruntime_onnx", max_batch_size=spec.max_batch_size),
+              "default_model_filename: \"model.onnx\""]
+    if _native_kind(spec) == "cpu":
+        if spec.tensorrt:
+            raise TowerliteError("TensorRT is a GPU execution accelerator: not with native_kind cpu")
+        # the onnxruntime backend's session options: the portable flavor's instances × threads
+        # (2 × 1 user, 1 × 2 item on 2 cores), one inter-op thread and sequential execution (a
+        # transformer is a chain: parallel execution only adds threads that spin), the arena on
+        return "\n".join([
+            *header, *io, _dynamic(delay, preferred), _instances(instances, "KIND_CPU"),
+            _params({"intra_op_thread_count": threads, "inter_op_thread_count": 1,
+                     "execution_mode": 0, "enable_mem_arena": 1}),
+            _warmup(spec, flavor)]) + "\n"
     return "\n".join([
-        _header(name, f"{tower} tower: exported ONNX encoder on Triton's onnxruntime backend "
-                "(native flavor)", platform="onnxruntime_onnx", max_batch_size=spec.max_batch_size),
-        "default_model_filename: \"model.onnx\"",
-        *io, _dynamic(delay, preferred), _instances(spec.gpu_instances, "KIND_GPU"), trt,
+        *header, *io, _dynamic(delay, preferred), _instances(spec.gpu_instances, "KIND_GPU"), trt,
         _warmup(spec, flavor)]) + "\n"
+
+
+def _native_kind(spec: RepositorySpec) -> str:
+    if spec.native_kind not in ("cpu", "gpu"):
+        raise TowerliteError(f"native_kind must be cpu or gpu, not {spec.native_kind!r}")
+    return spec.native_kind
 
 
 def _device(spec: RepositorySpec) -> str:

@@ -38,7 +38,8 @@ N_MOVIES, N_BOOKS = 300, 200
 # repository description → config.pbtxt (no server)
 
 SPECS = {"default": RepositorySpec(),
-         "teacher_items_trt": replace(RepositorySpec(), dim=768, item_tokenizer=True, tensorrt=True)}
+         "teacher_items_trt": replace(RepositorySpec(), dim=768, item_tokenizer=True, tensorrt=True),
+         "native_cpu": replace(RepositorySpec(), native_kind="cpu")}
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)
@@ -60,7 +61,17 @@ def test_every_config_parses_as_model_config(flavor, spec_name):
         enc = parsed[name]
         assert enc.HasField("dynamic_batching") and len(enc.model_warmup) == 1
         assert enc.output[0].dims == [spec.dim]
-        if flavor == "native":
+        if flavor == "native" and spec.native_kind == "cpu":  # a CPU-only node
+            assert enc.platform == "onnxruntime_onnx" and enc.default_model_filename == "model.onnx"
+            group = enc.instance_group[0]
+            assert group.kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+            user = name == "user_encoder"
+            assert group.count == (spec.user_encoder_instances if user else spec.item_encoder_instances)
+            assert enc.parameters["intra_op_thread_count"].string_value == str(
+                spec.user_encoder_threads if user else spec.item_encoder_threads)
+            assert enc.parameters["execution_mode"].string_value == "0"  # sequential
+            assert not enc.optimization.execution_accelerators.gpu_execution_accelerator
+        elif flavor == "native":
             assert enc.platform == "onnxruntime_onnx" and enc.default_model_filename == "model.onnx"
             assert enc.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
             accel = enc.optimization.execution_accelerators.gpu_execution_accelerator
@@ -633,6 +644,88 @@ def test_native_flavor_takes_fp16_where_the_export_has_it(exported, tmp_path):
     assert len(said) == 1
 
 
+def test_native_cpu_kind_keeps_the_portable_variant_and_says_how_to_start_it(exported, tmp_path):
+    from serving.deploy import container_command, load_export, native_export
+
+    portable = load_export(exported, "int8_dynamic")
+    said = []
+    assert native_export(exported, None, portable, said.append, kind="cpu") is portable
+    assert native_export(exported, "fp32", portable, said.append, kind="cpu").variant == "fp32"
+    assert not said  # int8 on CPU instances is no warning
+    with pytest.raises(TowerliteError, match="native_kind must be cpu or gpu"):
+        model_configs(replace(RepositorySpec(), native_kind="tpu"), "native")
+    with pytest.raises(TowerliteError, match="TensorRT"):
+        model_configs(replace(RepositorySpec(), native_kind="cpu", tensorrt=True), "native")
+    cpu, gpu = container_command(tmp_path, "cpu"), container_command(tmp_path, "gpu", history=True)
+    assert "--gpus" not in cpu and "--gpus all" in gpu
+    assert "tokenizers==" in cpu and "faiss-cpu==" in cpu and "onnxruntime==" not in cpu
+    assert "onnxruntime==" in gpu  # history_encoder runs its own graph
+    assert f"{tmp_path.resolve()}:/models" in cpu
+
+
+def test_native_cpu_settings_rank_like_the_portable_path(exported, deployed, items):
+    """The native CPU encoder's file, run in-process with the session settings its config gives
+    and padded to the native tokenizer's buckets, against the portable path (padded to its own
+    buckets) on 40 real user texts. fp32 ranks alike to the float; dynamic int8 quantizes each
+    activation tensor with one scale, so padding moves it: measured here and bounded."""
+    import onnxruntime as ort
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from export.runtime import OnnxEncoder
+    from towerlite.data import user_histories, user_text
+
+    out, report = deployed
+    spec = replace(RepositorySpec.from_json(report["spec"]), native_kind="cpu")
+    configs = {n: text_format.Parse(t, model_config_pb2.ModelConfig())
+               for n, t in model_configs(spec, "native").items()}
+    params = {k: v.string_value for k, v in configs["user_encoder"].parameters.items()}
+    native_buckets = [int(b) for b in configs["tokenizer"].parameters["BUCKETS"].string_value.split(",")]
+    portable_buckets = report["spec"]["buckets"]
+    emb, _, _ = cat.read_catalog(out / "portable" / "scorer" / "1" / "catalog")
+    frame, movies = items
+    by_id = {r["item_id"]: r for r in frame.to_dict("records")}
+    texts = [user_text([by_id[i] for i in h if i in by_id], max_items=10)
+             for h in user_histories(movies.interactions, min_rating=movies.positive_threshold).values()
+             if sum(i in by_id for i in h) >= 3][:40]
+    assert len(texts) == 40
+
+    def vectors(onnx, session, buckets):
+        encoder = OnnxEncoder(onnx, max_length=128)
+        out = []
+        for tokens in encoder.token_ids(texts):
+            width = next(b for b in buckets if len(tokens) <= b)
+            ids, mask = np.zeros((1, width), np.int64), np.zeros((1, width), np.int64)
+            ids[0, :len(tokens)], mask[0, :len(tokens)] = tokens, 1
+            out.append(session.run(None, {"input_ids": ids, "attention_mask": mask})[0][0])
+        return np.array(out)
+
+    def top10(users):
+        return [set(np.argsort(-(np.asarray(emb) @ u), kind="stable")[:10]) for u in users]
+
+    opts = ort.SessionOptions()  # what the native config tells the onnxruntime backend
+    opts.intra_op_num_threads = int(params["intra_op_thread_count"])
+    opts.inter_op_num_threads = int(params["inter_op_thread_count"])
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL if params["execution_mode"] == "0" \
+        else ort.ExecutionMode.ORT_PARALLEL
+    opts.enable_cpu_mem_arena = params["enable_mem_arena"] == "1"
+    for variant in ("fp32", "int8_dynamic"):
+        onnx = exported / ("model.onnx" if variant == "fp32" else "model_int8_dynamic.onnx")
+        native = vectors(onnx, ort.InferenceSession(str(onnx), opts, providers=["CPUExecutionProvider"]),
+                         native_buckets)
+        portable = vectors(onnx, ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"]),
+                           portable_buckets)
+        overlap = np.mean([len(a & b) / 10 for a, b in zip(top10(native), top10(portable))])
+        cosine = np.sum(native * portable, axis=1)
+        print(f"native cpu vs portable, {variant}: cosine min {cosine.min():.4f}, "
+              f"top-10 overlap {overlap:.3f}")
+        if variant == "fp32":
+            np.testing.assert_allclose(native, portable, atol=1e-5)
+            assert overlap >= 0.99, overlap
+        else:  # measured 2026-11-30 (AVX2, no VNNI): cosine ≥ 0.991, top-10 overlap 0.970
+            assert cosine.min() >= 0.95 and overlap >= 0.7, (cosine.min(), overlap)
+
+
 def test_deploy_report_says_which_tower_ran_which_model(deployed):
     out, report = deployed
     saved = json.loads((out / "deploy_report.json").read_text())
@@ -643,6 +736,23 @@ def test_deploy_report_says_which_tower_ran_which_model(deployed):
     for flavor in FLAVORS:
         validate_repository(out / flavor)
     assert not list(out.glob(".*.staging"))
+
+
+def test_cli_deploy_native_cpu_says_how_to_start_it(exported, tmp_path):
+    from tritonclient.grpc import model_config_pb2
+
+    done = subprocess.run([sys.executable, "-m", "towerlite", "deploy", "--user-model",
+                           str(exported), "--limit", "10", "--flavor", "native", "--native-kind",
+                           "cpu", "--out", str(tmp_path / "repo")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "native flavor (CPU encoders: int8_dynamic)" in done.stdout
+    assert "docker run --rm --shm-size=1g" in done.stdout and "--gpus" not in done.stdout
+    assert f"{(tmp_path / 'repo' / 'native').resolve()}:/models" in done.stdout
+    config = parse_config((tmp_path / "repo" / "native" / "user_encoder" / "config.pbtxt").read_text())
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    report = json.loads((tmp_path / "repo" / "deploy_report.json").read_text())
+    assert report["native_encoders"]["user"] == "int8_dynamic"
 
 
 def test_cli_deploy_then_serve_until_sigterm(exported, tmp_path):
