@@ -160,8 +160,31 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                         "(anyone who reaches the ports can otherwise load and unload models)")
 
 
+def _restart_dead_stubs(watch, model_control: str, warned: set) -> None:
+    """A python stub that died leaves its model READY and failing a request a second: reload
+    it (explicit model control), or say so once (none)."""
+    try:
+        dead = watch.dead()
+    except Exception:  # noqa: BLE001  (a server going down: the liveness check reports it)
+        return
+    for model in dead:
+        if model_control != "explicit":
+            if model not in warned:
+                warned.add(model)
+                print(f"warning: a python stub of {model} died; with model control none it "
+                      "cannot be restarted: restart the server", file=sys.stderr, flush=True)
+            continue
+        try:
+            seconds = watch.restart(model)
+            print(f"a python stub of {model} died; reloaded {model} ({seconds:.1f} s)",
+                  file=sys.stderr, flush=True)
+        except Exception as exc:  # noqa: BLE001  (reported; the loop keeps watching)
+            print(f"a python stub of {model} died and reloading it failed: {exc}",
+                  file=sys.stderr, flush=True)
+
+
 def serve_command(args: argparse.Namespace) -> int:
-    from .triton import launch
+    from .triton import StubWatch, launch
 
     repository = args.repository
     if (repository / "portable").is_dir() and not (repository / "scorer").is_dir():
@@ -187,12 +210,14 @@ def serve_command(args: argparse.Namespace) -> int:
               f"  memory   {server.rss_bytes() / (1 << 20):,.0f} MB RSS "
               f"({server.pss_bytes() / (1 << 20):,.0f} MB PSS)\n"
               "Ctrl-C stops it.", flush=True)
-        while not stop.wait(0.5):
+        watch, warned = StubWatch(server), set()
+        while not stop.wait(1.0):
             if not server.alive():
                 from .triton import explain_log
 
                 raise TowerliteError(f"tritonserver exited (code {server.process.returncode}):\n  "
                                      f"{explain_log(server.log_text())}\n  log: {server.log_path}")
+            _restart_dead_stubs(watch, args.model_control, warned)
         print("stopping Triton …", file=sys.stderr, flush=True)
     finally:
         server.stop()

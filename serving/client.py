@@ -106,6 +106,8 @@ class Client:
             reached = not message.startswith("cannot reach")
             raise ServingError(message, str(exc.status()) if reached and exc.status() else None) \
                 from None
+        except TimeoutError as exc:  # HTTP: the socket's timeout
+            raise ServingError(self._explain(model, f"timed out ({exc})")) from None
         except (ConnectionError, OSError) as exc:
             raise ServingError(self._unreachable(exc)) from None
         return result
@@ -120,9 +122,14 @@ class Client:
         prefix = f"in ensemble '{model}', "
         msg = msg[len(prefix):] if msg.startswith(prefix) else msg
         low = msg.lower()
+        if "deadline exceeded" in low or "timed out" in low:
+            # the server may be up and busy: not "cannot reach" (scripts/faults.py, deadline)
+            return (f"{model}: no answer within the client's deadline of {self.timeout_s:g} s "
+                    f"({msg}): the server is busy, or the deadline is shorter than the service "
+                    "time")
         if any(s in low for s in ("unavailable", "connection refused", "failed to connect",
-                                  "connect failed", "deadline exceeded", "broken pipe",
-                                  "name resolution", "socket closed")):
+                                  "connect failed", "broken pipe", "name resolution",
+                                  "socket closed")):
             return self._unreachable(msg)
         return f"{model}: {msg}"
 

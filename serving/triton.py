@@ -237,6 +237,79 @@ class TritonServer:
             proc.wait(10)
 
 
+    def stub_models(self) -> dict[int, str]:
+        """{pid: model name} of the server's python-backend stub processes (one per instance;
+        a fused model's stub runs its steps' code in-process, under the fused model's name)."""
+        out = {}
+        for pid in _children(self.process.pid) if self.alive() else []:
+            with contextlib.suppress(OSError):
+                args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                path = next((a for a in args if a.endswith(b"model.py")), None)
+                if path:
+                    out[pid] = Path(path.decode()).parts[-3]  # MODEL/VERSION/model.py
+        return out
+
+
+class StubWatch:
+    """Notices python-backend stubs that died while the server lives, and restarts them.
+
+    Measured with Triton 2.51 (scripts/faults.py, docs/serving.md): after a stub is killed the
+    server keeps reporting the model READY, never restarts the stub, and every request the
+    scheduler hands that instance fails after about 1 s with INTERNAL "Stub process … is not
+    healthy" — about one request a second, for as long as the server runs. A plain load_model
+    does nothing (the files are unchanged); a load with a changed config makes Triton build new
+    instances and swap them in, the healthy ones answering meanwhile."""
+
+    def __init__(self, server: TritonServer):
+        self.server = server
+        self.instances: dict[str, int] = {}  # model → configured instances (= its stubs)
+        self.suspect: set[str] = set()
+        self.restarts = 0
+        with self._client() as client:  # every loaded python model, even one whose stubs die
+            for entry in client.get_model_repository_index(as_json=True).get("models", []):
+                if entry.get("state") == "READY":
+                    self._register(client, entry["name"])
+
+    def _client(self):
+        import tritonclient.grpc as grpcclient
+
+        return grpcclient.InferenceServerClient(self.server.grpc_url)
+
+    def _register(self, client, model: str) -> None:
+        config = client.get_model_config(model, as_json=True).get("config", {})
+        if config.get("backend") == "python":
+            self.instances[model] = sum(int(g.get("count", 1))
+                                        for g in config.get("instance_group", [])) or 1
+
+    def dead(self) -> list[str]:
+        """Ready models with fewer live stubs than configured instances, twice in a row (a
+        reload briefly runs old and new stubs side by side, never fewer)."""
+        live: dict[str, int] = {}
+        for model in self.server.stub_models().values():
+            live[model] = live.get(model, 0) + 1
+        short = []
+        with self._client() as client:
+            for model in set(live) - set(self.instances):  # loaded since
+                self._register(client, model)
+            for model in self.instances:
+                if live.get(model, 0) < self.instances[model] and client.is_model_ready(model):
+                    short.append(model)
+        found = [m for m in short if m in self.suspect]
+        self.suspect = set(short) - set(found)
+        return found
+
+    def restart(self, model: str) -> float:
+        """Reload `model` with a config Triton sees as changed; seconds until it is ready."""
+        self.restarts += 1
+        t0 = time.perf_counter()
+        with self._client() as client:
+            config = client.get_model_config(model, as_json=True).get("config", {})
+            config.setdefault("parameters", {})["TOWERLITE_STUB_RESTART"] = {
+                "string_value": str(self.restarts)}
+            client.load_model(model, config=json.dumps(config))
+        return time.perf_counter() - t0
+
+
 def _children(pid: int) -> list[int]:
     out = []
     with contextlib.suppress(OSError):

@@ -6,6 +6,7 @@ MovieLens and Book-Crossing catalogs. One server for the module."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import re
@@ -534,6 +535,21 @@ def test_concurrent_requests_all_succeed_and_batch_across_lengths(server, users,
     assert same >= 0.75, same
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_deadline_shorter_than_the_service_is_not_called_unreachable(server, protocol):
+    """A busy server is not a missing one: the client's own deadline gets its own message
+    (scripts/faults.py measured these fail within 5 ms of a 1 ms deadline)."""
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    with Client(url, protocol, timeout_s=0.001) as c:
+        t0 = time.perf_counter()
+        with pytest.raises(ServingError, match="no answer within the client's deadline") as err:
+            c.recommend("[movie] Heat (1995). Action|Crime|Thriller " * 20, k=5)
+        assert "cannot reach" not in str(err.value) and not err.value.caller_error
+        assert time.perf_counter() - t0 < 2.0  # fails fast, no hang
+    with Client(server.grpc_url) as c:
+        assert len(c.recommend("[movie] Heat (1995)", k=2)) == 2
+
+
 def test_server_down_is_one_clear_line():
     from serving.triton import free_port
 
@@ -755,6 +771,18 @@ def test_cli_deploy_native_cpu_says_how_to_start_it(exported, tmp_path):
     assert report["native_encoders"]["user"] == "int8_dynamic"
 
 
+def _stub_pids(root: int, model: str) -> list[int]:
+    """Live python-backend stubs of `model` below process `root`."""
+    from serving.triton import _children
+
+    pids = []
+    for pid in _children(root):
+        with contextlib.suppress(OSError):
+            if f"/{model}/".encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.append(pid)
+    return pids
+
+
 def test_cli_deploy_then_serve_until_sigterm(exported, tmp_path):
     out = tmp_path / "repo"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -783,9 +811,22 @@ def test_cli_deploy_then_serve_until_sigterm(exported, tmp_path):
         grpc = next(ln.split()[-1] for ln in lines if ln.strip().startswith("gRPC"))
         with Client(grpc) as c:
             assert len(c.recommend("[movie] Toy Story (1995)", k=3)) == 3
+        # a python stub killed: Triton 2.51 leaves the model READY and failing; serve reloads it
+        (victim,) = _stub_pids(proc.pid, "scorer")
+        os.kill(victim, signal.SIGKILL)
+        recovered, deadline = None, time.monotonic() + 60
+        with Client(grpc, timeout_s=10) as c:
+            while recovered is None and time.monotonic() < deadline:
+                with contextlib.suppress(ServingError):
+                    if len(c.recommend("[movie] Toy Story (1995)", k=3)) == 3:
+                        recovered = time.monotonic()
+                time.sleep(0.2)
+        assert recovered is not None, "the scorer never answered again after its stub was killed"
+        assert _stub_pids(proc.pid, "scorer") and victim not in _stub_pids(proc.pid, "scorer")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-        assert "stopped" in proc.stderr.read()
+        err = proc.stderr.read()
+        assert "stopped" in err and "a python stub of scorer died; reloaded scorer" in err
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,0 +1,286 @@
+"""Faults against a real Triton server under load: what clients see, and whether it recovers.
+
+    python scripts/faults.py --repository runs/repo-history2/portable --out runs/faults
+
+Each fault runs against a fresh server on the repository, under a steady load of
+`--concurrency` client threads (towerlite's Client over gRPC, held-out MovieLens users, each
+request bounded by `--timeout` seconds):
+
+    stub_kill       SIGKILL the python-backend stub of one model instance (`--stub-model`,
+                    default scorer) mid-load
+    server_restart  SIGKILL the server (and its stubs), start it again on the same ports, the
+                    load running throughout
+    deadline        requests whose client deadline (`--deadline-ms`) is shorter than the
+                    service time, at the same concurrency; then a normal request, to see
+                    whether the server piled up the abandoned work
+
+Per fault: requests, errors, their messages, the longest request (a hang would show here), the
+time from the fault to the first success and to a clean stretch, and the server's view
+(model readiness, stub processes before and after). Writes OUT/faults.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from serving.bench.inputs import held_out_histories, held_out_texts  # noqa: E402
+from serving.client import Client, ServingError  # noqa: E402
+from serving.cli import _restart_dead_stubs  # noqa: E402
+from serving.triton import StubWatch, launch  # noqa: E402
+from towerlite.files import write_json_atomic  # noqa: E402
+from towerlite.machine import cpu_info  # noqa: E402
+
+
+class Load:
+    """`threads` clients sending requests in a loop; every outcome recorded with its time."""
+
+    def __init__(self, url: str, model: str, requests: list, threads: int, timeout_s: float):
+        self.url, self.model, self.requests = url, model, requests
+        self.timeout_s, self.threads = timeout_s, threads
+        self.records: list[tuple[float, float, str | None]] = []  # (start, seconds, error)
+        self.stop_event = threading.Event()
+        self.lock = threading.Lock()
+        self.workers = [threading.Thread(target=self._run, args=(i,), daemon=True)
+                        for i in range(threads)]
+
+    def _send(self, client: Client, request):
+        if isinstance(request, list):
+            return client.recommend_history(request, k=10, model=self.model)
+        return client.recommend(request, k=10)
+
+    def _run(self, worker: int) -> None:
+        i = worker
+        client = Client(self.url, timeout_s=self.timeout_s, model=self.model)
+        while not self.stop_event.is_set():
+            t0 = time.perf_counter()
+            error = None
+            try:
+                self._send(client, self.requests[i % len(self.requests)])
+            except ServingError as exc:
+                error = f"{exc.status or 'no answer'}: {str(exc)[:160]}"
+                client.close()
+                client = Client(self.url, timeout_s=self.timeout_s, model=self.model)
+            with self.lock:
+                self.records.append((t0, time.perf_counter() - t0, error))
+            if error:
+                time.sleep(0.05)  # a failing client backs off a little, as a real one would
+            i += self.threads
+        client.close()
+
+    def __enter__(self) -> Load:
+        for w in self.workers:
+            w.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_event.set()
+        for w in self.workers:
+            w.join(self.timeout_s + 5)
+
+    def summary(self, fault_at: float | None = None) -> dict:
+        records = sorted(self.records)
+        errors = [r for r in records if r[2]]
+        out = {"requests": len(records), "errors": len(errors),
+               "longest_request_s": round(max((r[1] for r in records), default=0.0), 3),
+               "error_kinds": dict(Counter(e[2].split(": ", 1)[0] + ": " + _kind(e[2])
+                                           for e in errors).most_common(6)),
+               "first_errors": sorted({e[2] for e in errors})[:3]}
+        if fault_at is not None:
+            after = [r for r in records if r[0] >= fault_at]
+            ok_after = [r for r in after if not r[2]]
+            last_error = max((r[0] + r[1] for r in after if r[2]), default=None)
+            out.update({
+                "errors_after_fault": sum(1 for r in after if r[2]),
+                "first_success_after_fault_s": round(ok_after[0][0] + ok_after[0][1] - fault_at, 2)
+                if ok_after else None,
+                "last_error_after_fault_s": None if last_error is None
+                else round(last_error - fault_at, 2),
+                "served_after_last_error": sum(1 for r in after if not r[2] and last_error
+                                               is not None and r[0] > last_error)})
+        return out
+
+
+def _kind(message: str) -> str:
+    low = message.lower()
+    for key in ("not healthy", "stub", "cannot reach", "deadline", "unavailable", "timeout",
+                "timed out", "not ready", "unknown model", "cancelled"):
+        if key in low:
+            return key
+    return message.split(": ", 2)[-1][:60]
+
+
+def readiness(url: str, models: list[str]) -> dict[str, bool]:
+    import tritonclient.grpc as tc
+
+    try:
+        with tc.InferenceServerClient(url) as c:
+            return {m: bool(c.is_model_ready(m)) for m in models}
+    except Exception:  # noqa: BLE001  (a dead server is "not ready")
+        return {m: False for m in models}
+
+
+def stub_kill(args, requests) -> dict:
+    server = launch(args.repository, log_path=args.out / "triton-stub_kill.log")
+    try:
+        before = server.stub_models()
+        victim = next(pid for pid, model in before.items() if model == args.stub_model)
+        watch, done = StubWatch(server), threading.Event()
+
+        def watching():  # what `towerlite serve` does every second
+            while not done.wait(1.0):
+                _restart_dead_stubs(watch, "explicit", set())
+
+        watcher = threading.Thread(target=watching, daemon=True)
+        with Load(server.grpc_url, args.model, requests, args.concurrency, args.timeout) as load:
+            if args.watch_stubs:
+                watcher.start()
+            time.sleep(args.settle)
+            fault_at = time.perf_counter()
+            os.kill(victim, signal.SIGKILL)
+            ready = []
+            for _ in range(int(args.watch / 0.5)):
+                time.sleep(0.5)
+                ready.append(readiness(server.grpc_url, [args.stub_model, args.model]))
+        done.set()
+        after = server.stub_models()
+        return {"fault": f"SIGKILL the {args.stub_model} stub (pid {victim}) under load"
+                         + (", stubs watched as `towerlite serve` does" if args.watch_stubs else ""),
+                **load.summary(fault_at), "server_alive": server.alive(),
+                "stub_pids_before": sorted(p for p, m in before.items() if m == args.stub_model),
+                "stub_pids_after": sorted(p for p, m in after.items() if m == args.stub_model),
+                "readiness_samples_not_ready": sum(1 for r in ready if not all(r.values())),
+                "ready_at_end": ready[-1] if ready else None,
+                "log_lines": [line for line in server.log_text().splitlines()
+                              if "stub" in line.lower() or "unhealthy" in line.lower()][:6]}
+    finally:
+        server.stop()
+
+
+def server_restart(args, requests) -> dict:
+    log = args.out / "triton-server_restart.log"
+    server = launch(args.repository, log_path=log)
+    ports = {"http_port": server.http_port, "grpc_port": server.grpc_port,
+             "metrics_port": server.metrics_port}
+    try:
+        with Load(server.grpc_url, args.model, requests, args.concurrency, args.timeout) as load:
+            time.sleep(args.settle)
+            fault_at = time.perf_counter()
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait(10)
+            time.sleep(2)  # down for a moment, as a crashed pod is
+            restart_at = time.perf_counter()
+            server = launch(args.repository, log_path=log, **ports)
+            ready_s = time.perf_counter() - restart_at
+            time.sleep(args.watch)
+        summary = load.summary(fault_at)
+        return {"fault": "SIGKILL the server (process group) under load, restart on the same ports",
+                **summary, "restart_ready_s": round(ready_s, 2),
+                "first_success_after_restart_ready_s": None
+                if summary["first_success_after_fault_s"] is None
+                else round(summary["first_success_after_fault_s"] - (restart_at - fault_at)
+                           - ready_s, 2)}
+    finally:
+        server.stop()
+
+
+def deadline(args, requests) -> dict:
+    import tritonclient.grpc as tc
+
+    server = launch(args.repository, log_path=args.out / "triton-deadline.log")
+    try:
+        def stats():
+            with tc.InferenceServerClient(server.grpc_url) as c:
+                s = c.get_inference_statistics(args.model, as_json=True)["model_stats"][0]
+                return int(s.get("inference_count", 0))
+
+        baseline = Load(server.grpc_url, args.model, requests, 1, args.timeout)
+        with baseline:
+            time.sleep(3)
+        normal_s = sorted(r[1] for r in baseline.records if not r[2])
+        before = stats()
+        short = Load(server.grpc_url, args.model, requests, args.concurrency,
+                     args.deadline_ms / 1000)
+        with short:
+            time.sleep(args.watch)
+        sent = len(short.records)
+        t_end = time.perf_counter()
+        executed_by_end = stats() - before
+        time.sleep(3)
+        executed_later = stats() - before
+        probe = Load(server.grpc_url, args.model, requests, 1, args.timeout)
+        with probe:
+            time.sleep(3)
+        after_s = sorted(r[1] for r in probe.records if not r[2])
+        fail_s = sorted(r[1] for r in short.records if r[2])
+        return {"fault": f"client deadline {args.deadline_ms} ms, below the service time, "
+                         f"{args.concurrency} clients for {args.watch} s",
+                **short.summary(), "normal_p50_s": _p(normal_s, 50),
+                "failed_request_p50_s": _p(fail_s, 50), "failed_request_max_s": _p(fail_s, 100),
+                "sent": sent, "executed_by_the_server_by_the_end": executed_by_end,
+                "executed_3s_later": executed_later,
+                "settle_s": round(time.perf_counter() - t_end, 1),
+                "normal_p50_s_after": _p(after_s, 50), "normal_requests_after": len(after_s)}
+    finally:
+        server.stop()
+
+
+def _p(values: list[float], q: int) -> float | None:
+    if not values:
+        return None
+    return round(values[min(len(values) - 1, int(len(values) * q / 100))], 4)
+
+
+FAULTS = {"stub_kill": stub_kill, "server_restart": server_restart, "deadline": deadline}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repository", type=Path, required=True, help="a portable flavor folder")
+    p.add_argument("--model", default="recommend_history_fused",
+                   help="the model under load (a HISTORY model or a TEXT one)")
+    p.add_argument("--stub-model", default="history_scorer",
+                   help="stub_kill: whose python stub to kill")
+    p.add_argument("--faults", default=",".join(FAULTS))
+    p.add_argument("--watch-stubs", action="store_true",
+                   help="stub_kill: restart dead stubs as `towerlite serve` does (serving.triton."
+                        "StubWatch); without it, what the bare server does")
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds a request may take")
+    p.add_argument("--deadline-ms", type=float, default=1.0)
+    p.add_argument("--settle", type=float, default=3.0, help="seconds of load before the fault")
+    p.add_argument("--watch", type=float, default=15.0, help="seconds of load after it")
+    p.add_argument("--out", type=Path, default=Path("runs/faults"))
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    history = "history" in args.model
+    requests = [h for h, _ in held_out_histories("movielens", 200)] if history else \
+        [t for t, _ in held_out_texts("movielens", 200)]
+    results = {}
+    for name in args.faults.split(","):
+        print(f"fault {name} …", file=sys.stderr)
+        results[name] = FAULTS[name](args, requests)
+        print(json.dumps(results[name], indent=1), file=sys.stderr)
+    report = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "repository": str(args.repository),
+              "model": args.model, "concurrency": args.concurrency, "timeout_s": args.timeout,
+              "machine": cpu_info(), "faults": results}
+    write_json_atomic(args.out / "faults.json", report)
+    print(f"{'fault':<16} {'requests':>8} {'errors':>7} {'longest s':>9} {'1st ok after s':>14}")
+    for name, r in results.items():
+        print(f"{name:<16} {r['requests']:>8} {r['errors']:>7} {r['longest_request_s']:>9} "
+              f"{str(r.get('first_success_after_fault_s', '-')):>14}")
+    print(f"report: {args.out / 'faults.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
