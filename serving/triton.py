@@ -33,6 +33,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -310,6 +311,15 @@ class StubWatch:
         return time.perf_counter() - t0
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when its parent dies (Linux PR_SET_PDEATHSIG, kept
+    across exec; `nice` execs into the server)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def _children(pid: int) -> list[int]:
     out = []
     with contextlib.suppress(OSError):
@@ -363,8 +373,13 @@ def launch(repository: str | Path, *, host: str = "127.0.0.1", http_port: int | 
         cmd = ["nice", "-n", str(nice), *cmd]
     log = open(log_path, "wb")  # noqa: SIM115  (the child keeps writing it)
     try:
+        # started from the main thread (all of towerlite's callers), the server dies with its
+        # parent: a SIGKILLed `towerlite serve` or test run otherwise leaves an orphaned Triton
+        # holding its ports and memory (it happened: a killed test's server ran on for an hour)
+        main = threading.current_thread() is threading.main_thread()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(),
-                                start_new_session=True)
+                                start_new_session=True,
+                                preexec_fn=_die_with_parent if main else None)
     except OSError as exc:
         log.close()
         raise TowerliteError(f"cannot run tritonserver: {exc}") from exc

@@ -26,6 +26,7 @@ from serving import catalog as cat
 from serving.client import Client, ServingError
 from serving.repository import (FLAVORS, MODEL_CODE, RepositorySpec, model_configs, parse_config,
                                 validate_repository, write_code)
+from serving.triton import _children
 from towerlite.errors import TowerliteError
 
 # faiss's SWIG bindings warn on import under Python 3.11+
@@ -773,8 +774,6 @@ def test_cli_deploy_native_cpu_says_how_to_start_it(exported, tmp_path):
 
 def _stub_pids(root: int, model: str) -> list[int]:
     """Live python-backend stubs of `model` below process `root`."""
-    from serving.triton import _children
-
     pids = []
     for pid in _children(root):
         with contextlib.suppress(OSError):
@@ -827,6 +826,21 @@ def test_cli_deploy_then_serve_until_sigterm(exported, tmp_path):
         assert proc.wait(60) == 0
         err = proc.stderr.read()
         assert "stopped" in err and "a python stub of scorer died; reloaded scorer" in err
+        # SIGKILLed, `towerlite serve` cannot stop its server: the server goes by itself
+        proc = subprocess.Popen([sys.executable, "-m", "towerlite", "serve", "--repository",
+                                 str(out)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True, env=env)
+        while not proc.stdout.readline().startswith("Ctrl-C"):
+            assert proc.poll() is None, "serve exited"
+        (triton,) = [p for p in _children(proc.pid) if b"tritonserver" in
+                     Path(f"/proc/{p}/cmdline").read_bytes()]
+        proc.kill()
+        proc.wait(10)
+        gone = time.monotonic() + 30
+        while Path(f"/proc/{triton}").exists() and time.monotonic() < gone:
+            time.sleep(0.2)
+        assert not Path(f"/proc/{triton}").exists() or \
+            "Z" in Path(f"/proc/{triton}/stat").read_text().split()[2], "an orphaned Triton"
     finally:
         if proc.poll() is None:
             proc.kill()
