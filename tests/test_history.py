@@ -292,6 +292,17 @@ def test_deploy_report_and_repository_name_the_history_tower(served_history):
     assert configs["history_scorer"].input[0].dims == [tower.config.dim]
 
 
+def test_deploy_knows_which_item_towers_give_the_trained_vectors(exported):
+    """A tower trained on the PyTorch student start reads the same vectors from its fp32 export
+    (no warning at deploy), not from the int8 one (whose rows depend on their batch)."""
+    from serving.deploy import _same_item_vectors, load_export
+
+    fp32, int8 = load_export(exported, "fp32"), load_export(exported, "int8_dynamic")
+    assert _same_item_vectors("student-start", fp32) and not _same_item_vectors("student-start", int8)
+    assert _same_item_vectors(f"{exported}:int8_dynamic", int8)
+    assert not _same_item_vectors(f"{exported}-elsewhere:fp32", fp32)
+
+
 def test_eval_ranks_a_saved_tower_and_the_demo_check_agrees(served_history, ml_cases, tmp_path):
     """`towerlite eval --history-model` ranks the saved tower as `serving.quality.sequential.saved`
     does, and `served_agreement` (the demo's through-Triton check) finds the server agreeing."""
