@@ -108,10 +108,12 @@ class TritonPythonModel:
             if parsed else []
         for (i, known, skipped, extra), vector in zip(parsed, vectors):
             k, domain, _, min_score = self.request_options(requests[i])
-            # what the ensemble's EXCLUDE_ALL carries: the known history ids, then EXCLUDE
-            exclude = np.array(list(dict.fromkeys([key for key, _ in known] + extra)), dtype=object)
+            # what the ensemble's EXCLUDE_ALL carries: the history's rows (found by the encoder
+            # in the same version's row order: not looked up again) and the EXCLUDE ids
+            exclude = np.array(extra, dtype=object) if extra else None
             try:
-                results[i] = self.scorer.search(vector, k, domain, exclude, min_score) + [
+                results[i] = self.scorer.search(vector, k, domain, exclude, min_score,
+                                                exclude_rows=[r for _, r in known]) + [
                     pb_utils.Tensor("SKIPPED", np.array([skipped], dtype=object).reshape(1, -1))]
             except self.request_error as exc:
                 results[i] = self.caller_error(f"history_scorer: {exc}")

@@ -190,8 +190,10 @@ class TritonPythonModel:
         emb = pb_utils.get_input_tensor_by_name(request, "EMBEDDING").as_numpy()
         return self.search(emb, *request_options(request))
 
-    def search(self, emb, k=None, domain=None, exclude=None, min_score=None):
-        """The output tensors for user embedding(s) and the request's options (arrays or None)."""
+    def search(self, emb, k=None, domain=None, exclude=None, min_score=None, exclude_rows=None):
+        """The output tensors for user embedding(s) and the request's options (arrays or None).
+        `exclude_rows`: catalog rows to leave out besides the EXCLUDE ids, for a caller that
+        has looked them up in this catalog's row order already (recommend_history_fused)."""
         emb = emb.reshape(-1, emb.shape[-1]).astype(np.float32, copy=False)
         if emb.shape[1] != self.dim:
             raise RequestError(f"EMBEDDING has {emb.shape[1]} values; the catalog's are {self.dim}-d")
@@ -201,6 +203,9 @@ class TritonPythonModel:
             raise RequestError("MIN_SCORE is NaN; send a number (or leave it out)")
         ranges = self._ranges(domain)
         excluded = self._lookup(exclude.reshape(-1)) if exclude is not None else None
+        if exclude_rows is not None:
+            excluded = np.asarray(exclude_rows, dtype=np.int64) if excluded is None else \
+                np.concatenate([excluded, np.asarray(exclude_rows, dtype=np.int64)])
         candidates = sum(stop - start for start, stop in ranges)
         if min_score is None:
             ks = [self._k(k, None, candidates, r) for r in range(emb.shape[0])]
