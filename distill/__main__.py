@@ -1,5 +1,9 @@
+"""`python -m towerlite.distill` (also under torchrun): the same command as `towerlite distill`."""
+
 import sys
 
-from towerlite.cli import main
+from towerlite.entry import standalone
 
-sys.exit(main(["distill", *sys.argv[1:]]))
+from .cli import DESCRIPTION, add_arguments, command
+
+sys.exit(standalone("python -m towerlite.distill", DESCRIPTION, add_arguments, command))

@@ -1,4 +1,4 @@
-"""`towerlite distill` and `python -m distill` (also under `torchrun --nproc_per_node N -m distill`)."""
+"""`towerlite distill` and `python -m towerlite.distill` (also under `torchrun --nproc_per_node N -m towerlite.distill`)."""
 
 from __future__ import annotations
 

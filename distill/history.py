@@ -1,4 +1,4 @@
-"""`towerlite history` (also `python -m distill.history`): train the history user tower on the
+"""`towerlite history` (also `python -m towerlite.distill.history`): train the history user tower on the
 evaluation's training users, save it for deploy, and measure it beside the yardsticks.
 
 setup     the eval's cases (serving.quality.cases: held-out users are never read) and the item
@@ -58,8 +58,8 @@ class HistoryRun:
     timings: dict = field(default_factory=dict)
 
     def setup(self) -> None:
-        from serving.quality.cases import build_cases
-        from serving.quality.towers import towers_of
+        from towerlite.evaluation.cases import build_cases
+        from towerlite.evaluation.towers import towers_of
 
         t0 = time.perf_counter()
         self.cases = build_cases(self.dataset, users=0, max_history=10,
@@ -100,9 +100,9 @@ class HistoryRun:
     def evaluate(self, folder: Path) -> None:
         import numpy as np
 
-        from serving.quality.baselines import BASELINES
-        from serving.quality.evaluate import metric_rows
-        from serving.quality.sequential import saved, trained
+        from towerlite.evaluation.baselines import BASELINES
+        from towerlite.evaluation.recommend import metric_rows
+        from towerlite.evaluation.sequential import saved, trained
         from towerlite.sequential import SavedTower
 
         cases = self.cases
@@ -205,7 +205,6 @@ def config_of(args) -> HistoryConfig:
 def command(args: argparse.Namespace) -> int:
     from towerlite.files import ensure_writable_dir
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     ensure_writable_dir(args.out, "history output folder")
     size = args.catalog_items if args.catalog_items is not None else \
         (20_000 if args.dataset == "bookcrossing" else 0)
@@ -225,10 +224,6 @@ def command(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m distill.history", description=DESCRIPTION)
-    add_arguments(parser)
-    try:
-        sys.exit(command(parser.parse_args()))
-    except TowerliteError as exc:
-        print(f"towerlite history: error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    from towerlite.entry import standalone
+
+    sys.exit(standalone("python -m towerlite.distill.history", DESCRIPTION, add_arguments, command))

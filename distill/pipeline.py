@@ -18,13 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
-from towerlite.machine import cpu_info
 from towerlite.embedding_cache import cache_key, cache_root, cached_embeddings
+from towerlite.evaluation.retrieval import agreement, recommended, retrieval
 from towerlite.files import ensure_writable_dir, write_json_atomic
+from towerlite.machine import cpu_info
 
 from .config import DistillConfig, check
-from .evaluate import agreement, recommended, retrieval
-from .students import build_student, check_spec, fit_projection, output_dim, save_student, start_config
+from .students import (
+    build_student,
+    check_spec,
+    fit_projection,
+    output_dim,
+    save_student,
+    start_config,
+)
 from .texts import Catalogs, check_mix, eval_set, training_set
 from .train import Dist, init_distributed, train
 

@@ -1,5 +1,9 @@
+"""`python -m towerlite.export`: the same command as `towerlite export`."""
+
 import sys
 
-from towerlite.cli import main
+from towerlite.entry import standalone
 
-sys.exit(main(["export", *sys.argv[1:]]))
+from .cli import DESCRIPTION, add_arguments, command
+
+sys.exit(standalone("python -m towerlite.export", DESCRIPTION, add_arguments, command))

@@ -1,6 +1,6 @@
 """One-run encoder benchmark: teacher vs student (PyTorch and every ONNX variant) vs the peer.
 
-    python -m export.benchmark --export-dir runs/export/student
+    python -m towerlite.export.benchmark --export-dir runs/export/student
 
 On one list of real mixed held-out texts, at one batch size, token limit and thread count,
 with tokenization included, measures sentences/s of:
@@ -35,13 +35,12 @@ from pathlib import Path
 import numpy as np
 
 from towerlite.errors import TowerliteError
+from towerlite.evaluation.parity import parity
 from towerlite.files import write_json_atomic
 from towerlite.machine import cpu_info, usable_cores
+from towerlite.runtime import VARIANT_FILES, pad_batch
 
-from .parity import parity
-from .runtime import pad_batch
 from .speed import throughput
-from .variants import FILES
 
 PEER_NAME = "MiniLM-L6 ONNX int8 (optimum avx512_vnni)"  # the recipe in full: build_peer()
 PEER_FILE = "model_quantized.onnx"
@@ -230,10 +229,10 @@ def weights_mb(folder: str | Path) -> float | None:
 
 
 def onnx_variants(export_dir: Path) -> list[tuple[str, Path]]:
-    """(variant name, path) of every model*.onnx, in the order export.variants.FILES names them."""
-    names = {f: v for v, f in FILES.items()}
+    """(variant name, path) of every model*.onnx, in the order towerlite.runtime.VARIANT_FILES names them."""
+    names = {f: v for v, f in VARIANT_FILES.items()}
     found = sorted(export_dir.glob("model*.onnx"))
-    rank = list(FILES.values())
+    rank = list(VARIANT_FILES.values())
     found.sort(key=lambda p: (rank.index(p.name) if p.name in rank else len(rank), p.name))
     return [(names.get(p.name, p.stem), p) for p in found]
 
@@ -357,8 +356,7 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     from towerlite.models import SentenceEncoder, resolve_model
-
-    from .runtime import OnnxEncoder
+    from towerlite.runtime import OnnxEncoder
 
     variants = check_export_dir(args.export_dir)
     spec = student_spec(args.export_dir, args.student_model)
@@ -449,7 +447,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m export.benchmark", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m towerlite.export.benchmark", description=__doc__.split("\n\n")[0])
     p.add_argument("--export-dir", required=True, type=Path, help="a `towerlite export` output folder")
     p.add_argument("--teacher", default="teacher", help="teacher model (default: teacher = all-mpnet-base-v2)")
     p.add_argument("--student-model", default=None,

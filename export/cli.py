@@ -1,12 +1,13 @@
-"""`towerlite export` and `python -m export`."""
+"""`towerlite export` and `python -m towerlite.export`."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from towerlite.runtime import VARIANT_FILES
+
 from .pipeline import DEFAULT_MIN_COSINE, DEFAULT_VARIANTS, ExportConfig, run
-from .variants import FILES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -14,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="encoder: registry name (teacher, student-start, …), HF folder or hub id")
     p.add_argument("--out", required=True, type=Path, help="output folder (created)")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                   help=f"comma-separated subset of {','.join(FILES)} (default: all)")
+                   help=f"comma-separated subset of {','.join(VARIANT_FILES)} (default: all)")
     p.add_argument("--max-length", type=int,
                    help="tokens per text (default: the model's own max_seq_length, at most 128)")
     p.add_argument("--min-cosine", action="append", default=[], metavar="VARIANT=X",

@@ -14,11 +14,12 @@ from importlib.metadata import version
 from pathlib import Path
 
 from towerlite.errors import TowerliteError
+from towerlite.evaluation.parity import parity
 from towerlite.files import ensure_writable_dir, write_json_atomic
 from towerlite.machine import cpu_info
+from towerlite.runtime import VARIANT_FILES
 
 from . import variants as V
-from .parity import parity
 
 # int8_static (QDQ) stays available by name; it measured mean cosine ≈0.9 on MiniLM, under the gate
 DEFAULT_VARIANTS = ("fp32", "opt", "int8_dynamic", "fp16")
@@ -46,9 +47,9 @@ class ParityError(TowerliteError):
 
 def check_config(cfg: ExportConfig) -> None:
     """Everything that can be wrong before any long work starts."""
-    unknown = [v for v in cfg.variants if v not in V.FILES]
+    unknown = [v for v in cfg.variants if v not in VARIANT_FILES]
     if unknown:
-        raise TowerliteError(f"unknown variant(s) {unknown}; known: {', '.join(V.FILES)}")
+        raise TowerliteError(f"unknown variant(s) {unknown}; known: {', '.join(VARIANT_FILES)}")
     if not cfg.variants:
         raise TowerliteError("no variants asked for")
     ensure_writable_dir(cfg.out)
@@ -78,9 +79,9 @@ def gate(name: str, result: dict, minimum: float) -> str | None:
 
 def run(cfg: ExportConfig, log=print) -> dict:
     from towerlite.models import SentenceEncoder
+    from towerlite.runtime import OnnxEncoder, load_tokenizer, pad_batch
 
     from .onnx_export import copy_tokenizer, export_fp32
-    from .runtime import OnnxEncoder, load_tokenizer, pad_batch
     from .speed import latency, throughput
 
     check_config(cfg)
@@ -100,8 +101,8 @@ def run(cfg: ExportConfig, log=print) -> dict:
             needed.add(v)
     out = cfg.out
     settings: dict[str, dict] = {}
-    log(f"exporting {folder} → {out / V.FILES['fp32']}")
-    export_fp32(encoder, out / V.FILES["fp32"])
+    log(f"exporting {folder} → {out / VARIANT_FILES['fp32']}")
+    export_fp32(encoder, out / VARIANT_FILES["fp32"])
     tokenizer_files = copy_tokenizer(folder, out)
     restore = V.quiet_onnxruntime_logs()
     try:
@@ -109,11 +110,11 @@ def run(cfg: ExportConfig, log=print) -> dict:
         model_type = "bert" if config.model_type in ("bert", "mpnet", "roberta", "xlm-roberta") else config.model_type
         if "opt" in needed:
             log("optimizing (transformer fusions)")
-            settings["opt"] = {"fused": V.optimize(out / V.FILES["fp32"], out / V.FILES["opt"],
+            settings["opt"] = {"fused": V.optimize(out / VARIANT_FILES["fp32"], out / VARIANT_FILES["opt"],
                                                    config.num_attention_heads, config.hidden_size, model_type)}
         if "int8_dynamic" in needed:
             log("quantizing: dynamic INT8")
-            settings["int8_dynamic"] = V.int8_dynamic(out / V.FILES["fp32"], out / V.FILES["int8_dynamic"])
+            settings["int8_dynamic"] = V.int8_dynamic(out / VARIANT_FILES["fp32"], out / VARIANT_FILES["int8_dynamic"])
         if "int8_static" in needed:
             log(f"quantizing: static INT8 (QDQ), calibrating on {len(calib_texts)} corpus texts")
             tok, pad_id = load_tokenizer(out / "tokenizer.json", cfg.max_length)
@@ -122,17 +123,17 @@ def run(cfg: ExportConfig, log=print) -> dict:
             for i in range(0, len(tokens), 16):
                 ids, mask = pad_batch(tokens[i:i + 16], pad_id)
                 batches.append({"input_ids": ids, "attention_mask": mask})
-            settings["int8_static"] = V.int8_static(out / V.FILES["fp32"], out / V.FILES["int8_static"], batches)
+            settings["int8_static"] = V.int8_static(out / VARIANT_FILES["fp32"], out / VARIANT_FILES["int8_static"], batches)
         if "fp16" in needed:
             log("converting: fp16")
-            settings["fp16"] = V.fp16(out / V.FILES["opt"], out / V.FILES["fp16"])
+            settings["fp16"] = V.fp16(out / VARIANT_FILES["opt"], out / VARIANT_FILES["fp16"])
     finally:
         restore()
 
     report_variants, failures = {}, []
     fp32_emb = None
-    for name in [v for v in V.FILES if v in needed]:
-        path = out / V.FILES[name]
+    for name in [v for v in VARIANT_FILES if v in needed]:
+        path = out / VARIANT_FILES[name]
         enc = OnnxEncoder(path, out / "tokenizer.json", cfg.max_length, threads=cfg.threads)
         emb = enc.encode(texts)
         if name == "fp32":

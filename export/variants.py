@@ -20,8 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-FILES = {"fp32": "model.onnx", "opt": "model_opt.onnx", "int8_dynamic": "model_int8_dynamic.onnx",
-         "int8_static": "model_int8_static.onnx", "fp16": "model_fp16.onnx"}
 # which file each variant is built from
 # int8 from the raw graph: quantizing the fused one gave no speed and needs type workarounds
 SOURCES = {"opt": "fp32", "int8_dynamic": "fp32", "int8_static": "fp32", "fp16": "opt"}
@@ -76,8 +74,7 @@ class _Calibration:
 
 def int8_static(src: Path, dst: Path, batches: list[dict[str, np.ndarray]],
                 method: str = "MinMax") -> dict:
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     pre = dst.with_name(dst.stem + ".pre.onnx")

@@ -33,12 +33,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving.bench.inputs import held_out_histories, held_out_texts  # noqa: E402
-from serving.client import Client, ServingError  # noqa: E402
-from serving.cli import _restart_dead_stubs  # noqa: E402
-from serving.triton import StubWatch, launch  # noqa: E402
 from towerlite.files import write_json_atomic  # noqa: E402
 from towerlite.machine import cpu_info  # noqa: E402
+from towerlite.serving.bench.inputs import held_out_histories, held_out_texts  # noqa: E402
+from towerlite.serving.cli import _restart_dead_stubs  # noqa: E402
+from towerlite.serving.client import Client, ServingError  # noqa: E402
+from towerlite.serving.triton import StubWatch, launch  # noqa: E402
 
 
 class Load:

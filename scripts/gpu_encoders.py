@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from export.runtime import load_tokenizer, pad_batch  # noqa: E402 - after the path
-from serving.repository import RepositorySpec  # noqa: E402
 from towerlite.machine import cpu_info  # noqa: E402
+from towerlite.runtime import load_tokenizer, pad_batch  # noqa: E402 - after the path
+from towerlite.serving.repository import RepositorySpec  # noqa: E402
 
 WEIGHTS_MIN_BYTES = 1024
 BUCKETS = RepositorySpec.native_buckets  # the lengths the native flavor's tokenizer pads to
@@ -72,8 +72,8 @@ def skeleton(src: Path, dst: Path) -> dict:
 
 
 def real_texts() -> dict[str, list[str]]:
-    from serving.bench.inputs import build_requests
-    from serving.catalog import catalog_items
+    from towerlite.serving.bench.inputs import build_requests
+    from towerlite.serving.catalog import catalog_items
 
     users = build_requests(["movielens", "bookcrossing"], TEXTS["user"]).texts
     items = catalog_items(["movielens", "bookcrossing"])["text"]

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def save_texts(args: argparse.Namespace) -> int:
-    from serving.bench.inputs import build_requests
+    from towerlite.serving.bench.inputs import build_requests
 
     requests = build_requests(["movielens", "bookcrossing"], args.count)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -46,12 +46,12 @@ def gpu_memory_mib() -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from serving.bench.builtin import Load
-    from serving.bench.inputs import RequestSet
-    from serving.bench.measured import summarize
-    from serving.bench.perf_analyzer import PerfAnalyzerEngine
-    from serving.triton import launch
     from towerlite.machine import cpu_info
+    from towerlite.serving.bench.builtin import Load
+    from towerlite.serving.bench.inputs import RequestSet
+    from towerlite.serving.bench.measured import summarize
+    from towerlite.serving.bench.perf_analyzer import PerfAnalyzerEngine
+    from towerlite.serving.triton import launch
 
     saved = json.loads(Path(args.texts).read_text())
     requests = RequestSet(saved["texts"], k=saved["k"])

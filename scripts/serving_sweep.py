@@ -24,12 +24,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving.bench.report import plot, write  # noqa: E402
-from serving.bench.runner import BenchConfig, run  # noqa: E402
-from serving.cli import spec_settings  # noqa: E402
-from serving.repository import MODEL_CODE, RepositorySpec, parse_config, write_code  # noqa: E402
 from towerlite.machine import cpu_info  # noqa: E402
-from serving.triton import launch  # noqa: E402
+from towerlite.serving.bench.report import plot, write  # noqa: E402
+from towerlite.serving.bench.runner import BenchConfig, run  # noqa: E402
+from towerlite.serving.cli import spec_settings  # noqa: E402
+from towerlite.serving.repository import (  # noqa: E402
+    MODEL_CODE,
+    RepositorySpec,
+    parse_config,
+    write_code,
+)
+from towerlite.serving.triton import launch  # noqa: E402
 
 
 def parse_variant(text: str) -> tuple[str, str, dict]:
@@ -83,12 +88,10 @@ class _Shim:
 def in_process(repository: Path, texts: list[str], k: int = 10, rounds: int = 2) -> dict:
     """Latency of tokenizer → user_encoder → scorer called one after another in this process
     (concurrency 1): the pipeline the server runs, minus Triton."""
+    import importlib.util
     import time
 
     import numpy as np
-
-    import importlib.util
-
     from google.protobuf import json_format
 
     sys.modules["triton_python_backend_utils"] = _Shim
@@ -167,7 +170,7 @@ def main() -> int:
     args = ap.parse_args()
     report = json.loads((args.repository.parent / "deploy_report.json").read_text())
     base = RepositorySpec.from_json(report["spec"])
-    from serving.bench.inputs import build_requests
+    from towerlite.serving.bench.inputs import build_requests
 
     domains = {d["name"] for d in json.loads(
         (args.repository / "scorer" / "1" / "catalog" / "catalog.json").read_text())["domains"]}

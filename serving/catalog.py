@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from towerlite.data.catalog import prepare_items
 from towerlite.errors import TowerliteError
 
 CATALOGS = {"movielens": ("movielens",), "bookcrossing": ("bookcrossing",),
@@ -37,30 +38,6 @@ def catalog_names(choice: str) -> tuple[str, ...]:
     except KeyError:
         raise TowerliteError(f"unknown catalog {choice!r}; choose from {', '.join(CATALOGS)}") \
             from None
-
-
-def prepare_items(items: pd.DataFrame, domain_order: Sequence[str] | None = None) -> pd.DataFrame:
-    """item_id, domain, text for an items frame (ITEM_COLUMNS), in the scorer's order;
-    the text is `towerlite.data.render.item_text`, the one rendering every stage uses."""
-    from towerlite.data.render import item_texts
-
-    if items.empty:
-        raise TowerliteError("the catalog is empty")
-    out = pd.DataFrame({"item_id": items["item_id"].astype(str).to_numpy(),
-                        "domain": items["domain"].astype(str).to_numpy(),
-                        "text": item_texts(items)})
-    out = out[out["item_id"] != ""].drop_duplicates("item_id", keep="first")
-    return scorer_order(out, list(domain_order or dict.fromkeys(out["domain"])))
-
-
-def scorer_order(frame: pd.DataFrame, domain_order: Sequence[str]) -> pd.DataFrame:
-    """Rows by domain (in `domain_order`), then by id as UTF-8 bytes: each domain one
-    contiguous range, ids sorted within it (the scorer binary-searches them)."""
-    rank = {d: i for i, d in enumerate(domain_order)}
-    keyed = frame.assign(_rank=frame["domain"].map(rank),
-                         _key=[s.encode("utf-8") for s in frame["item_id"]])
-    keyed = keyed.sort_values(["_rank", "_key"], kind="stable")
-    return keyed.drop(columns=["_rank", "_key"]).reset_index(drop=True)
 
 
 def catalog_items(names: Sequence[str], limit: int | None = None) -> pd.DataFrame:

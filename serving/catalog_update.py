@@ -6,7 +6,7 @@ loaded on a running server through Triton's repository API, without a redeploy.
 
 1. Read the newest scorer version's catalog (REPO/scorer/N/catalog, `catalog.read_catalog`).
 2. Render the file's items with `towerlite.data.render.item_text` (through
-   `catalog.prepare_items`) and encode only those, with the item tower that encoded the
+   `towerlite.data.catalog.prepare_items`) and encode only those, with the item tower that encoded the
    catalog: the ONNX file whose sha256 catalog.json records (REPO/item_encoder/1/model.onnx, or
    the export deploy read) and the item tokenizer of the repository.
 3. Merge: an id in the file replaces that item, a new id is added, `remove` drops ids. The
@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from towerlite.data.catalog import prepare_items, scorer_order
 from towerlite.errors import TowerliteError
 
 from . import catalog as cat
@@ -243,7 +244,7 @@ def merge(old_ids: np.ndarray, old_domains: np.ndarray, old_matrix_t: np.ndarray
         pd.DataFrame({"item_id": new["item_id"].to_numpy(), "domain": new["domain"].to_numpy(),
                       "_src": -1 - np.arange(len(new))}),  # negative: a row of new_emb
     ], ignore_index=True)
-    frame = cat.scorer_order(frame, domain_order)
+    frame = scorer_order(frame, domain_order)
     if frame.empty:
         raise TowerliteError("the update would leave the catalog empty")
     src = frame.pop("_src").to_numpy()
@@ -505,7 +506,7 @@ def update(repository: str | Path, items: str | Path | pd.DataFrame | None = Non
     new one is added. `remove`: a file of ids (one a line) or a list. `index`: keep (what the
     current version has, rebuilt), exact, ivf or auto (ivf from 100k items). After a successful
     load, the newest `keep_versions` versions stay on disk. Returns the update's record."""
-    from export.runtime import OnnxEncoder
+    from towerlite.runtime import OnnxEncoder
 
     from .deploy import _versions
 
@@ -528,7 +529,7 @@ def update(repository: str | Path, items: str | Path | pd.DataFrame | None = Non
     t_encode = time.perf_counter()
     domain_order = list(dict.fromkeys([d["name"] for d in old_meta["domains"]]
                                       + frame["domain"].tolist()))
-    new = cat.prepare_items(frame, domain_order) if len(frame) else \
+    new = prepare_items(frame, domain_order) if len(frame) else \
         pd.DataFrame(columns=["item_id", "domain", "text"])
     new_emb = np.zeros((0, old_meta["dim"]), dtype=np.float32)
     if len(new):

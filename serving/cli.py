@@ -1,4 +1,4 @@
-"""`towerlite deploy` and `towerlite serve` (also `python -m serving deploy|serve`)."""
+"""`towerlite deploy`, `serve` and `catalog` (also `python -m towerlite.serving deploy|serve|catalog`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
+from towerlite.entry import run
 from towerlite.errors import TowerliteError
 
 from .deploy import VARIANT_FILES
@@ -289,7 +290,7 @@ def catalog_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving")
+    parser = argparse.ArgumentParser(prog="python -m towerlite.serving")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("deploy", description=DEPLOY_DESCRIPTION)
     add_deploy_arguments(p)
@@ -300,14 +301,5 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("catalog", description=CATALOG_DESCRIPTION)
     add_catalog_arguments(p)
     p.set_defaults(func=catalog_command)
-    from .quality import cli as eval_cli
-
-    p = sub.add_parser("eval", description=eval_cli.DESCRIPTION)
-    eval_cli.add_arguments(p)
-    p.set_defaults(func=eval_cli.command)
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except TowerliteError as exc:
-        print(f"towerlite: error: {exc}", file=sys.stderr)
-        return 1
+    return run(args.func, args)

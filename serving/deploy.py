@@ -22,15 +22,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from towerlite.data.catalog import prepare_items
 from towerlite.errors import TowerliteError
+from towerlite.runtime import VARIANT_FILES
 
 from . import catalog as cat
 from . import index as ix
 from .repository import FLAVORS, RepositorySpec, validate_repository, write_code
-
-VARIANT_FILES = {"fp32": "model.onnx", "opt": "model_opt.onnx",
-                 "int8_dynamic": "model_int8_dynamic.onnx", "int8_static": "model_int8_static.onnx",
-                 "fp16": "model_fp16.onnx"}
 
 
 @dataclass(frozen=True)
@@ -227,7 +225,7 @@ def deploy(user_model: str | Path, out: str | Path, *, item_model: str | Path | 
     `limit` keeps the first N items of each named dataset. `index`: exact, ivf (a FAISS
     IVF-Flat index beside the matrix) or auto (ivf from 100k items). `history_model`: a
     `towerlite history` folder, served as `recommend_history` over the same catalog."""
-    from export.runtime import OnnxEncoder
+    from towerlite.runtime import OnnxEncoder
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -251,7 +249,7 @@ def deploy(user_model: str | Path, out: str | Path, *, item_model: str | Path | 
     # catalog: render, embed with the item tower (cached per model), order for the scorer
     t_items = time.perf_counter()
     if items is not None:
-        prepared = cat.prepare_items(items)
+        prepared = prepare_items(items)
         source = {"catalog": "given items frame", "rows": int(len(items))}
     else:
         names = cat.catalog_names(catalog)

@@ -3,7 +3,7 @@ per-request `recommend` latency with the IVF index and with exact search (the sa
 hard-linked with the scorer's INDEX set to "exact"), and the index's recall@10 against exact
 search on real MovieLens user texts (their liked movies, newest 10, history excluded).
 
-    python -m serving.measure REPOSITORY [USERS] [OUT_JSON]
+    python -m towerlite.serving.measure REPOSITORY [USERS] [OUT_JSON]
 """
 
 import json
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.client import Client
-from serving.triton import start_server
 from towerlite.data import load_movielens, user_histories, user_text
 from towerlite.machine import cpu_info
+from towerlite.serving.client import Client
+from towerlite.serving.triton import start_server
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ every config.pbtxt against Triton's ModelConfig protobuf. Weights and the catalo
 
 Regenerate the committed `model_repository/` (configs + model.py, default spec):
 
-    python -m serving.repository --out model_repository
+    python -m towerlite.serving.repository --out model_repository
 """
 
 from __future__ import annotations
@@ -525,7 +525,7 @@ def write_code(root: Path, spec: RepositorySpec, flavor: str) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.repository",
+    parser = argparse.ArgumentParser(prog="python -m towerlite.serving.repository",
                                      description="Write both flavors' configs and model.py files "
                                                  "(no weights, no catalog) for the default spec.")
     parser.add_argument("--out", type=Path, default=Path("model_repository"))

@@ -23,7 +23,7 @@ def cache():
 @pytest.fixture(scope="session")
 def exported(cache, tmp_path_factory):
     """The packaged student start exported to ONNX fp32 and int8 (shared by serving and eval)."""
-    from export.pipeline import ExportConfig, run
+    from towerlite.export.pipeline import ExportConfig, run
 
     out = tmp_path_factory.mktemp("export-student-start")
     run(ExportConfig(model="student-start", out=out, variants=("fp32", "int8_dynamic"),

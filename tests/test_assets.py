@@ -7,8 +7,8 @@ import json
 import os
 
 import pytest
-
 from conftest import run_cli
+
 from towerlite.assets import ASSETS, fetch, get_asset, prepare, store
 from towerlite.errors import TowerliteError
 

@@ -12,11 +12,11 @@ import stat
 
 import numpy as np
 import pytest
-
-from serving.bench.measured import Measured, latency_summary, summarize
-from serving.bench.report import validate
 from conftest import run_cli
+
 from towerlite.errors import TowerliteError
+from towerlite.serving.bench.measured import Measured, latency_summary, summarize
+from towerlite.serving.bench.report import validate
 
 # faiss's SWIG bindings warn on import under Python 3.11+
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type .* has no __module__:DeprecationWarning")
@@ -39,7 +39,7 @@ def test_latency_summary_is_ordered_and_in_ms():
 
 
 def test_perf_analyzer_output_is_parsed(tmp_path):
-    from serving.bench.perf_analyzer import failed_level, parse_csv, parse_export
+    from towerlite.serving.bench.perf_analyzer import failed_level, parse_csv, parse_export
 
     reqs = [{"timestamp": t, "response_timestamps": [t + 10_000_000]} for t in
             (1_000_000_000, 1_010_000_000, 1_020_000_000)]
@@ -62,7 +62,7 @@ def test_perf_analyzer_output_is_parsed(tmp_path):
 
 
 def test_bad_arguments_are_clear():
-    from serving.bench.probe import host_port
+    from towerlite.serving.bench.probe import host_port
 
     assert host_port("grpc://127.0.0.1:8001/") == "127.0.0.1:8001"
     with pytest.raises(TowerliteError, match="not HOST:PORT"):
@@ -77,7 +77,7 @@ def test_bad_arguments_are_clear():
 # request texts
 
 def test_request_texts_are_held_out_users_varied_and_seeded(cache):
-    from serving.bench.inputs import build_requests, perf_analyzer_data
+    from towerlite.serving.bench.inputs import build_requests, perf_analyzer_data
 
     a = build_requests(["movielens"], 60, seed=0)
     assert build_requests(["movielens"], 60, seed=0).fingerprint == a.fingerprint
@@ -98,9 +98,9 @@ def test_request_texts_are_held_out_users_varied_and_seeded(cache):
 def server(exported, cache, tmp_path_factory):
     import pandas as pd
 
-    from serving.deploy import deploy
-    from serving.triton import start_server
     from towerlite.data import load_bookcrossing, load_movielens
+    from towerlite.serving.deploy import deploy
+    from towerlite.serving.triton import start_server
 
     frame = pd.concat([load_movielens().items.head(N_MOVIES),
                        load_bookcrossing().items.head(N_BOOKS)], ignore_index=True)
@@ -174,8 +174,8 @@ def test_table_is_printed_and_books_join_when_the_catalog_has_them(server, capsy
 
 
 def test_failed_requests_are_counted_not_hidden(server, capsys, tmp_path):
-    from serving.bench.builtin import Load, run_level
-    from serving.bench.inputs import RequestSet
+    from towerlite.serving.bench.builtin import Load, run_level
+    from towerlite.serving.bench.inputs import RequestSet
 
     # every request rejected (K above the scorer's MAX_K): exit 1, the report still written
     code, out, err = bench(capsys, "--url", server.grpc_url, "--engine", "builtin", "--datasets",
@@ -196,7 +196,7 @@ def test_failed_requests_are_counted_not_hidden(server, capsys, tmp_path):
 
 
 def test_a_server_that_is_down_is_one_line_and_exit_1(tmp_path):
-    from serving.triton import free_port
+    from towerlite.serving.triton import free_port
 
     for protocol in ("grpc", "http"):
         proc = run_cli("bench", "--url", f"127.0.0.1:{free_port()}", "--protocol", protocol,
@@ -214,7 +214,13 @@ def test_a_server_that_is_down_is_one_line_and_exit_1(tmp_path):
 @pytest.fixture(scope="module")
 def perf_analyzer():
     """The binary from tritonclient's wheel, or a skip that says why it cannot run here."""
-    from serving.bench.perf_analyzer import PerfAnalyzerUnavailable, _env, check, find_binary, lib_dir
+    from towerlite.serving.bench.perf_analyzer import (
+        PerfAnalyzerUnavailable,
+        _env,
+        check,
+        find_binary,
+        lib_dir,
+    )
 
     binary = find_binary()
     if binary is None:
@@ -238,7 +244,7 @@ def pa_run(server, perf_analyzer, tmp_path_factory):
 
 
 def test_perf_analyzer_report_has_the_same_schema(pa_run, builtin_run):
-    from serving.bench.inputs import RequestSet
+    from towerlite.serving.bench.inputs import RequestSet
 
     r, b = read(pa_run), read(builtin_run)
     assert r["engine"]["name"] == "perf_analyzer" and "2.51.0" in r["engine"]["version"]

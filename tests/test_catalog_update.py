@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving import catalog as cat
-from serving.catalog_update import ITEM_COLUMNS, LoadError, scorer_versions, update
-from serving.client import Client, ServingError
+from towerlite.data.catalog import prepare_items
 from towerlite.errors import TowerliteError
+from towerlite.serving import catalog as cat
+from towerlite.serving.catalog_update import ITEM_COLUMNS, LoadError, scorer_versions, update
+from towerlite.serving.client import Client, ServingError
 
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type .* has no __module__:DeprecationWarning")
 
@@ -41,7 +42,7 @@ def data(cache):
 @pytest.fixture(scope="module")
 def pristine(exported, data, tmp_path_factory):
     """A deploy of the 300 movies (portable only), never modified: tests copy it."""
-    from serving.deploy import deploy
+    from towerlite.serving.deploy import deploy
 
     movies, _ = data
     out = tmp_path_factory.mktemp("catalog-update-repo")
@@ -86,7 +87,7 @@ def text_of(row) -> str:
 
 @pytest.fixture(scope="module")
 def served(pristine, tmp_path_factory):
-    from serving.triton import start_server
+    from towerlite.serving.triton import start_server
 
     folder = tmp_path_factory.mktemp("catalog-update-served")
     repo = copy_repo(pristine, folder / "portable")
@@ -143,7 +144,7 @@ class Traffic:
 
 
 def test_update_under_concurrent_requests_loses_none(served, data, exported, tmp_path):
-    from export.runtime import OnnxEncoder
+    from towerlite.runtime import OnnxEncoder
 
     repo, server = served
     items_csv, remove_txt, final = changes(data, tmp_path)
@@ -188,7 +189,7 @@ def test_update_under_concurrent_requests_loses_none(served, data, exported, tmp
     # the same catalog a redeploy would write: ids in prepare_items' order, kept rows copied,
     # the 21 encoded rows equal to the item tower's embeddings of their texts
     emb, ids, _ = cat.read_catalog(repo / "scorer" / "2" / "catalog")
-    prepared = cat.prepare_items(final)
+    prepared = prepare_items(final)
     assert list(ids) == prepared["item_id"].tolist()
     kept = [i for i in ids if i in set(old_ids) and i != changed_id]
     np.testing.assert_array_equal(np.asarray(emb)[[list(ids).index(i) for i in kept]],
@@ -247,7 +248,7 @@ def test_write_then_load_separately_and_old_versions_pruned(served, data):
 # loading fails: the version stays written, complete, and the message says how to retry
 
 def test_server_down_leaves_a_complete_version_and_says_how_to_retry(repo, data, tmp_path):
-    from serving.triton import free_port
+    from towerlite.serving.triton import free_port
 
     items_csv, remove_txt, _ = changes(data, tmp_path)
     url = f"127.0.0.1:{free_port()}"
@@ -264,8 +265,8 @@ def test_server_down_leaves_a_complete_version_and_says_how_to_retry(repo, data,
 
 
 def test_a_version_the_server_cannot_load_is_refused_and_the_old_one_serves(repo, tmp_path):
-    from serving.catalog_update import load_version
-    from serving.triton import start_server
+    from towerlite.serving.catalog_update import load_version
+    from towerlite.serving.triton import start_server
 
     with start_server(repo, log_path=tmp_path / "triton.log") as server:
         broken = repo / "scorer" / "2"
@@ -282,7 +283,7 @@ def test_a_version_the_server_cannot_load_is_refused_and_the_old_one_serves(repo
 
 
 def test_server_without_explicit_model_control_is_explained(repo, data, tmp_path):
-    from serving.triton import start_server
+    from towerlite.serving.triton import start_server
 
     _, books = data
     with start_server(repo, log_path=tmp_path / "triton.log", model_control="none") as server:
@@ -361,7 +362,7 @@ def test_ivf_index_is_rebuilt_or_dropped(exported, data, tmp_path):
     input here); `--index exact` drops it."""
     import faiss
 
-    from serving.deploy import deploy
+    from towerlite.serving.deploy import deploy
 
     movies, books = data
     deploy(exported, tmp_path, variant="fp32", items=movies, flavors=("portable",),

@@ -5,8 +5,18 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from towerlite.data import (ITEM_COLUMNS, domain_counts, item_text, known_items_only, load_bookcrossing,
-                            load_corpus, load_dataset, load_movielens, user_histories, user_text)
+from towerlite.data import (
+    ITEM_COLUMNS,
+    domain_counts,
+    item_text,
+    known_items_only,
+    load_bookcrossing,
+    load_corpus,
+    load_dataset,
+    load_movielens,
+    user_histories,
+    user_text,
+)
 from towerlite.data.corpus import WORDNET_CATEGORIES, brown, movie_reviews, wordnet
 from towerlite.data.render import display_title
 from towerlite.errors import TowerliteError

@@ -19,7 +19,7 @@ CANDIDATE = "minilm2-proj"
 
 
 def distill_cmd(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "distill", "--preset", "tiny", "--out", str(out), *extra]
+    return [sys.executable, "-m", "towerlite.distill", "--preset", "tiny", "--out", str(out), *extra]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_resume_after_interruption_gives_the_same_weights_and_reuses_the_teacher
 
 def test_two_process_torchrun(tiny_run, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "distill",
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "towerlite.distill",
                            "--preset", "tiny", "--out", str(tmp_path / "ddp")],
                           capture_output=True, text=True, timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -139,8 +139,8 @@ def test_unwritable_output_fails_fast(cache, tmp_path):
 
 
 def test_every_preset_is_a_valid_config():
-    from distill.config import PRESETS, DistillConfig, check
-    from distill.texts import check_mix
+    from towerlite.distill.config import PRESETS, DistillConfig, check
+    from towerlite.distill.texts import check_mix
 
     for name, fields in PRESETS.items():
         cfg = DistillConfig.from_json(dict(fields))
@@ -150,7 +150,7 @@ def test_every_preset_is_a_valid_config():
 
 
 def test_single_domain_user_texts_come_from_that_domain_only(cache):
-    from distill.texts import Catalogs, training_set
+    from towerlite.distill.texts import Catalogs, training_set
 
     cat = Catalogs()
     for dataset, tag in (("movielens", "[movie]"), ("bookcrossing", "[book]")):

@@ -7,9 +7,9 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
-from towerlite.metrics import dot_scores, per_user, summarize, target_ranks
+
+from towerlite.evaluation.metrics import dot_scores, per_user, summarize, target_ranks
 
 
 def test_metrics_match_hand_computed_values():
@@ -31,14 +31,14 @@ def test_metrics_match_hand_computed_values():
 
 @pytest.fixture(scope="module")
 def ml_cases(cache):
-    from serving.quality.cases import build_cases
+    from towerlite.evaluation.cases import build_cases
 
     return build_cases("movielens", users=200, max_history=5, catalog_items=600)
 
 
 @pytest.fixture(scope="module")
 def bx_cases(cache):
-    from serving.quality.cases import build_cases
+    from towerlite.evaluation.cases import build_cases
 
     return build_cases("bookcrossing", users=200, max_history=5, catalog_items=2000)
 
@@ -84,7 +84,7 @@ def test_bookcrossing_order_is_seeded(cache):
 
 
 def test_item_text_is_the_rendering_the_served_catalog_uses(ml_cases, bx_cases):
-    from serving.catalog import catalog_items
+    from towerlite.serving.catalog import catalog_items
 
     for cases, name in ((ml_cases, "movielens"), (bx_cases, "bookcrossing")):
         served = catalog_items([name]).set_index("item_id")["text"]
@@ -92,7 +92,7 @@ def test_item_text_is_the_rendering_the_served_catalog_uses(ml_cases, bx_cases):
 
 
 def test_baselines_rank_by_the_training_part(ml_cases):
-    from serving.quality.baselines import co_occurrence, popularity
+    from towerlite.evaluation.baselines import co_occurrence, popularity
 
     counts = np.bincount(np.concatenate(ml_cases.train_likes), minlength=len(ml_cases.item_ids))
     pop = popularity(ml_cases)(0, 3)
@@ -134,8 +134,8 @@ def test_eval_bad_input_gives_a_clear_error(cache, tmp_path, args, message):
 
 
 def test_unknown_dataset_in_the_library():
-    from serving.quality.cases import build_cases
     from towerlite.errors import TowerliteError
+    from towerlite.evaluation.cases import build_cases
 
     with pytest.raises(TowerliteError, match="unknown dataset"):
         build_cases("netflix")
@@ -144,14 +144,14 @@ def test_unknown_dataset_in_the_library():
 @pytest.mark.parametrize("variant", ["fp32", "int8_dynamic"])
 def test_served_recommend_gives_the_in_process_numbers(cache, exported, tmp_path_factory, variant):
     """The towers deployed over the evaluation's own catalog, through a real Triton."""
-    from serving.catalog import embed_catalog
-    from serving.deploy import deploy
-    from serving.quality.cases import build_cases
-    from serving.quality.towers import towers_of
-    from serving.quality.via_triton import bucketed_users, compare, served_buckets
-    from serving.triton import start_server
     from towerlite.data import load_dataset
-    from towerlite.metrics import top_k, top_k_overlap
+    from towerlite.evaluation.cases import build_cases
+    from towerlite.evaluation.metrics import top_k, top_k_overlap
+    from towerlite.evaluation.towers import towers_of
+    from towerlite.serving.catalog import embed_catalog
+    from towerlite.serving.deploy import deploy
+    from towerlite.serving.served_quality import bucketed_users, compare, served_buckets
+    from towerlite.serving.triton import start_server
 
     cases = build_cases("movielens", users=40, max_history=5, catalog_items=300)
     items = load_dataset("movielens").items

@@ -10,12 +10,12 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from export.parity import parity
-from export.pipeline import DEFAULT_MIN_COSINE, ExportConfig, ParityError, gate, run
-from export.runtime import OnnxEncoder
-from export.variants import FILES
 from towerlite.errors import TowerliteError
+from towerlite.evaluation.parity import parity
+from towerlite.export.pipeline import DEFAULT_MIN_COSINE, ExportConfig, ParityError, gate, run
+from towerlite.export.variants import FILES
 from towerlite.models import SentenceEncoder
+from towerlite.runtime import OnnxEncoder
 
 TEXTS = ["[movie] Heat (1995). Action|Crime|Thriller",
          "short",

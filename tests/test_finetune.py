@@ -22,7 +22,7 @@ def finetune_cmd(out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def movielens(cache):
-    from distill.interactions import load_interactions
+    from towerlite.distill.finetune.interactions import load_interactions
 
     return load_interactions("movielens", 0, log=lambda *_: None)
 
@@ -38,9 +38,9 @@ def tiny_run(cache, tmp_path_factory):
 def test_split_is_the_eval_split(cache, movielens):
     """Training users are exactly the non-held-out users with two likes; no evaluated user
     (and so no evaluation target) is among them; likes are read in eval's order."""
-    from serving.quality.cases import build_cases
     from towerlite.data import load_dataset
     from towerlite.data.splits import is_heldout_user, ordered_likes
+    from towerlite.evaluation.cases import build_cases
 
     likes = ordered_likes(load_dataset("movielens"), 0)
     expected = {u for u, items in likes.items() if len(items) >= 2 and not is_heldout_user(u)}
@@ -53,8 +53,8 @@ def test_split_is_the_eval_split(cache, movielens):
 
 
 def test_batches_cut_each_history_before_its_positive(movielens):
-    from distill.interactions import step_batch
     from towerlite.data.render import join_user_text
+    from towerlite.distill.finetune.interactions import step_batch
 
     batch = step_batch([movielens], [1.0], 16, 10, seed=0, step=3)
     again = step_batch([movielens], [1.0], 16, 10, seed=0, step=3)
@@ -69,7 +69,7 @@ def test_batches_cut_each_history_before_its_positive(movielens):
 
 
 def test_valid_negatives_and_log_q_by_hand():
-    from distill.interactions import Batch, _log_q, valid_negatives
+    from towerlite.distill.finetune.interactions import Batch, _log_q, valid_negatives
 
     batch = Batch("x", np.array([0, 1]), ["a", "b"], np.array([5, 7]), [{1, 7}, {2}])
     ok = valid_negatives(batch, np.array([5, 7, 2, 9]))
@@ -82,7 +82,7 @@ def test_valid_negatives_and_log_q_by_hand():
 def test_info_nce_by_hand():
     import torch
 
-    from distill.losses import info_nce
+    from towerlite.distill.losses import info_nce
 
     rng = np.random.default_rng(0)
     u, i, bank = (torch.nn.functional.normalize(torch.tensor(rng.normal(size=s), dtype=torch.float32), dim=-1)
@@ -111,9 +111,9 @@ def test_info_nce_by_hand():
 def test_a_few_steps_lower_the_loss_on_real_batches(movielens, tmp_path):
     import torch
 
-    from distill.finetune import build, make_step
-    from distill.finetune_config import PRESETS, FinetuneConfig
-    from distill.train import Dist, run_steps
+    from towerlite.distill.finetune.config import PRESETS, FinetuneConfig
+    from towerlite.distill.finetune.train import build, make_step
+    from towerlite.distill.train import Dist, run_steps
 
     cfg = FinetuneConfig.from_json({**PRESETS["tiny"], "datasets": {"movielens": 1.0}, "steps": 10,
                                     "bank_size": 0, "lr": 3e-4})
@@ -130,10 +130,10 @@ def test_a_few_steps_lower_the_loss_on_real_batches(movielens, tmp_path):
 
 
 def test_long_histories_are_truncated_oldest_first(movielens):
-    from distill.finetune import build, make_step
-    from distill.finetune_config import PRESETS, FinetuneConfig
-    from distill.interactions import step_batch
-    from distill.train import Dist
+    from towerlite.distill.finetune.config import PRESETS, FinetuneConfig
+    from towerlite.distill.finetune.interactions import step_batch
+    from towerlite.distill.finetune.train import build, make_step
+    from towerlite.distill.train import Dist
 
     cfg = FinetuneConfig.from_json({**PRESETS["tiny"], "history_items": 200, "max_length": 24,
                                     "datasets": {"movielens": 1.0}})
@@ -149,7 +149,7 @@ def test_long_histories_are_truncated_oldest_first(movielens):
 
 def test_empty_training_split_is_a_clear_error(cache, monkeypatch):
     import towerlite.data.splits as splits
-    from distill.interactions import load_interactions
+    from towerlite.distill.finetune.interactions import load_interactions
     from towerlite.errors import TowerliteError
 
     monkeypatch.setattr(splits, "is_heldout_user", lambda user: True)
@@ -235,7 +235,7 @@ def test_bad_input_fails_fast(cache, tmp_path, args, message):
 
 
 def test_every_preset_is_a_valid_config():
-    from distill.finetune_config import PRESETS, FinetuneConfig, check
+    from towerlite.distill.finetune.config import PRESETS, FinetuneConfig, check
 
     for fields in PRESETS.values():
         check(FinetuneConfig.from_json(dict(fields)))
@@ -245,7 +245,7 @@ def test_two_process_torchrun(cache, tmp_path):
     import os
 
     torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "distill.finetune_cli",
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "towerlite.distill.finetune.cli",
                            "--preset", "tiny", "--out", str(tmp_path / "ddp"), "--set", "evaluate=false"],
                           capture_output=True, text=True, timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -16,8 +16,18 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from towerlite.sequential import (PAD, HistoryConfig, SavedTower, history_rows, item_table,
-                                  onnx_user_vectors, save, train, user_vectors, windows)
+from towerlite.sequential import (
+    PAD,
+    HistoryConfig,
+    SavedTower,
+    history_rows,
+    item_table,
+    onnx_user_vectors,
+    save,
+    train,
+    user_vectors,
+    windows,
+)
 
 TINY = HistoryConfig(dim=16, layers=2, heads=2, max_len=8, dropout=0.1, epochs=3, batch_size=16,
                      lr=3e-3, id_min_likes=2)
@@ -168,7 +178,7 @@ def test_training_resumes_after_sigkill(tmp_path):
 
 @pytest.fixture(scope="module")
 def ml_cases(cache):
-    from serving.quality.cases import build_cases
+    from towerlite.evaluation.cases import build_cases
 
     return build_cases("movielens", users=40, max_history=5, catalog_items=300)
 
@@ -189,8 +199,8 @@ def test_no_held_out_user_is_trained_on(ml_cases):
 
 
 def test_sasrec_baseline_learns_from_the_training_users(ml_cases):
-    from serving.quality.evaluate import metric_rows
-    from serving.quality.sequential import sasrec
+    from towerlite.evaluation.recommend import metric_rows
+    from towerlite.evaluation.sequential import sasrec
 
     scores, about = sasrec(ml_cases, epochs=2, progress=False)
     assert about["training_users"] == len(ml_cases.train_sequences) and len(about["losses"]) == 2
@@ -202,10 +212,10 @@ def test_sasrec_baseline_learns_from_the_training_users(ml_cases):
 def served_history(cache, exported, ml_cases, tmp_path_factory):
     """A text + ID tower trained on the eval's small MovieLens catalog over the exported
     student's fp32 item vectors, deployed beside the text path, served by a real Triton."""
-    from serving.deploy import deploy
-    from serving.quality.towers import towers_of
-    from serving.triton import start_server
     from towerlite.data import load_dataset
+    from towerlite.evaluation.towers import towers_of
+    from towerlite.serving.deploy import deploy
+    from towerlite.serving.triton import start_server
 
     (item_tower,) = towers_of(f"{exported}:fp32")
     text = item_tower.embed(ml_cases.item_texts, "items")
@@ -224,7 +234,7 @@ def served_history(cache, exported, ml_cases, tmp_path_factory):
 
 @pytest.mark.parametrize("model", ["recommend_history", "recommend_history_fused"])
 def test_served_history_gives_the_in_process_ranking(served_history, ml_cases, model):
-    from serving.client import Client
+    from towerlite.serving.client import Client
 
     server, tower, text, _ = served_history
     table = tower.item_table(ml_cases.item_ids, text)
@@ -249,7 +259,7 @@ def test_served_history_gives_the_in_process_ranking(served_history, ml_cases, m
 def test_history_errors_are_clear_and_unknown_ids_are_skipped(served_history, ml_cases, model):
     from functools import partial
 
-    from serving.client import Client, ServingError
+    from towerlite.serving.client import Client, ServingError
 
     server, *_ = served_history
     history = [ml_cases.item_ids[r] for r in ml_cases.seen[0]]
@@ -281,7 +291,7 @@ def test_history_errors_are_clear_and_unknown_ids_are_skipped(served_history, ml
 
 
 def test_deploy_report_and_repository_name_the_history_tower(served_history):
-    from serving.repository import validate_repository
+    from towerlite.serving.repository import validate_repository
 
     _, tower, _, repo = served_history
     report = json.loads((repo / "deploy_report.json").read_text())
@@ -295,7 +305,7 @@ def test_deploy_report_and_repository_name_the_history_tower(served_history):
 def test_deploy_knows_which_item_towers_give_the_trained_vectors(exported):
     """A tower trained on the PyTorch student start reads the same vectors from its fp32 export
     (no warning at deploy), not from the int8 one (whose rows depend on their batch)."""
-    from serving.deploy import _same_item_vectors, load_export
+    from towerlite.serving.deploy import _same_item_vectors, load_export
 
     fp32, int8 = load_export(exported, "fp32"), load_export(exported, "int8_dynamic")
     assert _same_item_vectors("student-start", fp32) and not _same_item_vectors("student-start", int8)
@@ -307,8 +317,9 @@ def test_eval_ranks_a_saved_tower_and_the_demo_check_agrees(served_history, ml_c
     """`towerlite eval --history-model` ranks the saved tower as `serving.quality.sequential.saved`
     does, and `served_agreement` (the demo's through-Triton check) finds the server agreeing."""
     from conftest import run_cli
-    from serving.quality.evaluate import metric_rows
-    from serving.quality.sequential import deployed_table, saved, served_agreement
+
+    from towerlite.evaluation.recommend import metric_rows
+    from towerlite.evaluation.sequential import deployed_table, saved, served_agreement
 
     server, tower, text, _ = served_history
     proc = run_cli("eval", "--dataset", "movielens", "--no-teacher", "--no-start", "--users", "40",
@@ -334,9 +345,9 @@ def test_catalog_update_adds_an_item_the_next_history_request_recommends(served_
     lands, and a history that names it reads it instead of skipping it; a removed movie leaves."""
     import pandas as pd
 
-    from serving.catalog_update import update
-    from serving.client import Client
     from towerlite.data import load_dataset
+    from towerlite.serving.catalog_update import update
+    from towerlite.serving.client import Client
 
     server, tower, text, repo = served_history
     items = load_dataset("movielens").items.set_index("item_id", drop=False)
@@ -362,8 +373,8 @@ def test_catalog_update_adds_an_item_the_next_history_request_recommends(served_
     scorer_ids = np.load(repo / "portable" / "history_scorer" / "2" / "catalog" / "item_ids.npy")
     matrix = np.load(repo / "portable" / "history_scorer" / "2" / "catalog" / "embeddings_t.npy")
     row = matrix[:, list(scorer_ids).index(b"new-movie-1")]
-    from serving.quality.towers import towers_of
     from towerlite.data.render import item_texts
+    from towerlite.evaluation.towers import towers_of
 
     (item_tower,) = towers_of(tower.item_model)
     expected = tower.item_table(["new-movie-1"], item_tower.encode(item_texts(pd.DataFrame(new))))
@@ -373,7 +384,13 @@ def test_catalog_update_adds_an_item_the_next_history_request_recommends(served_
 def test_both_flavors_write_the_history_models(tmp_path):
     """The history path is python models in both flavors (no encoder platform to choose), and
     the default spec writes none of it (the committed repository stays as it is)."""
-    from serving.repository import FLAVORS, RepositorySpec, model_configs, validate_repository, write_code
+    from towerlite.serving.repository import (
+        FLAVORS,
+        RepositorySpec,
+        model_configs,
+        validate_repository,
+        write_code,
+    )
 
     for flavor in FLAVORS:
         assert "recommend_history" not in model_configs(RepositorySpec(), flavor)
@@ -414,9 +431,9 @@ def test_history_cli_trains_saves_and_reports(cache, tmp_path):
 
 
 def test_bench_history_requests_are_held_out_likes(cache):
-    from serving.bench.inputs import build_requests, perf_analyzer_data
     from towerlite.data import load_dataset
     from towerlite.data.splits import is_heldout_user, ordered_likes
+    from towerlite.serving.bench.inputs import build_requests, perf_analyzer_data
 
     requests = build_requests(["movielens"], 30, k=5, max_history=50, kind="history")
     likes = ordered_likes(load_dataset("movielens"))

@@ -22,12 +22,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving import catalog as cat
-from serving.client import Client, ServingError
-from serving.repository import (FLAVORS, MODEL_CODE, RepositorySpec, model_configs, parse_config,
-                                validate_repository, write_code)
-from serving.triton import _children
+from towerlite.data.catalog import prepare_items
 from towerlite.errors import TowerliteError
+from towerlite.serving import catalog as cat
+from towerlite.serving.client import Client, ServingError
+from towerlite.serving.repository import (
+    FLAVORS,
+    MODEL_CODE,
+    RepositorySpec,
+    model_configs,
+    parse_config,
+    validate_repository,
+    write_code,
+)
+from towerlite.serving.triton import _children
 
 # faiss's SWIG bindings warn on import under Python 3.11+
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type .* has no __module__:DeprecationWarning")
@@ -97,7 +105,7 @@ def test_every_config_parses_as_model_config(flavor, spec_name):
 
 def test_committed_repository_is_what_the_generator_writes(tmp_path):
     """model_repository/ in git holds exactly the configs and model.py files of the default
-    spec (regenerate: python -m serving.repository --out model_repository)."""
+    spec (regenerate: python -m towerlite.serving.repository --out model_repository)."""
     for flavor in FLAVORS:
         written = write_code(tmp_path / flavor, RepositorySpec(), flavor)
         validate_repository(ROOT / "model_repository" / flavor)
@@ -130,7 +138,7 @@ def test_triton_models_import_only_what_a_stock_container_has(source):
 
 
 def test_deploy_spec_settings_are_checked():
-    from serving.cli import spec_settings
+    from towerlite.serving.cli import spec_settings
 
     got = spec_settings(["user_encoder_instances=1", "buckets=[16,32]", "ragged_batches=false"])
     assert got == {"user_encoder_instances": 1, "buckets": (16, 32), "ragged_batches": False}
@@ -208,7 +216,7 @@ def test_catalog_text_is_the_shared_rendering_and_domains_are_contiguous(items, 
     from towerlite.data.render import item_text
 
     frame, _ = items
-    prepared = cat.prepare_items(frame)
+    prepared = prepare_items(frame)
     by_id = {r["item_id"]: r for r in frame.to_dict("records")}
     assert len(prepared) == len(frame)
     for row in prepared.itertuples():
@@ -234,7 +242,7 @@ def test_catalog_text_is_the_shared_rendering_and_domains_are_contiguous(items, 
 
 @pytest.fixture(scope="module")
 def deployed(exported, items, tmp_path_factory):
-    from serving.deploy import deploy
+    from towerlite.serving.deploy import deploy
 
     frame, _ = items
     out = tmp_path_factory.mktemp("serving-repo")
@@ -246,7 +254,7 @@ def deployed(exported, items, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(deployed, tmp_path_factory):
-    from serving.triton import start_server
+    from towerlite.serving.triton import start_server
 
     out, _ = deployed
     log = tmp_path_factory.mktemp("triton-log") / "tritonserver.log"
@@ -267,7 +275,7 @@ def client(server, request):
 @pytest.fixture(scope="module")
 def reference(exported, deployed):
     """The in-process pipeline over the same ONNX files and the same catalog files."""
-    from export.runtime import OnnxEncoder
+    from towerlite.runtime import OnnxEncoder
 
     out, report = deployed
     user = OnnxEncoder(exported / "model_int8_dynamic.onnx", max_length=128)
@@ -376,7 +384,7 @@ def test_min_score_returns_a_threshold_list(client, reference, users):
 def test_python_models_run_with_one_blas_thread(server, monkeypatch):
     """Every stub process gets OPENBLAS_NUM_THREADS=1 and OMP_NUM_THREADS=1 (spinning BLAS
     threads per stub burned the cores of a 16-core machine); a user's own setting is kept."""
-    from serving.triton import server_env
+    from towerlite.serving.triton import server_env
 
     stubs = server._pids()[1:]
     assert stubs, "the python backend started no stub process"
@@ -552,7 +560,7 @@ def test_a_deadline_shorter_than_the_service_is_not_called_unreachable(server, p
 
 
 def test_server_down_is_one_clear_line():
-    from serving.triton import free_port
+    from towerlite.serving.triton import free_port
 
     for protocol in ("grpc", "http"):
         with Client(f"127.0.0.1:{free_port()}", protocol, timeout_s=5) as c:
@@ -563,7 +571,7 @@ def test_server_down_is_one_clear_line():
 
 
 def test_port_in_use_is_reported(server, deployed):
-    from serving.triton import launch
+    from towerlite.serving.triton import launch
 
     out, _ = deployed
     with pytest.raises(TowerliteError, match=f"port {server.http_port} .* already in use"):
@@ -572,7 +580,7 @@ def test_port_in_use_is_reported(server, deployed):
 
 def test_another_server_on_the_port_is_found_by_its_id(server, tmp_path):
     """A port taken between choosing and binding: readiness answers, but from the other server."""
-    from serving.triton import TritonServer, _wait_ready
+    from towerlite.serving.triton import TritonServer, _wait_ready
 
     sleeper = subprocess.Popen(["sleep", "30"])
     try:
@@ -590,7 +598,7 @@ def test_gpu_encoders_without_a_cuda_onnxruntime_fail_clearly(tmp_path, deployed
     encoder refuses to load and says what to install, rather than running on the CPU."""
     import onnxruntime as ort
 
-    from serving.triton import launch
+    from towerlite.serving.triton import launch
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has a CUDA provider")
@@ -608,7 +616,7 @@ def test_gpu_encoders_without_a_cuda_onnxruntime_fail_clearly(tmp_path, deployed
 
 
 def test_model_load_failure_names_the_model_and_its_error(tmp_path, deployed):
-    from serving.triton import launch
+    from towerlite.serving.triton import launch
 
     out, _ = deployed
     repo = tmp_path / "repo"
@@ -624,7 +632,7 @@ def test_model_load_failure_names_the_model_and_its_error(tmp_path, deployed):
 
 
 def test_deploy_refuses_bad_inputs_clearly(exported, tmp_path):
-    from serving.deploy import deploy
+    from towerlite.serving.deploy import deploy
 
     with pytest.raises(TowerliteError, match="has no fp16 variant"):
         deploy(exported, tmp_path / "a", variant="fp16")
@@ -644,7 +652,7 @@ def test_deploy_refuses_bad_inputs_clearly(exported, tmp_path):
 def test_native_flavor_takes_fp16_where_the_export_has_it(exported, tmp_path):
     """GPU instances get fp16 by default (int8_dynamic ran slower on the CUDA provider);
     without an fp16 file they keep the portable variant and the log says why that is slow."""
-    from serving.deploy import load_export, native_export
+    from towerlite.serving.deploy import load_export, native_export
 
     folder = tmp_path / "export"
     folder.mkdir()
@@ -662,7 +670,7 @@ def test_native_flavor_takes_fp16_where_the_export_has_it(exported, tmp_path):
 
 
 def test_native_cpu_kind_keeps_the_portable_variant_and_says_how_to_start_it(exported, tmp_path):
-    from serving.deploy import container_command, load_export, native_export
+    from towerlite.serving.deploy import container_command, load_export, native_export
 
     portable = load_export(exported, "int8_dynamic")
     said = []
@@ -689,8 +697,8 @@ def test_native_cpu_settings_rank_like_the_portable_path(exported, deployed, ite
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from export.runtime import OnnxEncoder
     from towerlite.data import user_histories, user_text
+    from towerlite.runtime import OnnxEncoder
 
     out, report = deployed
     spec = replace(RepositorySpec.from_json(report["spec"]), native_kind="cpu")
@@ -859,7 +867,7 @@ def test_cli_serve_reports_a_missing_repository(tmp_path):
 # the FAISS index option
 
 def test_ivf_index_recall_against_exact():
-    from serving import index as ix
+    from towerlite.serving import index as ix
 
     rng = np.random.default_rng(1)
     emb = rng.normal(size=(4000, 32)).astype(np.float32)
@@ -880,8 +888,8 @@ def test_served_ivf_index_answers_like_exact_when_it_visits_every_list(
         exported, items, reference, users, tmp_path):
     """deploy --index ivf on the same slice; with nprobe = nlist the index must return exactly
     the exact top-k (also with a one-domain selector and exclusions)."""
-    from serving.deploy import deploy
-    from serving.triton import start_server
+    from towerlite.serving.deploy import deploy
+    from towerlite.serving.triton import start_server
 
     frame, _ = items
     report = deploy(exported, tmp_path, variant="int8_dynamic", item_variant="fp32", items=frame,

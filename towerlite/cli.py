@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import TowerliteError
+from .entry import run
 
 
 def _mb(n: int) -> str:
@@ -71,7 +71,7 @@ def cmd_assets(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run
 
-    run(args.out)
+    run(args.out, main)
     return 0
 
 
@@ -102,21 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_assets)
 
-    from distill import cli as distill_cli
+    from towerlite.distill import cli as distill_cli
 
     p = sub.add_parser("distill", help="distill the teacher into small students, evaluated",
                        description=distill_cli.DESCRIPTION)
     distill_cli.add_arguments(p)
     p.set_defaults(func=distill_cli.command)
 
-    from distill import finetune_cli
+    from towerlite.distill.finetune import cli as finetune_cli
 
     p = sub.add_parser("finetune", help="fine-tune the towers on the training interactions",
                        description=finetune_cli.DESCRIPTION)
     finetune_cli.add_arguments(p)
     p.set_defaults(func=finetune_cli.command)
 
-    from distill import history as history_cli
+    from towerlite.distill import history as history_cli
 
     p = sub.add_parser("history", help="train the history user tower (liked item ids → user "
                                        "vector), measured beside SASRec and the baselines",
@@ -124,14 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     history_cli.add_arguments(p)
     p.set_defaults(func=history_cli.command)
 
-    from export import cli as export_cli
+    from towerlite.export import cli as export_cli
 
     p = sub.add_parser("export", help="export an encoder to ONNX variants, parity-gated",
                        description=export_cli.DESCRIPTION)
     export_cli.add_arguments(p)
     p.set_defaults(func=export_cli.command)
 
-    from serving import cli as serving_cli
+    from towerlite.serving import cli as serving_cli
 
     p = sub.add_parser("deploy", help="write the two-tower Triton model repository",
                        description=serving_cli.DEPLOY_DESCRIPTION)
@@ -142,14 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     serving_cli.add_serve_arguments(p)
     p.set_defaults(func=serving_cli.serve_command)
 
-    from serving.quality import cli as eval_cli
+    from towerlite import eval_cli
 
     p = sub.add_parser("eval", help="recommendation quality of every tower setting vs baselines",
                        description=eval_cli.DESCRIPTION)
     eval_cli.add_arguments(p)
     p.set_defaults(func=eval_cli.command)
 
-    from serving.bench import cli as bench_cli
+    from towerlite.serving.bench import cli as bench_cli
 
     p = sub.add_parser("bench", help="latency and throughput of a running server; `bench compare`",
                        description=bench_cli.DESCRIPTION)
@@ -177,14 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except TowerliteError as exc:
-        print(f"towerlite: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("towerlite: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    return run(args.func, args)
 
 
 if __name__ == "__main__":

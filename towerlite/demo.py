@@ -16,11 +16,11 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import TowerliteError
 from .files import write_json_atomic
-
 
 # the history tower and the SASRec yardstick train this many epochs in the demo (the
 # documented runs use 20: docs/quality.md); ≈ 1 min an epoch each on MovieLens, 2 cores
@@ -31,9 +31,7 @@ def _say(msg: str) -> None:
     print(f"\n== demo: {msg}", file=sys.stderr, flush=True)
 
 
-def _step(name: str, argv: list[str], timings: dict) -> None:
-    from .cli import main
-
+def _step(name: str, argv: list[str], timings: dict, main: Callable[[list[str]], int]) -> None:
     _say(f"{name}: towerlite {' '.join(argv)}")
     t0 = time.monotonic()
     if main(argv) != 0:
@@ -44,7 +42,7 @@ def _step(name: str, argv: list[str], timings: dict) -> None:
 
 def _user_tower_latency(export: Path, texts: list[str]) -> dict:
     """Batch-1 encode latency (ms, median) of the user tower: teacher PyTorch vs student int8."""
-    from export.runtime import OnnxEncoder
+    from towerlite.runtime import OnnxEncoder
 
     from .models import SentenceEncoder
 
@@ -66,9 +64,9 @@ def _user_tower_latency(export: Path, texts: list[str]) -> dict:
 def _history_via_triton(folder: Path, repository: Path, url: str) -> dict:
     """recommend_history on 100 held-out users against the same tower in-process, over the
     item table the deploy wrote (the int8 item tower's rows depend on its batching)."""
-    from serving.quality.cases import build_cases
-    from serving.quality.sequential import deployed_table, served_agreement
+    from towerlite.evaluation.cases import build_cases
     from towerlite.sequential import SavedTower
+    from towerlite.serving.served_quality import deployed_table, served_agreement
 
     tower = SavedTower.load(folder)
     cases = build_cases("movielens", users=200)
@@ -128,36 +126,38 @@ recommend at concurrency 1: p50 {lat['served_c1_p50_ms']} ms, p99 {lat['served_c
   reports        {', '.join(s['reports'].values())}""")
 
 
-def run(out: Path) -> dict:
-    from serving.triton import start_server
+def run(out: Path, main: Callable[[list[str]], int]) -> dict:
+    """The chain under `out`; `main` runs one `towerlite` command line (the CLI passes its own,
+    so this module does not import the CLI that imports it)."""
+    from towerlite.serving.triton import start_server
 
     timings: dict[str, float] = {}
     started = time.monotonic()
-    _step("prepare", ["prepare"], timings)
-    _step("distill", ["distill", "--preset", "demo", "--out", str(out / "distill")], timings)
+    _step("prepare", ["prepare"], timings, main)
+    _step("distill", ["distill", "--preset", "demo", "--out", str(out / "distill")], timings, main)
     _step("finetune", ["finetune", "--preset", "demo", "--start", str(out / "distill" / "model"),
-                       "--out", str(out / "finetune")], timings)
+                       "--out", str(out / "finetune")], timings, main)
     _step("export", ["export", "--model", str(out / "finetune" / "model"), "--out", str(out / "export"),
-                     "--variants", "fp32,int8_dynamic", "--no-speed"], timings)
+                     "--variants", "fp32,int8_dynamic", "--no-speed"], timings, main)
     _step("history", ["history", "--item-model", f"{out / 'export'}:int8_dynamic", "--set",
-                      f"epochs={DEMO_EPOCHS}", "--no-progress", "--out", str(out / "history")], timings)
+                      f"epochs={DEMO_EPOCHS}", "--no-progress", "--out", str(out / "history")], timings, main)
     _step("deploy", ["deploy", "--user-model", str(out / "export"), "--catalog", "movielens",
                      "--flavor", "portable", "--index", "exact", "--history-model",
-                     str(out / "history" / "model"), "--out", str(out / "repository")], timings)
+                     str(out / "history" / "model"), "--out", str(out / "repository")], timings, main)
     _say("serve: starting Triton on the portable repository")
     with start_server(out / "repository" / "portable", log_path=out / "triton.log") as server:
         _say(f"serving at grpc {server.grpc_url}, http {server.http_url}")
         _step("eval", ["eval", "--dataset", "movielens", "--users", "200", "--model", str(out / "distill" / "model"),
                        "--model", str(out / "finetune" / "model"), "--model", f"{out / 'export'}:int8_dynamic", "--via-triton", server.grpc_url,
                        "--history-model", str(out / "history" / "model"),
-                       "--sasrec-epochs", str(DEMO_EPOCHS), "--out", str(out / "eval")], timings)
+                       "--sasrec-epochs", str(DEMO_EPOCHS), "--out", str(out / "eval")], timings, main)
         _say("history path: recommend_history through Triton vs the same tower in-process")
         history_served = _history_via_triton(out / "history" / "model",
                                              out / "repository" / "portable", server.grpc_url)
         _step("bench", ["bench", "--url", server.grpc_url, "--concurrency", "1,4,8", "--duration", "5",
-                        "--texts", "300", "--out", str(out / "bench")], timings)
+                        "--texts", "300", "--out", str(out / "bench")], timings, main)
     _say("latency of the user tower in-process: teacher vs student, on held-out users' texts")
-    from serving.quality.cases import build_cases
+    from towerlite.evaluation.cases import build_cases
 
     t0 = time.monotonic()
     latency = _user_tower_latency(out / "export", build_cases("movielens", users=40).user_texts)

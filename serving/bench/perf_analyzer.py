@@ -99,7 +99,7 @@ def install(log=print) -> Path:
 
 def lib_dir() -> Path:
     """A folder with libb64.so.0d and libcudart.so.12 linked from nvidia-pytriton's libs."""
-    from serving.triton import pytriton_package
+    from towerlite.serving.triton import pytriton_package
 
     try:
         bundled = pytriton_package().parent / "nvidia_pytriton.libs"

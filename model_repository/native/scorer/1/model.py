@@ -31,7 +31,6 @@ import os
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-
 OPTIONS = ("K", "DOMAIN", "EXCLUDE", "MIN_SCORE")  # the optional inputs, in search()'s order
 
 

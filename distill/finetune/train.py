@@ -18,18 +18,25 @@ from pathlib import Path
 
 import numpy as np
 
-from towerlite.machine import cpu_info
 from towerlite.errors import TowerliteError
 from towerlite.files import ensure_writable_dir, write_json_atomic
+from towerlite.machine import cpu_info
 
-from .config import StudentSpec
-from .finetune_config import FinetuneConfig, check
+from ..config import StudentSpec
+from ..losses import info_nce
+from ..pipeline import (
+    LazyTeacher,
+    evaluate_row,
+    hash_key,
+    peak_rss_mb,
+    speed_sample,
+    teacher_eval_embeddings,
+    teacher_row,
+)
+from ..students import build_student, save_student, start_config
+from ..train import Dist, init_distributed, run_steps
+from .config import FinetuneConfig, check
 from .interactions import load_interactions, step_batch, valid_negatives
-from .losses import info_nce
-from .pipeline import (LazyTeacher, evaluate_row, hash_key, peak_rss_mb, speed_sample, teacher_eval_embeddings,
-                       teacher_row)
-from .students import build_student, save_student, start_config
-from .train import Dist, init_distributed, run_steps
 
 
 def _run_key(cfg: FinetuneConfig, start_folder: str) -> str:
@@ -154,7 +161,7 @@ def evaluate(cfg: FinetuneConfig, model_folder: Path, say) -> dict:
     from towerlite.embedding_cache import cache_key, cache_root, cached_embeddings
     from towerlite.models import SentenceEncoder, encode_with
 
-    from .texts import eval_set
+    from ..texts import eval_set
 
     ev = eval_set(cfg.eval_texts_per_source, cfg.eval_users, cfg.history_items, cfg.seed, cfg.eval_catalog_items)
     teacher_folder, _ = start_config(StudentSpec(start=cfg.teacher), say)

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from towerlite.metrics import dot_scores, per_user, summarize, target_ranks
+from towerlite.evaluation.metrics import dot_scores, per_user, summarize, target_ranks
 
 from .baselines import BASELINES
 from .cases import Cases

@@ -12,13 +12,17 @@ whose target sits on a float32 score tie at a rank boundary, i.e. |Δ| ≤ 1/use
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from towerlite.errors import TowerliteError
-from towerlite.metrics import dot_scores, per_user, summarize, target_ranks, top_k
+from towerlite.evaluation.cases import Cases
+from towerlite.evaluation.metrics import dot_scores, per_user, summarize, target_ranks, top_k
+from towerlite.evaluation.towers import Tower
+from towerlite.sequential import SavedTower, onnx_user_vectors
 
-from .cases import Cases
-from .towers import Tower
+from .client import Client
 
 K = 50
 
@@ -31,8 +35,6 @@ def _cut(above: np.ndarray, tied: np.ndarray) -> dict[str, np.ndarray]:
 
 def served_row(cases: Cases, url: str, protocol: str = "grpc", log=print) -> tuple[dict, list[list[str]]]:
     from tqdm.auto import tqdm
-
-    from ..client import Client
 
     above, tops = [], []
     with Client(url, protocol) as client:
@@ -51,8 +53,6 @@ def served_row(cases: Cases, url: str, protocol: str = "grpc", log=print) -> tup
 
 def served_buckets(url: str, protocol: str) -> list[int]:
     """The length buckets the served tokenizer pads each request to (its BUCKETS parameter)."""
-    from ..client import Client
-
     with Client(url, protocol) as client:
         params = client.model_config("tokenizer").get("parameters", {})
     return sorted(int(b) for b in params.get("BUCKETS", {}).get("string_value", "").split(",") if b.strip())
@@ -74,7 +74,7 @@ def bucketed_users(tower: Tower, texts: list[str], buckets: list[int]) -> np.nda
 
 
 def in_process_cut(cases: Cases, tower: Tower, buckets: list[int]) -> tuple[dict, list[list[str]]]:
-    from ..catalog import embed_catalog
+    from .catalog import embed_catalog
 
     users = bucketed_users(tower, cases.user_texts, buckets)
     # the catalog batched exactly as `towerlite deploy` embeds it, for the same reason
@@ -96,3 +96,40 @@ def compare(cases: Cases, tower: Tower, url: str, protocol: str = "grpc", log=pr
             "served": served, "in_process": local, "abs_diff": diff,
             "same_top10_share": round(same_top, 4), "tolerance": round(tolerance, 6),
             "agree": all(d <= tolerance + 1e-9 for d in diff.values())}
+
+
+def deployed_table(repository, item_ids: list[str]) -> np.ndarray:
+    """The item table a deploy wrote (history_encoder's newest version), in `item_ids` order:
+    the rows the server reads. Recomputing them from text would not do for an int8 item tower,
+    whose embeddings depend on how the catalog was batched."""
+    root = Path(repository) / "history_encoder"
+    version = max(int(p.name) for p in root.iterdir() if p.name.isdigit())
+    folder = root / str(version) / "history"
+    ids = [i.decode() for i in np.load(folder / "item_ids.npy")]
+    where = {item: r for r, item in enumerate(ids)}
+    return np.load(folder / "item_table.npy")[[where[i] for i in item_ids]]
+
+
+def served_agreement(cases: Cases, tower: SavedTower, text: np.ndarray | None, url: str,
+                     protocol: str = "grpc", users: int = 100, model: str = "recommend_history",
+                     table: np.ndarray | None = None) -> dict:
+    """The served `recommend_history` against the in-process ranking of the same tower, for
+    the first `users` cases: each user's history sent as ids, top-10 compared. `table`: the
+    served item table in cases.item_ids order (`deployed_table`); else it is built from `text`.
+    The served graph runs one user at a time and in-process runs a batch, so scores agree to
+    float rounding (`max_abs_score_diff`) and a top-10 list can differ only where two scores
+    (nearly) tie."""
+    table = tower.item_table(cases.item_ids, text) if table is None else table
+    n = min(users, len(cases.users))
+    vectors = onnx_user_vectors(tower.session(), table, cases.seen[:n], tower.config.max_len)
+    same, diff = 0, 0.0
+    with Client(url, protocol) as client:
+        for vector, seen in zip(vectors, cases.seen[:n]):
+            got = client.recommend_history([cases.item_ids[r] for r in seen], k=10, model=model)
+            scores = table @ vector
+            scores[seen] = -np.inf
+            best = np.argsort(-scores, kind="stable")[:10]
+            same += got.item_ids == [cases.item_ids[r] for r in best]
+            diff = max(diff, float(np.max(np.abs(np.asarray(got.scores) - scores[best]))))
+    return {"url": url, "users": n, "same_top10_share": round(same / max(n, 1), 4),
+            "max_abs_score_diff": diff, "agree": same / max(n, 1) >= 0.95 and diff < 1e-3}

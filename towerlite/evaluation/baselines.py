@@ -5,7 +5,7 @@ co-occurrence  item-to-item: an item scores the sum, over the user's history, of
                co-occurrence with each history item (liked by the same users), the classic
                item-kNN recommender without a neighbour cut
 Both learn from `Cases.train_likes` only (the evaluated targets are not in it) and return
-`towerlite.metrics.ScoreBlock`s, so they are ranked exactly like the towers.
+`towerlite.evaluation.metrics.ScoreBlock`s, so they are ranked exactly like the towers.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-from towerlite.metrics import ScoreBlock
+from towerlite.evaluation.metrics import ScoreBlock
 
 from .cases import Cases
 

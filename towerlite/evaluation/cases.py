@@ -52,10 +52,9 @@ def build_cases(dataset: str, users: int = 1000, max_history: int = 10, seed: in
                 catalog_items: int = 0, min_history: int = 1) -> Cases:
     """`users`: how many held-out users (0 = all of them); `catalog_items`: 0 = the whole catalog."""
     from towerlite.data import load_dataset
+    from towerlite.data.catalog import prepare_items
     from towerlite.data.render import user_text
     from towerlite.data.splits import is_heldout_user, leave_last_out, ordered_likes
-
-    from ..catalog import prepare_items
 
     if max_history < 1 or min_history < 1 or users < 0 or catalog_items < 0:
         raise TowerliteError("max_history and min_history must be at least 1; users and "

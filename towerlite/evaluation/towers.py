@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from towerlite.errors import TowerliteError
-
-from ..deploy import VARIANT_FILES
+from towerlite.runtime import VARIANT_FILES
 
 PACKAGED = ("teacher", "student-start")
 
@@ -76,7 +75,7 @@ def _onnx(folder: Path, variant: str, name: str, max_length: int) -> Tower:
     path = folder / VARIANT_FILES[variant]
 
     def load():
-        from export.runtime import OnnxEncoder
+        from towerlite.runtime import OnnxEncoder
 
         return OnnxEncoder(path, folder / "tokenizer.json", max_length=max_length)
 

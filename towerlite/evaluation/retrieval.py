@@ -4,7 +4,7 @@ agreement  how closely a model's geometry follows the teacher's on held-out text
            Spearman of pairwise cosines, top-10 neighbour overlap, and mean cosine to the
            teacher's own embedding when the model lives in the teacher's space.
 retrieval  user history text → next liked item over the whole catalog (history excluded),
-           Recall@k, NDCG@k, MRR (towerlite.metrics), and the overlap of the model's top-k with
+           Recall@k, NDCG@k, MRR (towerlite.evaluation.metrics), and the overlap of the model's top-k with
            the teacher's: how close it comes to serving what the teacher would.
 """
 
@@ -12,8 +12,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from towerlite.metrics import (bootstrap_ci, dot_scores, per_user, summarize, target_ranks, top_k,
-                               top_k_overlap)
+from towerlite.evaluation.metrics import (
+    bootstrap_ci,
+    dot_scores,
+    per_user,
+    summarize,
+    target_ranks,
+    top_k,
+    top_k_overlap,
+)
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""`towerlite eval` (also `python -m serving eval`)."""
+"""`towerlite eval`: the evaluation package's rows, and with `--via-triton` the same rankings
+through a running server (so it sits with the application: it reaches evaluation and serving)."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _towers(args) -> list:
-    from .towers import towers_of
+    from towerlite.evaluation.towers import towers_of
 
     specs = ([] if args.no_teacher else ["teacher"]) + ([] if args.no_start else ["student-start"]) + args.model
     towers = [t for spec in specs for t in towers_of(spec)]
@@ -78,13 +79,12 @@ def _towers(args) -> list:
 def run_dataset(dataset: str, towers: list, args, log) -> dict:
     from importlib.metadata import version
 
+    from towerlite.evaluation.cases import build_cases
+    from towerlite.evaluation.recommend import evaluate
+    from towerlite.evaluation.report import markdown
     from towerlite.files import write_json_atomic, write_text_atomic
     from towerlite.machine import cpu_info
-
-    from .cases import build_cases
-    from .evaluate import evaluate
-    from .report import markdown
-    from .via_triton import compare
+    from towerlite.serving.served_quality import compare
 
     started = time.monotonic()
     size = AUTO_CATALOG[dataset] if args.catalog_items is None else args.catalog_items
@@ -108,9 +108,8 @@ def run_dataset(dataset: str, towers: list, args, log) -> dict:
 
 
 def command(args: argparse.Namespace) -> int:
+    from towerlite.evaluation.report import markdown
     from towerlite.files import ensure_writable_dir
-
-    from .report import markdown
 
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     ensure_writable_dir(args.out, "eval output folder")

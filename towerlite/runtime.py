@@ -1,4 +1,5 @@
-"""Run an exported encoder in onnxruntime: texts → sentence embeddings.
+"""Run an exported encoder in onnxruntime: texts → sentence embeddings. The one runtime piece
+export (parity, speed), serving (deploy, catalog) and evaluation share, so it lives in the base.
 
 Tokenization uses the `tokenizers` library on the tokenizer.json copied beside the ONNX file,
 exactly as the Triton python model does, so what is measured here is what is served.
@@ -13,6 +14,11 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from towerlite.errors import TowerliteError
+
+# What `towerlite export` writes for each variant: the contract between export, deploy and eval.
+VARIANT_FILES = {"fp32": "model.onnx", "opt": "model_opt.onnx",
+                 "int8_dynamic": "model_int8_dynamic.onnx", "int8_static": "model_int8_static.onnx",
+                 "fp16": "model_fp16.onnx"}
 
 
 def load_tokenizer(tokenizer_json: Path, max_length: int) -> tuple[Tokenizer, int]:

@@ -1,4 +1,4 @@
-"""`towerlite finetune` and `python -m distill.finetune_cli` (also under torchrun)."""
+"""`towerlite finetune` and `python -m towerlite.distill.finetune.cli` (also under torchrun)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli import _f, add_config_arguments, build_config
-from .finetune_config import PRESETS, FinetuneConfig
+from ..cli import _f, add_config_arguments, build_config
+from .config import PRESETS, FinetuneConfig
 
 DESCRIPTION = (
     "Fine-tune an encoder as both towers on the training interactions (MovieLens-1M and/or "
@@ -40,7 +40,7 @@ def summary_table(report: dict) -> str:
 
 
 def command(args: argparse.Namespace) -> int:
-    from .finetune import run
+    from .train import run
 
     cfg = build_config(args, PRESETS, FinetuneConfig, ("out", "start", "steps"))
     report = run(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -53,12 +53,6 @@ def command(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from towerlite.errors import TowerliteError
+    from towerlite.entry import standalone
 
-    parser = argparse.ArgumentParser(prog="python -m distill.finetune_cli", description=DESCRIPTION)
-    add_arguments(parser)
-    try:
-        sys.exit(command(parser.parse_args()))
-    except TowerliteError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(standalone("python -m towerlite.distill.finetune.cli", DESCRIPTION, add_arguments, command))

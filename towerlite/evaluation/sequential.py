@@ -7,6 +7,8 @@
     saved(cases, folder)            a saved history tower (`towerlite history` output) through
                                     its ONNX graph, as the served model runs it
 
+(The same tower through Triton: `towerlite.serving.served_quality.served_agreement`.)
+
 Each reads a user's `Cases.seen` (every like before the target, oldest → newest; the newest
 `max_len` of them) and returns a ScoreBlock over the cases' catalog, so it is ranked exactly
 like the text towers and the other baselines.
@@ -20,9 +22,15 @@ from dataclasses import replace
 
 import numpy as np
 
-from towerlite.metrics import ScoreBlock, dot_scores
-from towerlite.sequential import (HistoryConfig, SavedTower, item_table, onnx_user_vectors, train,
-                                  user_vectors)
+from towerlite.evaluation.metrics import ScoreBlock, dot_scores
+from towerlite.sequential import (
+    HistoryConfig,
+    SavedTower,
+    item_table,
+    onnx_user_vectors,
+    train,
+    user_vectors,
+)
 
 from .cases import Cases
 
@@ -55,44 +63,3 @@ def saved(cases: Cases, tower: SavedTower, text: np.ndarray | None) -> tuple[Sco
     users = onnx_user_vectors(tower.session(threads=2), table, cases.seen, tower.config.max_len)
     return dot_scores(users, table), {"model": tower.config.kind, "folder": str(tower.folder),
                                       "item_model": tower.item_model}
-
-
-def deployed_table(repository, item_ids: list[str]) -> np.ndarray:
-    """The item table a deploy wrote (history_encoder's newest version), in `item_ids` order:
-    the rows the server reads. Recomputing them from text would not do for an int8 item tower,
-    whose embeddings depend on how the catalog was batched."""
-    from pathlib import Path
-
-    root = Path(repository) / "history_encoder"
-    version = max(int(p.name) for p in root.iterdir() if p.name.isdigit())
-    folder = root / str(version) / "history"
-    ids = [i.decode() for i in np.load(folder / "item_ids.npy")]
-    where = {item: r for r, item in enumerate(ids)}
-    return np.load(folder / "item_table.npy")[[where[i] for i in item_ids]]
-
-
-def served_agreement(cases: Cases, tower: SavedTower, text: np.ndarray | None, url: str,
-                     protocol: str = "grpc", users: int = 100, model: str = "recommend_history",
-                     table: np.ndarray | None = None) -> dict:
-    """The served `recommend_history` against the in-process ranking of the same tower, for
-    the first `users` cases: each user's history sent as ids, top-10 compared. `table`: the
-    served item table in cases.item_ids order (`deployed_table`); else it is built from `text`.
-    The served graph runs one user at a time and in-process runs a batch, so scores agree to
-    float rounding (`max_abs_score_diff`) and a top-10 list can differ only where two scores
-    (nearly) tie."""
-    from serving.client import Client
-
-    table = tower.item_table(cases.item_ids, text) if table is None else table
-    n = min(users, len(cases.users))
-    vectors = onnx_user_vectors(tower.session(), table, cases.seen[:n], tower.config.max_len)
-    same, diff = 0, 0.0
-    with Client(url, protocol) as client:
-        for vector, seen in zip(vectors, cases.seen[:n]):
-            got = client.recommend_history([cases.item_ids[r] for r in seen], k=10, model=model)
-            scores = table @ vector
-            scores[seen] = -np.inf
-            best = np.argsort(-scores, kind="stable")[:10]
-            same += got.item_ids == [cases.item_ids[r] for r in best]
-            diff = max(diff, float(np.max(np.abs(np.asarray(got.scores) - scores[best]))))
-    return {"url": url, "users": n, "same_top10_share": round(same / max(n, 1), 4),
-            "max_abs_score_diff": diff, "agree": same / max(n, 1) >= 0.95 and diff < 1e-3}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from towerlite.errors import TowerliteError
 
-from .config import known_fields, read_config
+from ..config import known_fields, read_config
 
 KNOWN_DATASETS = ("movielens", "bookcrossing")
 
