@@ -1,111 +1,13 @@
-"""One description of the served model set → both flavors' Triton model repositories.
-
-    tokenizer ─► user_encoder ─► scorer          ensemble `recommend`:   TEXT → ITEM_IDS, SCORES, DOMAINS
-    [item_tokenizer] ─► item_encoder             ensemble `embed_items`: TEXT → EMBEDDING
-    recommend_fused (portable only)              `recommend` in one python model (same code and files)
-
-`RepositorySpec` holds every setting; `model_configs(spec, flavor)` renders each model's
-config.pbtxt text for `portable` (encoders as python models running onnxruntime; runs on the
-pip-installed Triton) or `native` (encoders on the `onnxruntime_onnx` platform, GPU instances,
-optional TensorRT). `write_code` writes configs and model.py files; `validate_repository` parses
-every config.pbtxt against Triton's ModelConfig protobuf. Weights and the catalog are written by
-`serving.deploy`.
-
-Regenerate the committed `model_repository/` (configs + model.py, default spec):
-
-    python -m towerlite.serving.repository --out model_repository
-"""
+"""config.pbtxt text of each model, per flavor: `model_configs(spec, flavor)`. Rendered as text
+(not through ModelConfig + text_format) so each setting keeps the comment that says why; every
+rendered config is parsed against Triton's ModelConfig protobuf by `validate_repository`."""
 
 from __future__ import annotations
 
-import argparse
-import shutil
-import struct
-from dataclasses import asdict, dataclass
-from pathlib import Path
-
 from towerlite.errors import TowerliteError
 
-FLAVORS = ("portable", "native")
-MODEL_CODE = Path(__file__).parent / "triton_models"
-FUSED = "recommend_fused"  # `recommend` as one python model (portable flavor)
-# model name → the file in serving/triton_models/ that is its model.py (per flavor)
-PYTHON_MODELS = {
-    "portable": {"tokenizer": "tokenizer.py", "item_tokenizer": "tokenizer.py",
-                 "user_encoder": "onnx_encoder.py", "item_encoder": "onnx_encoder.py",
-                 "scorer": "scorer.py", FUSED: "fused.py"},
-    "native": {"tokenizer": "tokenizer.py", "item_tokenizer": "tokenizer.py", "scorer": "scorer.py"},
-}
-# the history path (both flavors, when deploy is given a history tower): ensemble
-# `recommend_history` = history_encoder → history_scorer (the scorer's code over the history
-# tower's item table), and the same two steps in one python model (fused.py, PATH history)
-HISTORY_FUSED = "recommend_history_fused"
-HISTORY_MODELS = {"history_encoder": "history_encoder.py", "history_scorer": "scorer.py",
-                  HISTORY_FUSED: "fused.py"}
+from .spec import FLAVORS, FUSED, HISTORY_FUSED, RepositorySpec
 
-
-@dataclass(frozen=True)
-class RepositorySpec:
-    """Everything the configs depend on. Defaults: the student (384-d, 128 tokens) on 2 cores."""
-
-    dim: int = 384
-    max_length: int = 128
-    # portable: the tokenizer pads to a multiple of 8 tokens and the encoders take ragged
-    # batches (each batch padded to its longest request), so no request pays for a coarse
-    # bucket (the 16/32/64/128 buckets cost 12-18% more encoder time on user texts, measured);
-    # native: few buckets, since Triton's onnxruntime backend batches equal shapes only and
-    # TensorRT builds an engine profile per shape
-    buckets: tuple[int, ...] = tuple(range(8, 129, 8))
-    native_buckets: tuple[int, ...] = (16, 32, 64, 128)
-    ragged_batches: bool = True  # portable encoders: batch requests of different widths
-    # the item tower's tokenizer differs from the user tower's (e.g. teacher items, student users)
-    item_tokenizer: bool = False
-    max_batch_size: int = 64
-    max_text_bytes: int = 65536
-    default_k: int = 10
-    max_k: int = 1000
-    # portable encoders: python-model instances × onnxruntime threads each. Two one-thread
-    # user-encoder instances were the best throughput on 2 cores in the reference build.
-    user_encoder_instances: int = 2
-    user_encoder_threads: int = 1
-    item_encoder_instances: int = 1
-    item_encoder_threads: int = 2
-    scorer_instances: int = 1
-    # recommend_fused (portable): the three steps of `recommend` in one python model
-    fused_instances: int = 2
-    fused_threads: int = 1
-    # portable encoders and recommend_fused: onnxruntime on "cpu", or "gpu" (its CUDA provider,
-    # GPU 0; the pip-installed Triton's python backend with onnxruntime-gpu, no NGC container)
-    encoder_device: str = "cpu"
-    scorer_index: str = "auto"
-    tokenizer_instances: int = 1
-    # dynamic batching: the user path waits little (latency), the item path longer (throughput)
-    user_queue_delay_us: int = 100
-    item_queue_delay_us: int = 2000
-    # native flavor: encoders on GPU instances (fp16 by default), or CPU instances (a CPU-only
-    # node running the stock container; the portable flavor's variant, instances and threads)
-    native_kind: str = "gpu"
-    gpu_instances: int = 1
-    tensorrt: bool = False
-    tensorrt_precision: str = "FP16"
-    # the history user tower (`recommend_history`): its width, 0 = not deployed
-    history_dim: int = 0
-    history_max_len: int = 50  # newest items a history is read to
-    history_max_ids: int = 10_000  # longer HISTORY inputs are refused
-    history_instances: int = 2
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> RepositorySpec:
-        """A spec back from a deploy report (JSON lists become tuples; fields added since the
-        report was written take their defaults)."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-
-# ---------------------------------------------------------------------------------------------
-# config.pbtxt text
 
 def _io(kind: str, name: str, dtype: str, dims: list[int], optional: bool = False,
         comment: str = "", ragged: bool = False) -> str:
@@ -151,7 +53,8 @@ def _buckets(spec: RepositorySpec, flavor: str) -> list[int]:
     return sorted({b for b in chosen if b < spec.max_length} | {spec.max_length})
 
 
-def tokenizer_config(spec: RepositorySpec, name: str = "tokenizer", flavor: str = "portable") -> str:
+def tokenizer_config(spec: RepositorySpec, name: str = "tokenizer",
+                     flavor: str = "portable") -> str:
     which = "item" if name == "item_tokenizer" else "user (and item)"
     return "\n".join([
         _header(name, f"{which} text → input_ids, attention_mask, padded to length buckets "
@@ -170,11 +73,10 @@ def tokenizer_config(spec: RepositorySpec, name: str = "tokenizer", flavor: str 
 
 def _warmup(spec: RepositorySpec, flavor: str) -> str:
     width = _buckets(spec, flavor)[0]
+    zeros = f"value: {{ data_type: TYPE_INT64 dims: [ {width} ] zero_data: true }}"
     return (f"model_warmup [ {{\n  name: \"bucket_{width}\"\n  batch_size: 1\n"
-            f"  inputs {{ key: \"input_ids\" value: {{ data_type: TYPE_INT64 dims: [ {width} ] "
-            "zero_data: true } }\n"
-            f"  inputs {{ key: \"attention_mask\" value: {{ data_type: TYPE_INT64 dims: [ {width} ] "
-            "zero_data: true } }\n} ]")
+            f"  inputs {{ key: \"input_ids\" {zeros} }}\n"
+            f"  inputs {{ key: \"attention_mask\" {zeros} }}\n}} ]")
 
 
 def encoder_config(spec: RepositorySpec, name: str, flavor: str) -> str:
@@ -211,7 +113,8 @@ def encoder_config(spec: RepositorySpec, name: str, flavor: str) -> str:
               "default_model_filename: \"model.onnx\""]
     if _native_kind(spec) == "cpu":
         if spec.tensorrt:
-            raise TowerliteError("TensorRT is a GPU execution accelerator: not with native_kind cpu")
+            raise TowerliteError("TensorRT is a GPU execution accelerator: "
+                                 "not with native_kind cpu")
         # the onnxruntime backend's session options: the portable flavor's instances × threads
         # (2 × 1 user, 1 × 2 item on 2 cores), one inter-op thread and sequential execution (a
         # transformer is a chain: parallel execution only adds threads that spin), the arena on
@@ -448,94 +351,3 @@ def model_configs(spec: RepositorySpec, flavor: str) -> dict[str, str]:
         configs["recommend_history"] = recommend_history_config(spec)
         configs[HISTORY_FUSED] = history_fused_config(spec)
     return configs
-
-
-# ---------------------------------------------------------------------------------------------
-# validation
-
-def parse_config(text: str, source: str = "config.pbtxt"):
-    """ModelConfig protobuf of a config.pbtxt; TowerliteError with the parser's line:column."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    try:
-        return text_format.Parse(text, model_config_pb2.ModelConfig())
-    except text_format.ParseError as exc:
-        raise TowerliteError(f"{source}: not a valid Triton model config: {exc}") from None
-
-
-def validate_repository(root: Path) -> dict[str, object]:
-    """Parse every */config.pbtxt, check names match folders and ensemble steps name models of
-    the repository with matching tensors. Returns {model name: ModelConfig}."""
-    root = Path(root)
-    configs = {}
-    for path in sorted(root.glob("*/config.pbtxt")):
-        cfg = parse_config(path.read_text(), str(path))
-        if cfg.name and cfg.name != path.parent.name:
-            raise TowerliteError(f"{path}: name {cfg.name!r} differs from its folder "
-                                 f"{path.parent.name!r}")
-        configs[path.parent.name] = cfg
-    if not configs:
-        raise TowerliteError(f"{root}: no */config.pbtxt found")
-    for name, cfg in configs.items():
-        if cfg.platform != "ensemble":
-            continue
-        for step in cfg.ensemble_scheduling.step:
-            target = configs.get(step.model_name)
-            if target is None:
-                raise TowerliteError(f"{root / name / 'config.pbtxt'}: step model "
-                                     f"{step.model_name!r} is not in the repository")
-            inputs = {i.name for i in target.input}
-            outputs = {o.name for o in target.output}
-            for key in step.input_map:
-                if key not in inputs:
-                    raise TowerliteError(f"{root / name / 'config.pbtxt'}: {step.model_name} has "
-                                         f"no input {key!r}")
-            for key in step.output_map:
-                if key not in outputs:
-                    raise TowerliteError(f"{root / name / 'config.pbtxt'}: {step.model_name} has "
-                                         f"no output {key!r}")
-    return configs
-
-
-# ---------------------------------------------------------------------------------------------
-# writing
-
-def write_code(root: Path, spec: RepositorySpec, flavor: str) -> list[Path]:
-    """Write config.pbtxt and model.py files (and empty ensemble version folders) of a flavor."""
-    root = Path(root)
-    written = []
-    for name, text in model_configs(spec, flavor).items():
-        folder = root / name
-        (folder / "1").mkdir(parents=True, exist_ok=True)
-        (folder / "config.pbtxt").write_text(text)
-        written.append(folder / "config.pbtxt")
-        code = PYTHON_MODELS[flavor].get(name) or HISTORY_MODELS.get(name)
-        if name == FUSED:  # Triton's BYTES file format: 4-byte length, then the bytes
-            text = FUSED_WARMUP_TEXT.encode()
-            (folder / "warmup").mkdir(exist_ok=True)
-            (folder / "warmup" / "user_text").write_bytes(struct.pack("<I", len(text)) + text)
-            written.append(folder / "warmup" / "user_text")
-        if code:
-            shutil.copyfile(MODEL_CODE / code, folder / "1" / "model.py")
-            written.append(folder / "1" / "model.py")
-        elif "ensemble" in text.split("platform:", 1)[-1][:20]:
-            (folder / "1" / ".gitkeep").write_text("")
-    return written
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m towerlite.serving.repository",
-                                     description="Write both flavors' configs and model.py files "
-                                                 "(no weights, no catalog) for the default spec.")
-    parser.add_argument("--out", type=Path, default=Path("model_repository"))
-    args = parser.parse_args(argv)
-    for flavor in FLAVORS:
-        write_code(args.out / flavor, RepositorySpec(), flavor)
-        validate_repository(args.out / flavor)
-        print(f"wrote {args.out / flavor}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
