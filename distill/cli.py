@@ -1,4 +1,5 @@
-"""`towerlite distill` and `python -m towerlite.distill` (also under `torchrun --nproc_per_node N -m towerlite.distill`)."""
+"""`towerlite distill` and `python -m towerlite.distill` (also under
+`torchrun --nproc_per_node N -m towerlite.distill`)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p, PRESETS, "default",
-                         "default: the full comparison (~40 min on 2 cores); tiny: a 2-layer student, "
-                         "a few hundred texts (a minute or two)", "runs/distill", 'lr=5e-5 --set \'mix={"brown": 100}\'')
+                         "default: the full comparison (~40 min on 2 cores); tiny: a 2-layer "
+                         "student, a few hundred texts (a minute or two)", "runs/distill",
+                         'lr=5e-5 --set \'mix={"brown": 100}\'')
     p.add_argument("--teacher", help="teacher model: registry name, HF folder or hub id")
     p.add_argument("--epochs", type=int)
 
@@ -32,7 +34,8 @@ def add_config_arguments(p: argparse.ArgumentParser, presets: dict, default: str
                          out_default: str, set_example: str) -> None:
     """The flags every config-driven command shares: --preset, --config, --out, --set."""
     p.add_argument("--preset", choices=sorted(presets), default=default, help=preset_help)
-    p.add_argument("--config", type=Path, help="JSON file of config fields, applied over the preset")
+    p.add_argument("--config", type=Path,
+                   help="JSON file of config fields, applied over the preset")
     p.add_argument("--out", type=Path, help=f"output folder (default {out_default})")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                    help=f"any config field, e.g. --set {set_example}")
@@ -59,38 +62,42 @@ def build_config(args: argparse.Namespace, presets=PRESETS, cls=DistillConfig,
     return cls.from_json(data)
 
 
-def _f(x, digits=3) -> str:
+def fmt(x, digits=3) -> str:
+    """A report number for the summary tables: `digits` decimals, "-" when there is none."""
     return "-" if x is None else f"{x:.{digits}f}"
 
 
 def summary_table(report: dict) -> str:
     rows = report["evaluation"]
     sources = [s for s in next(iter(rows.values()))["agreement"] if s != "all"]
-    lines = ["| model | dim | PyTorch sent/s | Spearman | top-10 overlap | cos to teacher | Recall@10 | NDCG@10 "
-             "| MRR | serves teacher's top-10 | Recall@10, teacher items |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, r in rows.items():
-        a, ret = r["agreement"]["all"], r["retrieval"]
-        asym = r.get("retrieval_teacher_items", {}).get("recall@10")
-        lines.append(f"| {name} | {r['dim']} | {r['pytorch_sentences_per_s']} | {_f(a['spearman'])} | "
-                     f"{_f(a['top10_overlap'])} | {_f(a['mean_cosine'])} | {_f(ret['recall@10'], 4)} | "
-                     f"{_f(ret['ndcg@10'], 4)} | {_f(ret.get('mrr'), 4)} | {_f(ret.get('teacher_top10_overlap'))} | "
-                     f"{_f(asym, 4)} |")
+    lines = ["| model | dim | PyTorch sent/s | Spearman | top-10 overlap | cos to teacher "
+             "| Recall@10 | NDCG@10 | MRR | serves teacher's top-10 | Recall@10, teacher items |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        agreement, retrieval = row["agreement"]["all"], row["retrieval"]
+        asymmetric = row.get("retrieval_teacher_items", {}).get("recall@10")
+        lines.append(f"| {name} | {row['dim']} | {row['pytorch_sentences_per_s']} | "
+                     f"{fmt(agreement['spearman'])} | {fmt(agreement['top10_overlap'])} | "
+                     f"{fmt(agreement['mean_cosine'])} | {fmt(retrieval['recall@10'], 4)} | "
+                     f"{fmt(retrieval['ndcg@10'], 4)} | {fmt(retrieval.get('mrr'), 4)} | "
+                     f"{fmt(retrieval.get('teacher_top10_overlap'))} | {fmt(asymmetric, 4)} |")
     lines += ["", "Spearman of pairwise cosines with the teacher, per held-out source:", "",
               "| model | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
-    for name, r in rows.items():
-        lines.append(f"| {name} | " + " | ".join(_f(r["agreement"][s]["spearman"]) for s in sources) + " |")
+    for name, row in rows.items():
+        per_source = " | ".join(fmt(row["agreement"][s]["spearman"]) for s in sources)
+        lines.append(f"| {name} | " + per_source + " |")
     return "\n".join(lines)
 
 
 def command(args: argparse.Namespace) -> int:
-    import sys
-
     from .pipeline import run
 
     cfg = build_config(args)
-    report = run(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    report = run(cfg)
     if report:  # rank 0 only under torchrun
         print(summary_table(report))
         print(f"\nserved candidate: {report['served']} → {report['model_folder']}; "
-              f"report: {Path(cfg.out) / 'distill_report.json'}; {report['timings']['total_s']} s")
+              f"report: {Path(cfg.out) / 'distill_report.json'}; "
+              f"{report['timings']['total_s']} s")
     return 0
+

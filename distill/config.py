@@ -48,9 +48,11 @@ class DistillConfig:
         Candidate("minilm6-proj", "minilm6-proj", "embed"),
         Candidate("minilm3-proj", "minilm3-proj", "embed"),
     )
-    serve: str = "best-minilm6-proj"  # a candidate name, or best-<student> (best retrieval NDCG@10)
+    # a candidate name, or best-<student> (best retrieval NDCG@10)
+    serve: str = "best-minilm6-proj"
     mix: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MIX))
-    user_datasets: tuple[str, ...] = ("movielens", "bookcrossing")  # the user-history texts' sources
+    user_datasets: tuple[str, ...] = ("movielens", "bookcrossing")  # user-history texts' sources
+
     history_items: int = 10  # liked items rendered into a user text
     max_length: int = 128
     epochs: int = 2
@@ -64,7 +66,8 @@ class DistillConfig:
     seed: int = 0
     eval_texts_per_source: int = 150  # held-out texts per corpus source, for agreement
     eval_users: int = 600  # held-out MovieLens users for retrieval (0 = all held out)
-    eval_catalog_items: int = 0  # 0 = the whole movie catalog (a smaller one keeps the users' items)
+    # 0 = the whole movie catalog (a smaller one keeps the users' items)
+    eval_catalog_items: int = 0
     speed_texts: int = 256  # held-out texts each model's PyTorch speed is measured on
     teacher_chunk: int = 512  # texts per embedding-cache file (the unit of resume)
 
@@ -75,8 +78,10 @@ class DistillConfig:
     def from_json(cls, data: dict) -> DistillConfig:
         data = known_fields(cls, data)
         if "students" in data:
-            data["students"] = {k: StudentSpec(**{**v, "layers": tuple(v["layers"]) if v.get("layers") else None})
-                                for k, v in data["students"].items()}
+            data["students"] = {
+                name: StudentSpec(**{**spec, "layers": tuple(spec["layers"])
+                                     if spec.get("layers") else None})
+                for name, spec in data["students"].items()}
         if "candidates" in data:
             data["candidates"] = tuple(Candidate(**c) for c in data["candidates"])
         if "user_datasets" in data:
@@ -92,7 +97,8 @@ def known_fields(cls, data: dict) -> dict:
     """A copy of `data`, after checking it names only fields of the config class `cls`."""
     unknown = sorted(set(data) - {f.name for f in fields(cls)})
     if unknown:
-        raise TowerliteError(f"unknown config field(s) {unknown}; known: {', '.join(sorted(f.name for f in fields(cls)))}")
+        known = ", ".join(sorted(f.name for f in fields(cls)))
+        raise TowerliteError(f"unknown config field(s) {unknown}; known: {known}")
     return dict(data)
 
 
@@ -122,12 +128,14 @@ TINY = dict(
 # the embed-vs-embed+score comparison in docs/distillation.md.
 LOSSES = dict(candidates=[{"name": "minilm6-proj", "student": "minilm6-proj", "loss": "embed"},
                           {"name": "minilm3-proj", "student": "minilm3-proj", "loss": "embed"},
-                          {"name": "minilm6-proj-score", "student": "minilm6-proj", "loss": "embed+score"}])
+                          {"name": "minilm6-proj-score", "student": "minilm6-proj",
+                           "loss": "embed+score"}])
 
 # Same-budget 3-layer students for the cross-domain transfer comparison (docs/quality.md):
 # 3,000 corpus texts + 600 user–item pairs each, from every domain or from one domain only.
 def _transfer(mix: dict, user_datasets: list[str]) -> dict:
-    return dict(students={"minilm3-proj": {"start": "student-start", "layers": [0, 2, 4], "project": True}},
+    return dict(students={"minilm3-proj": {"start": "student-start", "layers": [0, 2, 4],
+                                           "project": True}},
                 candidates=[{"name": "minilm3-proj", "student": "minilm3-proj", "loss": "embed"}],
                 serve="minilm3-proj", mix={**mix, "user-history": 600}, user_datasets=user_datasets,
                 speed_texts=64)
@@ -135,15 +143,18 @@ def _transfer(mix: dict, user_datasets: list[str]) -> dict:
 
 TRANSFER = {
     "transfer-multi": _transfer({"brown": 550, "imdb": 150, "rotten_tomatoes": 300, "wordnet": 550,
-                                 "movielens-1m": 725, "book-crossing": 725}, ["movielens", "bookcrossing"]),
-    "transfer-movies": _transfer({"imdb": 1000, "rotten_tomatoes": 1000, "movielens-1m": 1000}, ["movielens"]),
+                                 "movielens-1m": 725, "book-crossing": 725},
+                                ["movielens", "bookcrossing"]),
+    "transfer-movies": _transfer({"imdb": 1000, "rotten_tomatoes": 1000, "movielens-1m": 1000},
+                                 ["movielens"]),
     "transfer-books": _transfer({"book-crossing": 3000}, ["bookcrossing"]),
 }
 # `towerlite demo`'s distillation: the 6-layer student on ≈2,900 texts, a few minutes cold
 # (the 3-layer one kept 31% of the teacher's Recall@10 on this budget; docs/quality.md).
 DEMO = dict(
     students={"minilm6-proj": {"start": "student-start", "layers": None, "project": True}},
-    candidates=[{"name": "minilm6-proj", "student": "minilm6-proj", "loss": "embed"}], serve="minilm6-proj",
+    candidates=[{"name": "minilm6-proj", "student": "minilm6-proj", "loss": "embed"}],
+    serve="minilm6-proj",
     mix={"brown": 400, "imdb": 60, "rotten_tomatoes": 120, "wordnet": 400, "movielens-1m": 600,
          "book-crossing": 400, "user-history": 300},
     eval_texts_per_source=40, eval_users=100, eval_catalog_items=600, speed_texts=64,
@@ -153,24 +164,28 @@ DEMO = dict(
 # on user–item pairs carrying the teacher's ranking; a little Brown/WordNet keeps general text.
 FROM_FINETUNED = dict(
     students={"minilm6-proj": {"start": "student-start", "layers": None, "project": True}},
-    candidates=[{"name": "minilm6-proj", "student": "minilm6-proj", "loss": "embed+score"}], serve="minilm6-proj",
-    mix={"brown": 300, "wordnet": 300, "movielens-1m": 2000, "user-history": 1500}, user_datasets=["movielens"],
-    speed_texts=64,
+    candidates=[{"name": "minilm6-proj", "student": "minilm6-proj", "loss": "embed+score"}],
+    serve="minilm6-proj",
+    mix={"brown": 300, "wordnet": 300, "movielens-1m": 2000, "user-history": 1500},
+    user_datasets=["movielens"], speed_texts=64,
 )
-PRESETS = {"default": {}, "tiny": TINY, "losses": LOSSES, "demo": DEMO, "from-finetuned": FROM_FINETUNED, **TRANSFER}
+PRESETS = {"default": {}, "tiny": TINY, "losses": LOSSES, "demo": DEMO,
+           "from-finetuned": FROM_FINETUNED, **TRANSFER}
 
 
 def check(cfg: DistillConfig) -> None:
     """Config errors, before anything is loaded."""
     known_users = ("movielens", "bookcrossing")
     if not cfg.user_datasets or set(cfg.user_datasets) - set(known_users):
-        raise TowerliteError(f"user_datasets must name some of {', '.join(known_users)}; got {list(cfg.user_datasets)}")
-    for c in cfg.candidates:
-        if c.student not in cfg.students:
-            raise TowerliteError(f"candidate {c.name!r} names unknown student {c.student!r}; "
-                                 f"students: {', '.join(cfg.students)}")
-        if c.loss not in ("embed", "embed+score"):
-            raise TowerliteError(f"candidate {c.name!r}: unknown loss {c.loss!r} (embed, embed+score)")
+        raise TowerliteError(f"user_datasets must name some of {', '.join(known_users)}; "
+                             f"got {list(cfg.user_datasets)}")
+    for cand in cfg.candidates:
+        if cand.student not in cfg.students:
+            raise TowerliteError(f"candidate {cand.name!r} names unknown student "
+                                 f"{cand.student!r}; students: {', '.join(cfg.students)}")
+        if cand.loss not in ("embed", "embed+score"):
+            raise TowerliteError(f"candidate {cand.name!r}: unknown loss {cand.loss!r} "
+                                 "(embed, embed+score)")
     names = [c.name for c in cfg.candidates]
     if not names or len(set(names)) != len(names):
         raise TowerliteError(f"candidates must be a non-empty list of distinct names, got {names}")
@@ -178,6 +193,8 @@ def check(cfg: DistillConfig) -> None:
         raise TowerliteError(f"serve={cfg.serve!r} is neither a candidate nor best-<student>")
     if sum(cfg.mix.values()) <= 0 or any(v < 0 for v in cfg.mix.values()):
         raise TowerliteError(f"the data mix is empty or negative: {cfg.mix}")
-    for key, minimum in (("epochs", 1), ("batch_size", 2), ("max_length", 8), ("checkpoint_every", 1)):
+    minimums = (("epochs", 1), ("batch_size", 2), ("max_length", 8), ("checkpoint_every", 1))
+    for key, minimum in minimums:
+
         if getattr(cfg, key) < minimum:
             raise TowerliteError(f"{key} must be at least {minimum}")

@@ -1,5 +1,5 @@
-"""`towerlite history` (also `python -m towerlite.distill.history`): train the history user tower on the
-evaluation's training users, save it for deploy, and measure it beside the yardsticks.
+"""`towerlite history` (also `python -m towerlite.distill.history`): train the history user tower
+on the evaluation's training users, save it for deploy, and measure it beside the yardsticks.
 
 setup     the eval's cases (serving.quality.cases: held-out users are never read) and the item
           tower's embeddings of the catalog (cached per model)
@@ -144,19 +144,26 @@ class HistoryRun:
         return report
 
 
+def _with_ci(metrics: dict, name: str) -> str:
+    if metrics.get(name) is None:
+        return "-"
+    low, high = metrics[name + "_ci95"]
+    return f"{metrics[name]:.4f} [{low:.4f}, {high:.4f}]"
+
+
 def markdown(report: dict) -> str:
-    c = report["cases"]
-    lines = [f"### {report['dataset']}: {c['users']:,} held-out users, leave-last-out, "
-             f"{c['catalog_items']:,} items; history tower over {report['item_model']}", "",
+    cases = report["cases"]
+    lines = [f"### {report['dataset']}: {cases['users']:,} held-out users, leave-last-out, "
+             f"{cases['catalog_items']:,} items; history tower over {report['item_model']}", "",
              "| row | Recall@10 [95% CI] | NDCG@10 [95% CI] | Recall@50 | cold-start R@10 "
              f"({report['cold_start_users']} users) |", "|---|---|---|---|---|"]
     for name, row in report["rows"].items():
-        m, cs = row["metrics"], row["cold_start"]
-        ci = lambda d, k: f"{d[k]:.4f} [{d[k + '_ci95'][0]:.4f}, {d[k + '_ci95'][1]:.4f}]" \
-            if d.get(k) is not None else "-"  # noqa: E731
-        lines.append(f"| {name} | {ci(m, 'recall@10')} | {ci(m, 'ndcg@10')} | "
-                     f"{m['recall@50']:.4f} | {ci(cs, 'recall@10')} |")
+        metrics, cold = row["metrics"], row["cold_start"]
+        lines.append(f"| {name} | {_with_ci(metrics, 'recall@10')} | "
+                     f"{_with_ci(metrics, 'ndcg@10')} | {metrics['recall@50']:.4f} | "
+                     f"{_with_ci(cold, 'recall@10')} |")
     return "\n".join(lines)
+
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -19,9 +19,10 @@ def embed_loss(student, teacher):
 def score_loss(student_users, student_items, teacher_users, teacher_items, temperature: float):
     import torch.nn.functional as F
 
-    s = student_users @ student_items.T / temperature
-    t = teacher_users @ teacher_items.T / temperature
-    return F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
+    student = student_users @ student_items.T / temperature
+    teacher = teacher_users @ teacher_items.T / temperature
+    return F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1), log_target=True,
+                    reduction="batchmean")
 
 
 def info_nce(users, items, temperature: float, valid, log_q=None, bank=None, bank_valid=None,
@@ -40,7 +41,9 @@ def info_nce(users, items, temperature: float, valid, log_q=None, bank=None, ban
         logits = logits - torch.as_tensor(log_q)[None, :]
     u2i = logits.masked_fill(~valid, float("-inf"))
     if bank is not None and len(bank):
-        extra = (users @ bank.T / temperature).masked_fill(~torch.as_tensor(bank_valid), float("-inf"))
+        extra = (users @ bank.T / temperature).masked_fill(~torch.as_tensor(bank_valid),
+                                                           float("-inf"))
+
         u2i = torch.cat([u2i, extra], dim=1)
     target = torch.arange(len(users))
     loss = F.cross_entropy(u2i, target)

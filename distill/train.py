@@ -4,9 +4,12 @@ resumed from its last checkpoint ends with the same weights as one never interru
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +52,20 @@ def init_distributed() -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size())
 
 
+@contextmanager
+def first_rank_logs(dist: Dist) -> Iterator[None]:
+    """Under torchrun only the first process logs progress (the others would repeat each line):
+    towerlite's loggers stay quiet below WARNING on the other ranks while the block runs."""
+    package = logging.getLogger(__name__.split(".")[0])
+    level = package.level
+    if dist.rank != 0:
+        package.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        package.setLevel(level)
+
+
 def epoch_batches(lengths: np.ndarray, batch: int, seed: int, epoch: int) -> list[np.ndarray]:
     """The epoch's global batches: shuffled, then texts of similar token length grouped (sorted
     within windows of 64 batches) so a batch pads little, then the batches shuffled."""
@@ -63,16 +80,17 @@ def epoch_batches(lengths: np.ndarray, batch: int, seed: int, epoch: int) -> lis
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def batch_indices(lengths: np.ndarray, batch: int, step: int, seed: int, d: Dist) -> np.ndarray:
+def batch_indices(lengths: np.ndarray, batch: int, step: int, seed: int, dist: Dist) -> np.ndarray:
     """This process's share of global batch `step`."""
     per_epoch = math.ceil(len(lengths) / batch)
-    epoch, k = divmod(step, per_epoch)
-    return epoch_batches(lengths, batch, seed, epoch)[k][d.rank::d.world]
+    epoch, index_in_epoch = divmod(step, per_epoch)
+    return epoch_batches(lengths, batch, seed, epoch)[index_in_epoch][dist.rank::dist.world]
 
 
-def pair_indices(n_pairs: int, batch: int, step: int, seed: int, d: Dist) -> np.ndarray:
-    picked = np.random.default_rng([seed, 1 << 20, step]).choice(n_pairs, min(batch, n_pairs), replace=False)
-    return picked[d.rank::d.world]
+def pair_indices(n_pairs: int, batch: int, step: int, seed: int, dist: Dist) -> np.ndarray:
+    rng = np.random.default_rng([seed, 1 << 20, step])
+    picked = rng.choice(n_pairs, min(batch, n_pairs), replace=False)
+    return picked[dist.rank::dist.world]
 
 
 def pair_every(n_texts: int, n_pairs: int, cfg) -> int:
@@ -100,14 +118,17 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     tmp.replace(path)
 
 
-def run_steps(module, total: int, step_fn, cfg, ckpt: Path, run_key: str, d: Dist, log=print,
-              state: dict | None = None) -> dict:
+def run_steps(module, total: int, step_fn, cfg, ckpt: Path, run_key: str, dist: Dist,
+              log: Callable[[str], None] | None = None, state: dict | None = None) -> dict:
     """The one training loop (distill and finetune): AdamW over the trainable parameters,
     linear warm-up then decay, gradient clipping, a checkpoint every `cfg.checkpoint_every`
     steps (atomic) and resume from it. `step_fn(model, step) -> (loss, log entry)` makes each
-    step's loss; `state` (e.g. a negatives bank) is saved in the checkpoint and restored."""
+    step's loss; `state` (e.g. a negatives bank) is saved in the checkpoint and restored.
+    `log`: a message callback still passed by tests (default: this module's logger)."""
     import torch
     from tqdm.auto import tqdm
+
+    say = log or logging.getLogger(__name__).info
 
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
@@ -124,36 +145,38 @@ def run_steps(module, total: int, step_fn, cfg, ckpt: Path, run_key: str, d: Dis
             sched.load_state_dict(saved["scheduler"])
             history, start, seconds = saved["history"], saved["step"], saved["seconds"]
             state.update(saved.get("state", {}))
-            log(f"resuming from {ckpt} at step {start}/{total}")
+            say(f"resuming from {ckpt} at step {start}/{total}")
         else:
-            log(f"{ckpt} is from another configuration; starting this run afresh")
+            say(f"{ckpt} is from another configuration; starting this run afresh")
     model = module
-    if d.world > 1:
+    if dist.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(module)
-    bar = tqdm(total=total, initial=start, unit="step", desc="training", disable=d.rank != 0)
+    bar = tqdm(total=total, initial=start, unit="step", desc="training", disable=dist.rank != 0)
     for step in range(start, total):
-        t0 = time.perf_counter()
+        step_started = time.perf_counter()
         loss, entry = step_fn(model, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        seconds += time.perf_counter() - t0
+        seconds += time.perf_counter() - step_started
         history.append({"step": step + 1, **entry})
         bar.update(1)
         bar.set_postfix(entry)
-        if d.rank == 0 and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == total):
-            _save_checkpoint(ckpt, {"run_key": run_key, "step": step + 1, "model": module.state_dict(),
-                                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                    "history": history, "seconds": seconds, "state": state})
+        if dist.rank == 0 and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == total):
+            _save_checkpoint(ckpt, {"run_key": run_key, "step": step + 1,
+                                    "model": module.state_dict(), "optimizer": opt.state_dict(),
+                                    "scheduler": sched.state_dict(), "history": history,
+                                    "seconds": seconds, "state": state})
     bar.close()
-    d.barrier()
-    return {"steps": total, "history": history, "train_seconds": round(seconds, 1), "resumed_at_step": start}
+    dist.barrier()
+    return {"steps": total, "history": history, "train_seconds": round(seconds, 1),
+            "resumed_at_step": start}
 
 
 def train(module, tokenizer, texts: list[str], targets: np.ndarray, pairs: list[tuple[int, int]],
-          loss_name: str, cfg, ckpt: Path, run_key: str, d: Dist, log=print) -> dict:
+          loss_name: str, cfg, ckpt: Path, run_key: str, dist: Dist) -> dict:
     """Distill into `module` in place; returns the loss history and timings. Resumes from `ckpt`."""
     import torch
 
@@ -162,27 +185,30 @@ def train(module, tokenizer, texts: list[str], targets: np.ndarray, pairs: list[
     every = pair_every(len(texts), len(pairs), cfg) if use_score else 0
     total = corpus_steps + (corpus_steps // (every - 1) if every else 0)
     targets_t = torch.from_numpy(targets)
-    lengths = np.array([len(ids) for ids in tokenizer(texts, truncation=True, max_length=cfg.max_length)["input_ids"]])
+    token_ids = tokenizer(texts, truncation=True, max_length=cfg.max_length)["input_ids"]
+    lengths = np.array([len(ids) for ids in token_ids])
 
     def step_fn(model, step):
-        kind, k = step_kind(step, every)
+        kind, batch_number = step_kind(step, every)
         if kind == "pairs":  # user texts and their next items: embed + in-batch score loss
-            chosen = [pairs[i] for i in pair_indices(len(pairs), cfg.pair_batch_size, k, cfg.seed, d)]
-            idx = [u for u, _ in chosen] + [i for _, i in chosen]
+            picked = pair_indices(len(pairs), cfg.pair_batch_size, batch_number, cfg.seed, dist)
+            chosen = [pairs[i] for i in picked]
+            rows = [user for user, _ in chosen] + [item for _, item in chosen]
         else:
-            idx = list(batch_indices(lengths, cfg.batch_size, k, cfg.seed, d))
-        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+            rows = list(batch_indices(lengths, cfg.batch_size, batch_number, cfg.seed, dist))
+        batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True,
                           max_length=cfg.max_length, return_tensors="pt")
         emb = model(batch["input_ids"], batch["attention_mask"])
-        target = targets_t[idx]
-        loss = loss_e = embed_loss(emb, target)
-        entry = {"embed": round(loss_e.item(), 6)}
+        target = targets_t[rows]
+        loss = loss_embed = embed_loss(emb, target)
+        entry = {"embed": round(loss_embed.item(), 6)}
         if kind == "pairs":
-            n = len(chosen)
-            loss_s = score_loss(emb[:n], emb[n:], target[:n], target[n:], cfg.score_temperature)
-            loss = loss + cfg.score_weight * loss_s
-            entry["score"] = round(loss_s.item(), 6)
+            n_users = len(chosen)
+            loss_score = score_loss(emb[:n_users], emb[n_users:], target[:n_users],
+                                    target[n_users:], cfg.score_temperature)
+            loss = loss + cfg.score_weight * loss_score
+            entry["score"] = round(loss_score.item(), 6)
         return loss, entry
 
-    result = run_steps(module, total, step_fn, cfg, ckpt, run_key, d, log)
+    result = run_steps(module, total, step_fn, cfg, ckpt, run_key, dist)
     return {**result, "texts_per_step": cfg.batch_size, "pair_step_every": every}

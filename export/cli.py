@@ -11,6 +11,7 @@ from .pipeline import DEFAULT_MIN_COSINE, DEFAULT_VARIANTS, ExportConfig, run
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    defaults = ", ".join(f"{name}={value}" for name, value in DEFAULT_MIN_COSINE.items())
     p.add_argument("--model", required=True,
                    help="encoder: registry name (teacher, student-start, …), HF folder or hub id")
     p.add_argument("--out", required=True, type=Path, help="output folder (created)")
@@ -20,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tokens per text (default: the model's own max_seq_length, at most 128)")
     p.add_argument("--min-cosine", action="append", default=[], metavar="VARIANT=X",
                    help="parity gate: minimum mean cosine to the PyTorch model "
-                        f"(defaults: {', '.join(f'{k}={v}' for k, v in DEFAULT_MIN_COSINE.items())})")
+                        f"(defaults: {defaults})")
+
     p.add_argument("--threads", type=int, default=2, help="onnxruntime threads for measurements")
     p.add_argument("--no-speed", action="store_true", help="skip the in-process speed measurements")
 

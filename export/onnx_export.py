@@ -14,7 +14,9 @@ from pathlib import Path
 OPSET = 17
 INPUTS = ["input_ids", "attention_mask"]
 OUTPUT = "sentence_embedding"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.txt")
+
 
 
 def export_fp32(encoder, out_path: Path, opset: int = OPSET) -> Path:

@@ -1,14 +1,17 @@
 """`towerlite export`: any HF encoder folder → ONNX variants, parity-gated, with a report.
 
-    out/model.onnx, model_opt.onnx, model_int8_dynamic.onnx, model_int8_static.onnx, model_fp16.onnx
+    out/model.onnx, model_opt.onnx, model_int8_dynamic.onnx, model_int8_static.onnx,
+        model_fp16.onnx
     out/tokenizer.json (+ the other tokenizer files)
     out/export_report.json   source, settings, file sizes, parity, in-process speed, versions
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
@@ -57,11 +60,12 @@ def check_config(cfg: ExportConfig) -> None:
         raise TowerliteError("max_length must be at least 8 tokens")
 
 
-def _texts(cfg: ExportConfig, log) -> tuple[list[str], list[str], dict]:
+def _texts(cfg: ExportConfig,
+           say: Callable[[str], None]) -> tuple[list[str], list[str], dict]:
     from towerlite.data import load_corpus
     from towerlite.data.splits import balanced_sample
 
-    log("loading the real multi-domain corpus for parity and calibration texts")
+    say("loading the real multi-domain corpus for parity and calibration texts")
     records = load_corpus()
     held = balanced_sample(records, cfg.parity_texts_per_source, seed=0, heldout=True)
     calib = balanced_sample(records, cfg.calibration_texts_per_source, seed=1, heldout=False)
@@ -74,58 +78,68 @@ def gate(name: str, result: dict, minimum: float) -> str | None:
     if result["mean_cosine"] >= minimum:
         return None
     return (f"{name}: mean cosine {result['mean_cosine']:.4f} < {minimum} "
-            f"(short by {minimum - result['mean_cosine']:.4f}; min cosine {result['min_cosine']:.4f})")
+            f"(short by {minimum - result['mean_cosine']:.4f}; "
+            f"min cosine {result['min_cosine']:.4f})")
 
 
-def run(cfg: ExportConfig, log=print) -> dict:
+
+def run(cfg: ExportConfig, log: Callable[[str], None] | None = None) -> dict:
+    """Export, build, check and measure every variant; write and return the report. `log`: a
+    message callback tests still pass (default: this module's logger)."""
     from towerlite.models import SentenceEncoder
     from towerlite.runtime import OnnxEncoder, load_tokenizer, pad_batch
 
     from .onnx_export import copy_tokenizer, export_fp32
     from .speed import latency, throughput
 
+    say = log or logging.getLogger(__name__).info
     check_config(cfg)
     started = time.monotonic()
     encoder = SentenceEncoder(cfg.model, log=log, attn_implementation="eager")
     folder = Path(encoder.source)
     if cfg.max_length is None:  # a model fine-tuned at 64 tokens is served at 64
         cfg = replace(cfg, max_length=min(encoder.pipeline.max_seq_length, 128))
-    texts, calib_texts, per_source = _texts(cfg, log)
-    log(f"PyTorch reference on {len(texts)} held-out texts")
+    texts, calib_texts, per_source = _texts(cfg, say)
+    say(f"PyTorch reference on {len(texts)} held-out texts")
     reference = encoder.encode(texts, max_length=cfg.max_length)
 
     needed = set(cfg.variants)
-    for v in cfg.variants:  # a variant needs the file it is built from
-        while v in V.SOURCES:
-            v = V.SOURCES[v]
-            needed.add(v)
+    for variant in cfg.variants:  # a variant needs the file it is built from
+        while variant in V.SOURCES:
+            variant = V.SOURCES[variant]
+            needed.add(variant)
     out = cfg.out
     settings: dict[str, dict] = {}
-    log(f"exporting {folder} → {out / VARIANT_FILES['fp32']}")
-    export_fp32(encoder, out / VARIANT_FILES["fp32"])
+    fp32_path = out / VARIANT_FILES["fp32"]
+    say(f"exporting {folder} → {fp32_path}")
+    export_fp32(encoder, fp32_path)
     tokenizer_files = copy_tokenizer(folder, out)
     restore = V.quiet_onnxruntime_logs()
     try:
         config = encoder.module.transformer.config
-        model_type = "bert" if config.model_type in ("bert", "mpnet", "roberta", "xlm-roberta") else config.model_type
+        model_type = ("bert" if config.model_type in ("bert", "mpnet", "roberta", "xlm-roberta")
+                      else config.model_type)
         if "opt" in needed:
-            log("optimizing (transformer fusions)")
-            settings["opt"] = {"fused": V.optimize(out / VARIANT_FILES["fp32"], out / VARIANT_FILES["opt"],
-                                                   config.num_attention_heads, config.hidden_size, model_type)}
+            say("optimizing (transformer fusions)")
+            settings["opt"] = {"fused": V.optimize(fp32_path, out / VARIANT_FILES["opt"],
+                                                   config.num_attention_heads, config.hidden_size,
+                                                   model_type)}
         if "int8_dynamic" in needed:
-            log("quantizing: dynamic INT8")
-            settings["int8_dynamic"] = V.int8_dynamic(out / VARIANT_FILES["fp32"], out / VARIANT_FILES["int8_dynamic"])
+            say("quantizing: dynamic INT8")
+            settings["int8_dynamic"] = V.int8_dynamic(fp32_path,
+                                                      out / VARIANT_FILES["int8_dynamic"])
         if "int8_static" in needed:
-            log(f"quantizing: static INT8 (QDQ), calibrating on {len(calib_texts)} corpus texts")
+            say(f"quantizing: static INT8 (QDQ), calibrating on {len(calib_texts)} corpus texts")
             tok, pad_id = load_tokenizer(out / "tokenizer.json", cfg.max_length)
-            tokens = [e.ids for e in tok.encode_batch(calib_texts)]
+            tokens = [encoding.ids for encoding in tok.encode_batch(calib_texts)]
             batches = []
             for i in range(0, len(tokens), 16):
                 ids, mask = pad_batch(tokens[i:i + 16], pad_id)
                 batches.append({"input_ids": ids, "attention_mask": mask})
-            settings["int8_static"] = V.int8_static(out / VARIANT_FILES["fp32"], out / VARIANT_FILES["int8_static"], batches)
+            settings["int8_static"] = V.int8_static(fp32_path, out / VARIANT_FILES["int8_static"],
+                                                    batches)
         if "fp16" in needed:
-            log("converting: fp16")
+            say("converting: fp16")
             settings["fp16"] = V.fp16(out / VARIANT_FILES["opt"], out / VARIANT_FILES["fp16"])
     finally:
         restore()
@@ -138,7 +152,8 @@ def run(cfg: ExportConfig, log=print) -> dict:
         emb = enc.encode(texts)
         if name == "fp32":
             fp32_emb = emb
-        entry = {"file": path.name, "bytes": path.stat().st_size, "settings": settings.get(name, {}),
+        entry = {"file": path.name, "bytes": path.stat().st_size,
+                 "settings": settings.get(name, {}),
                  "parity_vs_pytorch": parity(reference, emb),
                  "parity_vs_onnx_fp32": parity(fp32_emb, emb) if fp32_emb is not None else None,
                  "min_mean_cosine": cfg.min_cosine.get(name, 0.99)}
@@ -147,24 +162,31 @@ def run(cfg: ExportConfig, log=print) -> dict:
         if failure:
             failures.append(failure)
         if cfg.measure_speed:
-            log(f"measuring {name}")
+            say(f"measuring {name}")
+            batch32 = throughput(lambda batch, onnx=enc: onnx.encode(batch, 32), texts)
             entry["speed"] = {
-                "sentences_per_s_batch32": round(throughput(lambda t, e=enc: e.encode(t, 32), texts), 1),
-                "batch1": latency(lambda t, e=enc: e.encode(t, 1), texts, n=100)}
+                "sentences_per_s_batch32": round(batch32, 1),
+                "batch1": latency(lambda batch, onnx=enc: onnx.encode(batch, 1), texts, n=100)}
         report_variants[name] = entry
-        log(f"  {name:13s} {entry['bytes'] / 1e6:7.1f} MB  mean cos {entry['parity_vs_pytorch']['mean_cosine']:.5f}"
+        mean_cos = entry["parity_vs_pytorch"]["mean_cosine"]
+        say(f"  {name:13s} {entry['bytes'] / 1e6:7.1f} MB  mean cos {mean_cos:.5f}"
             f"  {'ok' if failure is None else 'FAILED'}"
-            + (f"  {entry['speed']['sentences_per_s_batch32']} sent/s" if cfg.measure_speed else ""))
+            + (f"  {entry['speed']['sentences_per_s_batch32']} sent/s" if cfg.measure_speed
+               else ""))
+
 
     report = {
         "source_model": encoder.source, "pipeline": asdict(encoder.pipeline), "dim": encoder.dim,
         "graph": {"inputs": ["input_ids", "attention_mask"], "output": "sentence_embedding",
                   "opset": 17, "pooling_inside": True, "normalized": encoder.pipeline.normalize},
         "tokenizer_files": tokenizer_files, "max_length": cfg.max_length, "threads": cfg.threads,
-        "parity_texts": {"count": len(texts), "per_source": per_source, "split": "held-out (towerlite.data.splits)"},
+        "parity_texts": {"count": len(texts), "per_source": per_source,
+                         "split": "held-out (towerlite.data.splits)"},
         "variants": report_variants, "failures": failures,
         "machine": cpu_info(),  # model, vector flags (int8 speed/rounding depend on them), cores
-        "versions": {p: version(p) for p in ("torch", "transformers", "onnx", "onnxruntime", "optimum")},
+        "versions": {p: version(p)
+                     for p in ("torch", "transformers", "onnx", "onnxruntime", "optimum")},
+
         "seconds": round(time.monotonic() - started, 1),
     }
     write_json_atomic(out / "export_report.json", report)

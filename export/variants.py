@@ -34,7 +34,8 @@ def _tmp(path: Path) -> Path:
     return path.with_name(path.name + ".tmp")
 
 
-def optimize(src: Path, dst: Path, num_heads: int, hidden_size: int, model_type: str = "bert") -> dict:
+def optimize(src: Path, dst: Path, num_heads: int, hidden_size: int,
+             model_type: str = "bert") -> dict:
     """Transformer fusions; returns the fused-operator counts."""
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -49,8 +50,9 @@ def int8_dynamic(src: Path, dst: Path, per_channel: bool = True) -> dict:
     # per-channel weights: mean cosine 0.959 → 0.992 on MiniLM at no speed cost (prototype)
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    settings = {"weight_type": "QInt8", "activations": "QUInt8 (dynamic)", "per_channel": per_channel,
-                "reduce_range": False, "op_types": ["MatMul", "Attention"]}
+    settings = {"weight_type": "QInt8", "activations": "QUInt8 (dynamic)",
+                "per_channel": per_channel, "reduce_range": False,
+                "op_types": ["MatMul", "Attention"]}
     quantize_dynamic(str(src), str(_tmp(dst)), weight_type=QuantType.QInt8, per_channel=per_channel,
                      reduce_range=False, op_types_to_quantize=settings["op_types"],
                      extra_options=_UNTYPED_IS_FLOAT)
@@ -93,7 +95,8 @@ def int8_static(src: Path, dst: Path, batches: list[dict[str, np.ndarray]],
                 "calibration_texts": int(sum(len(b["input_ids"]) for b in batches)),
                 "op_types": ["MatMul"], "per_channel": True}
     try:
-        quantize_static(str(pre), str(_tmp(dst)), _Calibration(batches), quant_format=QuantFormat.QDQ,
+        quantize_static(str(pre), str(_tmp(dst)), _Calibration(batches),
+                        quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         per_channel=True, op_types_to_quantize=settings["op_types"],
                         calibrate_method=getattr(CalibrationMethod, method),
@@ -115,8 +118,16 @@ def fp16(src: Path, dst: Path) -> dict:
 
 
 def quiet_onnxruntime_logs() -> Callable[[], None]:
-    """onnxruntime's quantizer logs a warning per tensor it skips; keep the console readable."""
-    root = logging.getLogger()
-    level = root.level
+    """onnxruntime's quantizer logs a warning per tensor it skips, on the root logger; keep the
+    console readable. towerlite's own records (the export's progress) keep the level they had."""
+    root, ours = logging.getLogger(), logging.getLogger(__name__.split(".")[0])
+    root_level, our_level = root.level, ours.level
+    ours.setLevel(ours.getEffectiveLevel())
     root.setLevel(logging.ERROR)
-    return lambda: root.setLevel(level)
+
+    def restore() -> None:
+        root.setLevel(root_level)
+        ours.setLevel(our_level)
+
+    return restore
+

@@ -114,7 +114,8 @@ def embed_catalog(texts: Sequence[str], encoder, cache_dir: Path | None = None,
 def cache_dir_for(model_sha: str, texts: Sequence[str], max_length: int) -> Path:
     from towerlite.home import writable_home
 
-    return writable_home() / "catalog-embeddings" / model_sha[:16] / texts_key(texts, max_length)[:16]
+    key = texts_key(texts, max_length)[:16]
+    return writable_home() / "catalog-embeddings" / model_sha[:16] / key
 
 
 def write_catalog(folder: Path, items: pd.DataFrame, embeddings: np.ndarray, info: dict) -> dict:

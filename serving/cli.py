@@ -1,4 +1,5 @@
-"""`towerlite deploy`, `serve` and `catalog` (also `python -m towerlite.serving deploy|serve|catalog`)."""
+"""`towerlite deploy`, `serve` and `catalog` (also `python -m towerlite.serving
+deploy|serve|catalog`)."""
 
 from __future__ import annotations
 
@@ -115,7 +116,7 @@ def spec_settings(items: list[str]) -> dict:
 def deploy_command(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .deploy import deploy
+    from .deploy import DeployRequest, run_deploy
     from .repository import RepositorySpec
 
     if args.limit is not None and args.limit < 1:
@@ -123,12 +124,11 @@ def deploy_command(args: argparse.Namespace) -> int:
     flavors = FLAVORS if args.flavor == "both" else (args.flavor,)
     spec = replace(RepositorySpec(), tensorrt=args.tensorrt, native_kind=args.native_kind,
                    **spec_settings(args.spec))
-    report = deploy(args.user_model, args.out, item_model=args.item_model, variant=args.variant,
-                    item_variant=args.item_variant, native_variant=args.native_variant,
-                    catalog=args.catalog, limit=args.limit, flavors=flavors,
-                    spec=spec, index=args.index,
-                    nprobe=args.nprobe, threads=args.threads, history_model=args.history_model,
-                    log=lambda msg: print(msg, file=sys.stderr))
+    report = run_deploy(DeployRequest(
+        args.user_model, args.out, item_model=args.item_model, variant=args.variant,
+        item_variant=args.item_variant, native_variant=args.native_variant,
+        catalog=args.catalog, limit=args.limit, flavors=flavors, spec=spec, index=args.index,
+        nprobe=args.nprobe, threads=args.threads, history_model=args.history_model))
     c = report["catalog"]
     print(f"deployed {c['count']:,} items ({c['dim']}-d) to "
           f"{', '.join(report['repositories'].values())} in {report['seconds']} s")
@@ -271,17 +271,17 @@ def _repository_and_server(p: argparse.ArgumentParser, url_required: bool = Fals
 def catalog_command(args: argparse.Namespace) -> int:
     from .catalog_update import load_version, update
 
-    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731  (stdout stays the summary)
+    # progress goes to the loggers (stderr); stdout stays the summary
     if args.action == "load":
         loaded = load_version(args.repository, args.url, args.protocol,
-                              keep_versions=args.keep_versions, log=log)
+                              keep_versions=args.keep_versions)
         print(f"serving scorer version(s) {', '.join(loaded['served_versions'])} on {args.url}")
         return 0
     if args.items is None and args.remove is None:
         raise TowerliteError("give --items FILE (new or changed items) and/or --remove IDS_FILE")
     r = update(args.repository, args.items, args.remove, url=args.url, protocol=args.protocol,
                index=args.index, nprobe=args.nprobe, threads=args.threads,
-               keep_versions=args.keep_versions, log=log)
+               keep_versions=args.keep_versions)
     where = f"loaded on {args.url}" if args.url else \
         f"not loaded (next: towerlite catalog load --repository {args.repository} --url HOST:PORT)"
     print(f"catalog version {r['version']}: {r['count']:,} items (+{r['added']} added, "

@@ -113,7 +113,8 @@ class Client:
         return result
 
     def _unreachable(self, exc) -> str:
-        return (f"cannot reach Triton at {self.protocol}://{self.url} ({str(exc).splitlines()[0]}); "
+        first = (str(exc).splitlines() or [""])[0]
+        return (f"cannot reach Triton at {self.protocol}://{self.url} ({first}); "
                 "is the server running? (`towerlite serve --repository DIR`)")
 
     def _explain(self, model: str, exc) -> str:

@@ -13,13 +13,16 @@ Weights and catalog files are hard-linked between flavors when the file system a
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from towerlite.data.catalog import prepare_items
@@ -29,6 +32,8 @@ from towerlite.runtime import VARIANT_FILES
 from . import catalog as cat
 from . import index as ix
 from .repository import FLAVORS, RepositorySpec, validate_repository, write_code
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -78,12 +83,12 @@ def load_export(folder: str | Path, variant: str) -> EncoderExport:
 
 
 def native_export(folder: str | Path, requested: str | None, portable: EncoderExport,
-                  log=print, kind: str = "gpu") -> EncoderExport:
+                  say: Callable[[str], None] | None = None, kind: str = "gpu") -> EncoderExport:
     """The native flavor's encoder: the requested variant; else on CPU instances the portable
     one (int8_dynamic by default, as the portable flavor runs it); else on GPU instances fp16
     where the export has it — on onnxruntime's CUDA provider int8_dynamic ran 3-10x slower than
     fp16, its quantization steps left on the CPU (docs/benchmarks.md, GPU) — else the portable
-    one, with a warning."""
+    one, with a warning (to `say`; by default this module's logger)."""
     if requested:
         return load_export(folder, requested)
     if kind == "cpu":
@@ -91,8 +96,9 @@ def native_export(folder: str | Path, requested: str | None, portable: EncoderEx
     if (Path(folder) / VARIANT_FILES["fp16"]).is_file():
         return load_export(folder, "fp16")
     if portable.variant.startswith("int8"):
-        log(f"native flavor: {Path(folder).name} has no fp16 variant, so its GPU encoders run "
-            f"{portable.variant}, a CPU format (export --variants ...,fp16 for GPUs)")
+        (say or log.info)(f"native flavor: {Path(folder).name} has no fp16 variant, so its GPU "
+                          f"encoders run {portable.variant}, a CPU format (export --variants "
+                          "...,fp16 for GPUs)")
     return portable
 
 
@@ -120,42 +126,6 @@ def _place(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _write_index(folder: Path, embeddings, meta: dict, nprobe: int, log) -> dict:
-    """catalog/index.faiss and its recall against exact search, recorded in catalog.json."""
-    import numpy as np
-
-    t0 = time.perf_counter()
-    index = ix.build_ivf(embeddings)
-    build_s = time.perf_counter() - t0
-    ix.write_index(index, folder / "index.faiss")
-    rng = np.random.default_rng(0)
-    queries = embeddings[rng.choice(len(embeddings), size=min(200, len(embeddings)),
-                                    replace=False)]
-    measured = ix.recall_at_k(index, embeddings, queries, k=10, nprobe=nprobe)
-    meta = {**meta, "index": {"kind": "ivf_flat", "file": "index.faiss", "nlist": index.nlist,
-                              "nprobe": nprobe, "build_seconds": round(build_s, 2),
-                              "recall_vs_exact": {**measured, "queries_from": "catalog items"}}}
-    tmp = folder / ".catalog.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))
-    tmp.replace(folder / "catalog.json")
-    log(f"ivf index: nlist {index.nlist}, nprobe {nprobe}, recall@10 {measured['recall']} vs "
-        f"exact; {measured['ivf_ms_per_query']} ms vs {measured['exact_ms_per_query']} ms a query")
-    return meta
-
-
-def _versions() -> dict:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for dist in ("onnxruntime", "tokenizers", "numpy", "tritonclient", "nvidia-pytriton",
-                 "faiss-cpu"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
 def _same_item_vectors(trained_with: str, item: EncoderExport) -> bool:
     """Whether the deployed item tower gives the vectors the history tower was trained on: the
     same export, or the fp32 export of the PyTorch model it read (equal to float rounding;
@@ -174,7 +144,7 @@ def _same_item_vectors(trained_with: str, item: EncoderExport) -> bool:
         return False
 
 
-def _history_table(folder, prepared, embeddings, item: EncoderExport, log):
+def _history_table(folder, prepared, embeddings, item: EncoderExport):
     """(the saved tower, its item table over this catalog): every item by the deployed item
     tower's text embedding through the tower's adapter, plus its ID vector where it has one."""
     from towerlite.sequential import SavedTower
@@ -182,18 +152,17 @@ def _history_table(folder, prepared, embeddings, item: EncoderExport, log):
     tower = SavedTower.load(folder)
     trained_with = tower.item_model
     if trained_with and not _same_item_vectors(trained_with, item):
-        log(f"warning: the history tower was trained on item vectors of {trained_with}; this "
-            f"catalog is embedded by {item.onnx}: its text part reads other vectors than it learned")
+        log.info(f"warning: the history tower was trained on item vectors of {trained_with}; "
+                 f"this catalog is embedded by {item.onnx}: its text part reads other vectors "
+                 "than it learned")
     table = tower.item_table(prepared["item_id"].tolist(), embeddings)
-    log(f"history tower ({tower.config.kind}, {tower.config.dim}-d): item table for "
-        f"{len(table):,} items")
+    log.info(f"history tower ({tower.config.kind}, {tower.config.dim}-d): item table for "
+             f"{len(table):,} items")
     return tower, table
 
 
 def _write_history(staging: Path, history, prepared, info: dict) -> None:
     """history_encoder/1/history/ (graph, item table, ids) and history_scorer/1/catalog/."""
-    import numpy as np
-
     tower, table = history
     meta = cat.write_catalog(staging / "history_scorer" / "1" / "catalog", prepared, table,
                              {**info, "history_tower": str(tower.folder)})
@@ -212,124 +181,249 @@ def _write_history(staging: Path, history, prepared, info: dict) -> None:
          "history_tower": str(tower.folder)}, indent=1))
 
 
-def deploy(user_model: str | Path, out: str | Path, *, item_model: str | Path | None = None,
-           variant: str = "int8_dynamic", item_variant: str | None = None,
-           native_variant: str | None = None, catalog: str = "movielens",
-           items: pd.DataFrame | None = None, limit: int | None = None,
-           flavors: tuple[str, ...] = FLAVORS, spec: RepositorySpec | None = None,
-           index: str = "auto", nprobe: int | None = None, threads: int = 2,
-           history_model: str | Path | None = None, progress: bool = True, log=print) -> dict:
-    """Write OUT/<flavor>/ for each flavor and OUT/deploy_report.json; returns the report.
+def software_versions() -> dict:
+    """Python's and the serving packages' versions, recorded by every deploy report and catalog
+    version."""
+    from importlib import metadata
 
-    `items` (an items frame with the loaders' ITEM_COLUMNS) replaces the named catalog;
+    out = {"python": platform.python_version()}
+    for dist in ("onnxruntime", "tokenizers", "numpy", "tritonclient", "nvidia-pytriton",
+                 "faiss-cpu"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    """What a deploy writes: `deploy`'s arguments, `towerlite deploy`'s options.
+
+    `items` (an items frame with the loaders' ITEM_COLUMNS) replaces the named `catalog`;
     `limit` keeps the first N items of each named dataset. `index`: exact, ivf (a FAISS
     IVF-Flat index beside the matrix) or auto (ivf from 100k items). `history_model`: a
     `towerlite history` folder, served as `recommend_history` over the same catalog."""
-    from towerlite.runtime import OnnxEncoder
 
+    user_model: str | Path
+    out: str | Path
+    item_model: str | Path | None = None
+    variant: str = "int8_dynamic"
+    item_variant: str | None = None
+    native_variant: str | None = None
+    catalog: str = "movielens"
+    items: pd.DataFrame | None = field(default=None, compare=False)  # a frame has no plain ==
+    limit: int | None = None
+    flavors: tuple[str, ...] = FLAVORS
+    spec: RepositorySpec | None = None
+    index: str = "auto"
+    nprobe: int | None = None
+    threads: int = 2
+    history_model: str | Path | None = None
+    progress: bool = True
+
+
+def deploy(user_model: str | Path, out: str | Path, *,
+           log: Callable[[str], None] | None = None, **settings) -> dict:
+    """Write OUT/<flavor>/ for each flavor and OUT/deploy_report.json; returns the report.
+
+    The keyword arguments are DeployRequest's other fields (`run_deploy(DeployRequest(...))`
+    does the same). `log` is accepted for older callers and ignored: messages go to the
+    module loggers."""
+    return run_deploy(DeployRequest(user_model, out, **settings))
+
+
+def run_deploy(request: DeployRequest) -> dict:
+    """The towers, the embedded catalog, the history tower's item table (if any), each flavor's
+    repository, the report."""
     t0 = time.perf_counter()
-    out = Path(out)
-    for flavor in flavors:
+    towers = resolve_towers(request)
+    catalog = prepare_catalog(request, towers)
+    spec, history = towers.spec, None
+    if request.history_model:
+        history = _history_table(request.history_model, catalog.items, catalog.embeddings,
+                                 towers.item)
+        spec = replace(spec, history_dim=history[0].config.dim,
+                       history_max_len=history[0].config.max_len)
+    written, meta = write_flavors(request, towers, spec, catalog, history)
+    report = _report(towers, spec, catalog, history, written, meta, t0)
+    out = Path(request.out)
+    tmp = out / ".deploy_report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(out / "deploy_report.json")
+    return report
+
+
+@dataclass(frozen=True)
+class Towers:
+    """The encoders a deploy ships (the portable flavor's, the native flavor's) and the spec
+    they fix (dim, max_length, a separate item tokenizer)."""
+
+    user: EncoderExport
+    item: EncoderExport
+    native_user: EncoderExport
+    native_item: EncoderExport
+    spec: RepositorySpec
+
+    def of(self, flavor: str) -> tuple[EncoderExport, EncoderExport]:
+        """(user, item) encoders of `flavor`."""
+        if flavor == "portable":
+            return self.user, self.item
+        return self.native_user, self.native_item
+
+
+def resolve_towers(request: DeployRequest) -> Towers:
+    """The requested exports, checked: known flavors, both towers in one embedding space."""
+    for flavor in request.flavors:
         if flavor not in FLAVORS:
             raise TowerliteError(f"unknown flavor {flavor!r}; choose from {', '.join(FLAVORS)}")
-    user = load_export(user_model, variant)
-    item = load_export(item_model or user_model, item_variant or variant)
-    native, kind = "native" in flavors, (spec or RepositorySpec()).native_kind
-    native_user = native_export(user_model, native_variant, user, log, kind) if native else user
-    native_item = native_export(item_model or user_model, native_variant, item, log, kind) \
+    item_model = request.item_model or request.user_model
+    user = load_export(request.user_model, request.variant)
+    item = load_export(item_model, request.item_variant or request.variant)
+    native, kind = "native" in request.flavors, (request.spec or RepositorySpec()).native_kind
+    native_user = native_export(request.user_model, request.native_variant, user, kind=kind) \
+        if native else user
+    native_item = native_export(item_model, request.native_variant, item, kind=kind) \
         if native else item
     if user.dim != item.dim:
         raise TowerliteError(f"the user tower is {user.dim}-d and the item tower {item.dim}-d: "
                              "they must share one embedding space (distill the student into the "
                              "teacher's space, with its projection head)")
     same_tokenizer = cat.sha256_file(user.tokenizer_json) == cat.sha256_file(item.tokenizer_json)
-    spec = replace(spec or RepositorySpec(), dim=user.dim, max_length=user.max_length,
+    spec = replace(request.spec or RepositorySpec(), dim=user.dim, max_length=user.max_length,
                    item_tokenizer=not same_tokenizer)
+    return Towers(user, item, native_user, native_item, spec)
 
-    # catalog: render, embed with the item tower (cached per model), order for the scorer
+
+@dataclass(frozen=True, eq=False)
+class EmbeddedCatalog:
+    """The catalog a deploy serves: its items rendered and in scorer order, their embeddings by
+    the item tower, and what catalog.json and the report record about them."""
+
+    items: pd.DataFrame
+    embeddings: np.ndarray
+    info: dict              # catalog.json's record: the item model, the text, the source
+    source: dict
+    cache: Path
+    cache_hit: bool
+    prepare_seconds: float
+    embed_seconds: float
+
+
+def prepare_catalog(request: DeployRequest, towers: Towers) -> EmbeddedCatalog:
+    """The catalog: rendered, embedded with the item tower (cached per model), ordered for the
+    scorer."""
+    from towerlite.runtime import OnnxEncoder
+
+    item, spec = towers.item, towers.spec
     t_items = time.perf_counter()
-    if items is not None:
-        prepared = prepare_items(items)
-        source = {"catalog": "given items frame", "rows": int(len(items))}
+    if request.items is not None:
+        prepared = prepare_items(request.items)
+        source = {"catalog": "given items frame", "rows": int(len(request.items))}
     else:
-        names = cat.catalog_names(catalog)
-        prepared = cat.catalog_items(names, limit)
-        source = {"catalog": catalog, "datasets": list(names), "limit": limit}
-    log(f"catalog: {len(prepared):,} items "
-        f"({', '.join(f'{d}: {n:,}' for d, n in prepared['domain'].value_counts(sort=False).items())})")
+        names = cat.catalog_names(request.catalog)
+        prepared = cat.catalog_items(names, request.limit)
+        source = {"catalog": request.catalog, "datasets": list(names), "limit": request.limit}
+    counts = prepared["domain"].value_counts(sort=False).items()
+    log.info(f"catalog: {len(prepared):,} items "
+             f"({', '.join(f'{d}: {n:,}' for d, n in counts)})")
     encoder = OnnxEncoder(item.onnx, item.tokenizer_json, max_length=spec.max_length,
-                          threads=threads)
+                          threads=request.threads)
     item_sha = cat.sha256_file(item.onnx)
     texts = prepared["text"].tolist()
     cache = cat.cache_dir_for(item_sha, texts, spec.max_length)
     cached = (cache / "embeddings.npy").is_file()
     t_embed = time.perf_counter()
-    embeddings = cat.embed_catalog(texts, encoder, cache_dir=cache, progress=progress)
+    embeddings = cat.embed_catalog(texts, encoder, cache_dir=cache, progress=request.progress)
     embed_s = time.perf_counter() - t_embed
-    log(f"catalog embeddings: {'cache hit' if cached else f'{embed_s:.1f} s'} ({cache})")
+    log.info(f"catalog embeddings: {'cache hit' if cached else f'{embed_s:.1f} s'} ({cache})")
+    info = {"item_model": item.describe(), "max_length": spec.max_length,
+            "text": "towerlite.data.render.item_text", "source": source}
+    return EmbeddedCatalog(prepared, embeddings, info, source, cache, cached,
+                           t_embed - t_items, embed_s)
 
-    catalog_info = {"item_model": item.describe(), "max_length": spec.max_length,
-                    "text": "towerlite.data.render.item_text", "source": source}
-    history = _history_table(history_model, prepared, embeddings, item, log) \
-        if history_model else None
-    if history is not None:
-        spec = replace(spec, history_dim=history[0].config.dim,
-                       history_max_len=history[0].config.max_len)
+
+def write_flavors(request: DeployRequest, towers: Towers, spec: RepositorySpec,
+                  catalog: EmbeddedCatalog, history) -> tuple[dict, dict]:
+    """OUT/<flavor>/ for each flavor, built in OUT/.FLAVOR.staging, validated, then renamed
+    into place. The first flavor's catalog is written (with its index), the others link its
+    files. Returns ({flavor: folder}, the catalog's catalog.json)."""
+    out = Path(request.out)
     out.mkdir(parents=True, exist_ok=True)
     first_catalog = None
     written = {}
-    for flavor in flavors:
+    for flavor in request.flavors:
         staging = out / f".{flavor}.staging"
         shutil.rmtree(staging, ignore_errors=True)
-        write_code(staging, spec, flavor)
-        _place(user.tokenizer_json, staging / "tokenizer" / "1" / "tokenizer.json")
-        if spec.item_tokenizer:
-            _place(item.tokenizer_json, staging / "item_tokenizer" / "1" / "tokenizer.json")
-        u, i = (user, item) if flavor == "portable" else (native_user, native_item)
-        _place(u.onnx, staging / "user_encoder" / "1" / "model.onnx")
-        _place(i.onnx, staging / "item_encoder" / "1" / "model.onnx")
+        _write_models(staging, flavor, towers, spec)
         catalog_dir = staging / "scorer" / "1" / "catalog"
         if first_catalog is None:
-            meta = cat.write_catalog(catalog_dir, prepared, embeddings, catalog_info)
-            index_kind = ix.choose(index, len(prepared))
-            if index_kind == "ivf":
-                meta = _write_index(catalog_dir, embeddings, meta, nprobe or ix.DEFAULT_NPROBE,
-                                    log)
+            meta = _write_catalog(catalog_dir, catalog, request.index, request.nprobe)
         else:
             for f in first_catalog.iterdir():
                 _place(f, catalog_dir / f.name)
         if history is not None:
-            _write_history(staging, history, prepared, catalog_info)
+            _write_history(staging, history, catalog.items, catalog.info)
         validate_repository(staging)
-        final = out / flavor
-        old = out / f".{flavor}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        staging.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        final = _swap_into_place(staging, out / flavor)
         first_catalog = final / "scorer" / "1" / "catalog"
         written[flavor] = str(final)
-        log(f"wrote {final}")
+        log.info(f"wrote {final}")
+    return written, meta
 
-    report = {
+
+def _write_models(staging: Path, flavor: str, towers: Towers, spec: RepositorySpec) -> None:
+    """A flavor's configs and model code, its tokenizer(s) and its encoders' weights."""
+    write_code(staging, spec, flavor)
+    _place(towers.user.tokenizer_json, staging / "tokenizer" / "1" / "tokenizer.json")
+    if spec.item_tokenizer:
+        _place(towers.item.tokenizer_json, staging / "item_tokenizer" / "1" / "tokenizer.json")
+    user, item = towers.of(flavor)
+    _place(user.onnx, staging / "user_encoder" / "1" / "model.onnx")
+    _place(item.onnx, staging / "item_encoder" / "1" / "model.onnx")
+
+
+def _write_catalog(folder: Path, catalog: EmbeddedCatalog, index: str,
+                   nprobe: int | None) -> dict:
+    """scorer/1/catalog/, with an IVF index where `index` chooses one; returns catalog.json."""
+    meta = cat.write_catalog(folder, catalog.items, catalog.embeddings, catalog.info)
+    if ix.choose(index, len(catalog.items)) == "ivf":
+        meta = ix.write_catalog_index(folder, catalog.embeddings, meta,
+                                      nprobe or ix.DEFAULT_NPROBE)
+    return meta
+
+
+def _swap_into_place(staging: Path, final: Path) -> Path:
+    """Rename the built `staging` folder to `final`, the previous one moved aside first and
+    deleted after."""
+    old = final.parent / f".{final.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _report(towers: Towers, spec: RepositorySpec, catalog: EmbeddedCatalog, history,
+            written: dict, meta: dict, t0: float) -> dict:
+    """deploy_report.json: inputs, settings, catalog counts, timings, versions."""
+    return {
         "repositories": written,
-        "user_tower": user.describe(), "item_tower": item.describe(),
-        "native_encoders": {"user": native_user.variant, "item": native_item.variant},
+        "user_tower": towers.user.describe(), "item_tower": towers.item.describe(),
+        "native_encoders": {"user": towers.native_user.variant,
+                            "item": towers.native_item.variant},
         "separate_item_tokenizer": spec.item_tokenizer,
-        "catalog": {**source, "count": meta["count"], "dim": meta["dim"],
-                    "domains": meta["domains"], "embedding_cache": str(cache),
-                    "cache_hit": cached, "embed_seconds": round(embed_s, 2),
+        "catalog": {**catalog.source, "count": meta["count"], "dim": meta["dim"],
+                    "domains": meta["domains"], "embedding_cache": str(catalog.cache),
+                    "cache_hit": catalog.cache_hit,
+                    "embed_seconds": round(catalog.embed_seconds, 2),
                     "index": meta.get("index") or {"kind": "exact"},
-                    "prepare_seconds": round(t_embed - t_items, 2)},
+                    "prepare_seconds": round(catalog.prepare_seconds, 2)},
         "history_tower": None if history is None else {
             "folder": str(history[0].folder), "kind": history[0].config.kind,
             "dim": history[0].config.dim, "max_len": history[0].config.max_len,
             "trained_with_item_model": history[0].item_model},
-        "spec": spec.to_json(), "versions": _versions(),
+        "spec": spec.to_json(), "versions": software_versions(),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    tmp = out / ".deploy_report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(out / "deploy_report.json")
-    return report

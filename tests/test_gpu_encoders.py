@@ -1,34 +1,33 @@
-"""scripts/gpu_encoders.py on this machine's CPU: a weightless skeleton of a real export, refilled,
-runs in onnxruntime like the original, and the bench's rows and parity numbers are computed from
-real runs (the CUDA rows need the GPU machine; docs/benchmarks.md has them)."""
+"""`towerlite bench gpu-encoders` (serving/bench/gpu_pack.py, gpu_encoders.py) on this machine's
+CPU: a weightless skeleton of a real export, refilled, runs in onnxruntime like the original, and
+the bench's rows and parity numbers are computed from real runs (the CUDA rows need the GPU
+machine; docs/benchmarks.md has them)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from towerlite.serving.bench import gpu_pack
 
 
 @pytest.fixture(scope="module")
 def gpu():
-    spec = importlib.util.spec_from_file_location("gpu_encoders", ROOT / "scripts" / "gpu_encoders.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from towerlite.serving.bench import gpu_encoders
+
+    return gpu_encoders
 
 
 def test_skeleton_keeps_the_graph_and_drops_the_weights(gpu, exported, tmp_path):
     src = exported / "model_int8_dynamic.onnx"
-    info = gpu.skeleton(src, tmp_path / "m.onnx")
+    info = gpu_pack.skeleton(src, tmp_path / "m.onnx")
     assert (tmp_path / "m.onnx").stat().st_size < src.stat().st_size / 20
     assert info["weights_bytes"] > src.stat().st_size / 2 and info["external_tensors"] > 10
-    original, skel = onnx.load(str(src)), onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
+    original = onnx.load(str(src))
+    skel = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
     assert [n.op_type for n in original.graph.node] == [n.op_type for n in skel.graph.node]
     shapes = lambda m: {t.name: (tuple(t.dims), t.data_type) for t in m.graph.initializer}  # noqa: E731
     assert shapes(original) == shapes(skel)
@@ -38,7 +37,7 @@ def test_refilled_skeleton_runs_and_the_bench_reports_it(gpu, exported, tmp_path
     tokens = [[101, 2000 + i, 2100 + 3 * i, 102] + [3000 + i] * (i % 20) for i in range(40)]
     entry = {"name": "s", "file": "s.onnx", "real_weights": False, "tokens": "s.tokens.npz",
              "pad_id": 0}
-    gpu.skeleton(exported / "model.onnx", tmp_path / "s.onnx")
+    gpu_pack.skeleton(exported / "model.onnx", tmp_path / "s.onnx")
     np.savez(tmp_path / "s.tokens.npz", **{f"{k}_{p}": a for k in ("user", "item")
                                             for p, a in gpu.ragged(tokens).items()})
     path = gpu.materialize(tmp_path, entry)
@@ -64,6 +63,7 @@ def test_parity_numbers_see_a_real_difference(gpu):
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(50, 16)).astype(np.float32)
     same = gpu.cosines(ref.copy(), ref)
-    assert same["mean"] == pytest.approx(1) and same["error_vs_spread"] == pytest.approx(0, abs=1e-6)
+    assert same["mean"] == pytest.approx(1) and \
+        same["error_vs_spread"] == pytest.approx(0, abs=1e-6)
     off = gpu.cosines(ref + rng.normal(scale=0.5, size=ref.shape).astype(np.float32), ref)
     assert off["mean"] < 0.99 and off["error_vs_spread"] > 0.1

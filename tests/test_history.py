@@ -69,17 +69,19 @@ def _numpy_user_vectors(model, cfg: HistoryConfig, table: np.ndarray, histories)
     for h in histories:
         h = list(h)[-cfg.max_len:]
         n = len(h)
-        x = table[h].astype(np.float64) * np.sqrt(cfg.dim) + w["pos.weight"][np.arange(n - 1, -1, -1)]
+        positions = w["pos.weight"][np.arange(n - 1, -1, -1)]
+        x = table[h].astype(np.float64) * np.sqrt(cfg.dim) + positions
         for b in range(cfg.layers):
             p = f"blocks.{b}."
             qkv = norm(x, p + "norm1") @ w[p + "qkv.weight"].T + w[p + "qkv.bias"]
-            q, k, v = (qkv[:, i * cfg.dim:(i + 1) * cfg.dim].reshape(n, cfg.heads, -1).transpose(1, 0, 2)
-                       for i in range(3))
+            q, k, v = (qkv[:, i * cfg.dim:(i + 1) * cfg.dim].reshape(n, cfg.heads, -1)
+                       .transpose(1, 0, 2) for i in range(3))
             att = q @ k.transpose(0, 2, 1) / np.sqrt(cfg.dim // cfg.heads)
             att = np.where(np.tril(np.ones((n, n), bool)), att, -1e9)
             att = np.exp(att - att.max(-1, keepdims=True))
             att /= att.sum(-1, keepdims=True)
-            x = x + (att @ v).transpose(1, 0, 2).reshape(n, cfg.dim) @ w[p + "out.weight"].T + w[p + "out.bias"]
+            heads = (att @ v).transpose(1, 0, 2).reshape(n, cfg.dim)
+            x = x + heads @ w[p + "out.weight"].T + w[p + "out.bias"]
             f = gelu(norm(x, p + "norm2") @ w[p + "ff.0.weight"].T + w[p + "ff.0.bias"])
             x = x + f @ w[p + "ff.3.weight"].T + w[p + "ff.3.bias"]
         out.append(norm(x, "norm")[-1])
@@ -120,8 +122,8 @@ def test_cold_items_score_by_text_alone(tmp_path):
     new_text = np.random.default_rng(5).normal(size=(1, 12)).astype(np.float32)
     row = saved.item_table(["never-seen"], new_text)
     a = np.load(folder / "adapter.npz")
-    np.testing.assert_allclose(row, ((new_text - a["mean"]) @ a["white"]) @ a["weight"].T + a["bias"],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        row, ((new_text - a["mean"]) @ a["white"]) @ a["weight"].T + a["bias"], atol=1e-5)
     ids_only = replace(TINY, use_text=False)
     m2, _ = train(ids_only, seqs, 40, None, progress=False)
     f2 = save(tmp_path / "ids", m2, ids_only, [f"i{j}" for j in range(40)], "synthetic", {})
@@ -150,8 +152,8 @@ def test_training_resumes_after_sigkill(tmp_path):
     script.write_text(RESUME_SCRIPT.format(tests=os.path.dirname(__file__)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ckpt = tmp_path / "ckpt.pt"
-    proc = subprocess.Popen([sys.executable, str(script), str(ckpt), str(tmp_path / "a.npy")], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, str(script), str(ckpt), str(tmp_path / "a.npy")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -162,11 +164,12 @@ def test_training_resumes_after_sigkill(tmp_path):
 
     done = torch.load(ckpt, weights_only=False)["state"]["epoch"]
     assert 1 <= done <= 6
-    resumed = subprocess.run([sys.executable, str(script), str(ckpt), str(tmp_path / "a.npy")], env=env,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run([sys.executable, str(script), str(ckpt), str(tmp_path / "a.npy")],
+                             env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming {ckpt} after epoch {done}" in resumed.stderr
-    fresh = subprocess.run([sys.executable, str(script), str(tmp_path / "other.pt"), str(tmp_path / "b.npy")],
+    fresh = subprocess.run([sys.executable, str(script), str(tmp_path / "other.pt"),
+                            str(tmp_path / "b.npy")],
                            env=env, capture_output=True, text=True, timeout=300)
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     # the interrupted-and-resumed run ends where the uninterrupted one does
@@ -192,7 +195,8 @@ def test_no_held_out_user_is_trained_on(ml_cases):
     expected = [[row[i] for i in items if i in row] for u, items in likes.items()
                 if not is_heldout_user(u)]
     assert ml_cases.train_sequences == [s for s in expected if s]
-    heldout = [[row[i] for i in items if i in row] for u, items in likes.items() if is_heldout_user(u)]
+    heldout = [[row[i] for i in items if i in row] for u, items in likes.items()
+               if is_heldout_user(u)]
     assert heldout and not any(s in ml_cases.train_sequences for s in heldout if len(s) > 3)
     # and every evaluated target is a held-out user's like, so none is a training target
     assert all(is_heldout_user(u) for u in ml_cases.users)
@@ -220,7 +224,8 @@ def served_history(cache, exported, ml_cases, tmp_path_factory):
     (item_tower,) = towers_of(f"{exported}:fp32")
     text = item_tower.embed(ml_cases.item_texts, "items")
     cfg = replace(HistoryConfig(dim=32, max_len=20, epochs=2, batch_size=64), id_min_likes=3)
-    model, state = train(cfg, ml_cases.train_sequences, len(ml_cases.item_ids), text, progress=False)
+    model, state = train(cfg, ml_cases.train_sequences, len(ml_cases.item_ids), text,
+                         progress=False)
     folder = tmp_path_factory.mktemp("history") / "model"
     save(folder, model, cfg, ml_cases.item_ids, f"{exported}:fp32", {})
     items = load_dataset("movielens").items
@@ -308,7 +313,8 @@ def test_deploy_knows_which_item_towers_give_the_trained_vectors(exported):
     from towerlite.serving.deploy import _same_item_vectors, load_export
 
     fp32, int8 = load_export(exported, "fp32"), load_export(exported, "int8_dynamic")
-    assert _same_item_vectors("student-start", fp32) and not _same_item_vectors("student-start", int8)
+    assert _same_item_vectors("student-start", fp32)
+    assert not _same_item_vectors("student-start", int8)
     assert _same_item_vectors(f"{exported}:int8_dynamic", int8)
     assert not _same_item_vectors(f"{exported}-elsewhere:fp32", fp32)
 
@@ -319,7 +325,8 @@ def test_eval_ranks_a_saved_tower_and_the_demo_check_agrees(served_history, ml_c
     from conftest import run_cli
 
     from towerlite.evaluation.recommend import metric_rows
-    from towerlite.evaluation.sequential import deployed_table, saved, served_agreement
+    from towerlite.evaluation.sequential import saved
+    from towerlite.serving.served_quality import deployed_table, served_agreement
 
     server, tower, text, _ = served_history
     proc = run_cli("eval", "--dataset", "movielens", "--no-teacher", "--no-start", "--users", "40",
@@ -355,10 +362,11 @@ def test_catalog_update_adds_an_item_the_next_history_request_recommends(served_
     new = items.loc[[history[-1]]].assign(item_id="new-movie-1", title="A New Movie")
     removed = next(i for i in ml_cases.item_ids if i not in history)
     with Client(server.grpc_url) as client:
-        before = client.recommend_history(history + ["new-movie-1"], k=len(ml_cases.item_ids) - len(history))
+        before = client.recommend_history(history + ["new-movie-1"],
+                                          k=len(ml_cases.item_ids) - len(history))
         assert before.skipped == ["new-movie-1"] and removed in before.item_ids
-        record = update(repo / "portable", items=pd.DataFrame(new), remove=[removed], url=server.grpc_url,
-                        progress=False, log=lambda *_: None)
+        record = update(repo / "portable", items=pd.DataFrame(new), remove=[removed],
+                        url=server.grpc_url, progress=False, log=lambda *_: None)
         assert record["history"]["version"] == 2 and record["history"]["text_rows"] == 1
         after = client.recommend_history(history, k=len(ml_cases.item_ids) - len(history))
         assert "new-movie-1" in after.item_ids and removed not in after.item_ids
@@ -404,8 +412,9 @@ def test_both_flavors_write_the_history_models(tmp_path):
         assert steps == ["history_encoder", "history_scorer"]
         fused = configs["recommend_history_fused"]
         assert fused.parameters["PATH"].string_value == "history"
-        assert [t.name for t in fused.output] == [t.name for t in configs["recommend_history"].output]
-        assert [t.name for t in fused.input] == [t.name for t in configs["recommend_history"].input]
+        chained = configs["recommend_history"]
+        assert [t.name for t in fused.output] == [t.name for t in chained.output]
+        assert [t.name for t in fused.input] == [t.name for t in chained.input]
         assert (tmp_path / flavor / "history_encoder" / "1" / "model.py").is_file()
 
 
@@ -437,11 +446,76 @@ def test_bench_history_requests_are_held_out_likes(cache):
 
     requests = build_requests(["movielens"], 30, k=5, max_history=50, kind="history")
     likes = ordered_likes(load_dataset("movielens"))
-    held = {tuple(items[-len(h):]) for u, items in likes.items() if is_heldout_user(u) for h in requests.texts
-            if len(items) >= len(h)}
+    held = {tuple(items[-len(h):]) for u, items in likes.items() if is_heldout_user(u)
+            for h in requests.texts if len(items) >= len(h)}
     assert len(requests.texts) == 30 and all(1 <= len(h) <= 50 for h in requests.texts)
     assert all(tuple(h) in held for h in requests.texts)  # each the newest likes of a held-out user
     rows = perf_analyzer_data(requests)["data"]
     assert rows[0]["HISTORY"] == {"content": requests.texts[0], "shape": [len(requests.texts[0])]}
     assert "TEXT" not in rows[0] and requests.describe()["kind"] == "history"
-    assert requests.fingerprint != build_requests(["movielens"], 30, k=5, max_history=50).fingerprint
+    text_requests = build_requests(["movielens"], 30, k=5, max_history=50)
+    assert requests.fingerprint != text_requests.fingerprint
+
+
+# -- the tiny-model tier: a history tower over a tiny text model's item vectors, evaluated on
+# synthetic cases; the command line's config parsing. No assets.
+
+def test_tiny_history_tower_is_evaluated_through_its_saved_graph(tiny_export, tmp_path):
+    from conftest import tiny_cases
+
+    from towerlite.evaluation.recommend import evaluate, metric_rows
+    from towerlite.evaluation.sequential import saved, trained
+    from towerlite.evaluation.towers import towers_of
+
+    cases = tiny_cases()
+    item_model = f"{tiny_export}:fp32"
+    (item_tower,) = towers_of(item_model)
+    text = item_tower.embed(cases.item_texts, "items")
+    cfg = replace(TINY, epochs=2)
+    scores, about = trained(cases, cfg, text, progress=False)
+    assert len(about["losses"]) == 2 and about["training_users"] == len(cases.train_sequences)
+    model, _ = train(cfg, cases.train_sequences, len(cases.item_ids), text, progress=False)
+    folder = save(tmp_path / "tower", model, cfg, cases.item_ids, item_model, {})
+    tower = SavedTower.load(folder)
+    assert tower.item_model == item_model and tower.config.max_len == cfg.max_len
+    report = evaluate(cases, [], baselines=False, history_towers=(tower,))
+    (label,) = report["rows"]
+    assert label.startswith("history tower, text + ID")
+    graph_scores, graph_about = saved(cases, tower, text)
+    overall, _ = metric_rows(cases, graph_scores, cases.target_counts <= 2)
+    assert report["rows"][label]["metrics"] == overall  # the item text embedded the same way
+    assert graph_about["item_model"] == item_model and 0 <= overall["recall@10"] <= 1
+    # the graph's users against the trained model's own: the same vectors
+    users = onnx_user_vectors(tower.session(), tower.item_table(cases.item_ids, text), cases.seen,
+                              cfg.max_len)
+    np.testing.assert_allclose(users, user_vectors(model, cases.seen, cfg.max_len), atol=1e-4)
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["layers=two"], "layers takes an integer, not 'two'"),
+    (["lr=fast"], "lr takes a number, not 'fast'"),
+    (["colour=red"], "not FIELD=VALUE with a HistoryConfig field"),
+    (["use_text=false"], "not FIELD=VALUE with a HistoryConfig field"),
+    (["epochs"], "not FIELD=VALUE with a HistoryConfig field"),
+    (["dim=15"], "dim must be a multiple of heads"),
+    (["epochs=0"], "epochs at least 1"),
+])
+def test_history_settings_are_parsed_and_bad_ones_refused(sets, message):
+    import argparse
+
+    from towerlite.distill.history import add_arguments, config_of
+    from towerlite.errors import TowerliteError
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+
+    def parse(*argv):
+        return config_of(parser.parse_args([a for s in argv for a in ("--set", s)]))
+
+    with pytest.raises(TowerliteError, match=message):
+        parse(*sets)
+    cfg = parse("dim=48", "heads=4", "lr=0.01", "dropout=0", "seed=3")
+    assert (cfg.dim, cfg.heads, cfg.lr, cfg.dropout, cfg.seed) == (48, 4, 0.01, 0.0, 3)
+    ids_only = config_of(parser.parse_args(["--ids-only"]))
+    assert not ids_only.use_text and ids_only.use_ids and ids_only.id_min_likes == 1
+    assert config_of(parser.parse_args(["--text-only"])).kind == "text only"

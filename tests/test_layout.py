@@ -2,7 +2,8 @@
 nothing (import-linter's grimp cannot see the stage folders that pyproject's package-dir maps
 under towerlite.*, so the graph is built here from the same mapping).
 
-    application  towerlite.cli, towerlite.eval_cli, towerlite.demo, towerlite.__main__
+    application  towerlite.cli, towerlite.eval_cli, towerlite.demo, towerlite.__main__,
+                 towerlite.bench_cli
     stages       towerlite.distill | towerlite.export | towerlite.serving   (not each other)
     evaluation   towerlite.evaluation
     base         every other towerlite module (imports nothing above)
@@ -17,13 +18,15 @@ from pathlib import Path
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-APPLICATION = ("towerlite.cli", "towerlite.demo", "towerlite.eval_cli", "towerlite.__main__")
+APPLICATION = ("towerlite.cli", "towerlite.demo", "towerlite.eval_cli", "towerlite.__main__",
+               "towerlite.bench_cli")
 STAGES = ("towerlite.distill", "towerlite.export", "towerlite.serving")
 EVALUATION = "towerlite.evaluation"
 
 
 def _modules() -> dict[str, Path]:
-    mapping = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapping = setuptools["package-dir"]
     modules = {}
     for package, folder in mapping.items():
         for path in (ROOT / folder).rglob("*.py"):
@@ -87,6 +90,18 @@ def test_the_stage_folders_install_under_one_namespace():
     assert not generic, generic
 
 
+def test_every_package_folder_is_listed_for_the_wheel():
+    """pyproject lists packages by hand (package-dir mapping rules out `find`): a folder left
+    out installs in editable mode from a stale egg-info and breaks on a clean clone."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = set()
+    for package, folder in setuptools["package-dir"].items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / folder).parts
+            on_disk.add(".".join((package, *parts)))
+    assert on_disk == set(setuptools["packages"])
+
+
 def test_imports_only_go_down_the_ladder():
     wrong = []
     for module, targets in _graph().items():
@@ -123,7 +138,8 @@ def test_no_import_cycle():
 def test_each_python_model_has_one_source():
     # the Triton python models live in serving/triton_models only; deploy copies them into a
     # repository (the committed model_repository/ holds configs, not copies)
-    sources = sorted(p.name for p in (ROOT / "serving" / "triton_models").glob("*.py") if p.name != "__init__.py")
+    sources = sorted(p.name for p in (ROOT / "serving" / "triton_models").glob("*.py")
+                     if p.name != "__init__.py")
     assert sources
     copies = [str(p.relative_to(ROOT)) for p in (ROOT / "model_repository").rglob("*.py")]
     assert not copies, copies

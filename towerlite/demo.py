@@ -35,8 +35,10 @@ def _step(name: str, argv: list[str], timings: dict, main: Callable[[list[str]],
     _say(f"{name}: towerlite {' '.join(argv)}")
     t0 = time.monotonic()
     if main(argv) != 0:
-        raise TowerliteError(f"demo step {name!r} failed (see above); rerun `towerlite demo` to "
-                             "resume: finished work is cached")
+        raise TowerliteError(
+            f"demo step {name!r} failed (see above); rerun `towerlite demo` to "
+            "resume: finished work is cached"
+        )
     timings[name] = round(time.monotonic() - t0, 1)
 
 
@@ -55,10 +57,13 @@ def _user_tower_latency(export: Path, texts: list[str]) -> dict:
             times.append((time.perf_counter() - t0) * 1e3)
         return round(statistics.median(times), 2)
 
-    teacher = SentenceEncoder("teacher", log=lambda *a: None)
+    teacher = SentenceEncoder("teacher")
     student = OnnxEncoder(export / "model_int8_dynamic.onnx", max_length=128)
-    return {"texts": len(texts), "teacher_pytorch_ms": median_ms(lambda b: teacher.encode(b, max_length=128)),
-            "student_int8_ms": median_ms(student.encode)}
+    return {
+        "texts": len(texts),
+        "teacher_pytorch_ms": median_ms(lambda b: teacher.encode(b, max_length=128)),
+        "student_int8_ms": median_ms(student.encode),
+    }
 
 
 def _history_via_triton(folder: Path, repository: Path, url: str) -> dict:
@@ -83,46 +88,64 @@ def _summary(out: Path, timings: dict, latency: dict) -> dict:
     levels = {lv["concurrency"]: lv for lv in bench["levels"]}
     c1, top = levels[min(levels)], levels[max(levels)]
     return {
-        "quality": {"dataset": "movielens", "users": teacher["users"],
-                    "teacher_recall@10": teacher["recall@10"], "student_int8_recall@10": served["metrics"]["recall@10"],
-                    "kept_recall@10_pct": served["kept_vs_teacher"]["recall@10"],
-                    "kept_ndcg@10_pct": served["kept_vs_teacher"]["ndcg@10"],
-                    "distilled_before_finetune_recall@10": next(
-                        v["metrics"]["recall@10"] for k, v in rows.items() if k.startswith("distill/model")),
-                    "popularity_recall@10": rows["popularity"]["metrics"]["recall@10"],
-                    "co_occurrence_recall@10": rows["co-occurrence"]["metrics"]["recall@10"],
-                    "sasrec_recall@10": rows["SASRec"]["metrics"]["recall@10"],
-                    "history_tower_recall@10": next(v["metrics"]["recall@10"] for k, v in rows.items()
-                                                    if k.startswith("history tower")),
-                    "via_triton_agrees": ev.get("via_triton", {}).get("agree")},
-        "latency": {**latency, "speedup": round(latency["teacher_pytorch_ms"] / latency["student_int8_ms"], 1),
-                    "served_c1_p50_ms": c1["latency_ms"]["p50"], "served_c1_p99_ms": c1["latency_ms"]["p99"],
-                    f"served_c{top['concurrency']}_rps": top["throughput_rps"]},
-        "timings_s": timings, "reports": {"distill": str(out / "distill" / "distill_report.json"),
-                                          "finetune": str(out / "finetune" / "finetune_report.json"),
-                                          "export": str(out / "export" / "export_report.json"),
-                                          "eval": str(out / "eval" / "eval_movielens.md"),
-                                          "bench": str(out / "bench" / "bench.json")},
+        "quality": {
+            "dataset": "movielens",
+            "users": teacher["users"],
+            "teacher_recall@10": teacher["recall@10"],
+            "student_int8_recall@10": served["metrics"]["recall@10"],
+            "kept_recall@10_pct": served["kept_vs_teacher"]["recall@10"],
+            "kept_ndcg@10_pct": served["kept_vs_teacher"]["ndcg@10"],
+            "distilled_before_finetune_recall@10": next(
+                v["metrics"]["recall@10"] for k, v in rows.items() if k.startswith("distill/model")
+            ),
+            "popularity_recall@10": rows["popularity"]["metrics"]["recall@10"],
+            "co_occurrence_recall@10": rows["co-occurrence"]["metrics"]["recall@10"],
+            "sasrec_recall@10": rows["SASRec"]["metrics"]["recall@10"],
+            "history_tower_recall@10": next(
+                v["metrics"]["recall@10"] for k, v in rows.items() if k.startswith("history tower")
+            ),
+            "via_triton_agrees": ev.get("via_triton", {}).get("agree"),
+        },
+        "latency": {
+            **latency,
+            "speedup": round(latency["teacher_pytorch_ms"] / latency["student_int8_ms"], 1),
+            "served_c1_p50_ms": c1["latency_ms"]["p50"],
+            "served_c1_p99_ms": c1["latency_ms"]["p99"],
+            f"served_c{top['concurrency']}_rps": top["throughput_rps"],
+        },
+        "timings_s": timings,
+        "reports": {
+            "distill": str(out / "distill" / "distill_report.json"),
+            "finetune": str(out / "finetune" / "finetune_report.json"),
+            "export": str(out / "export" / "export_report.json"),
+            "eval": str(out / "eval" / "eval_movielens.md"),
+            "bench": str(out / "bench" / "bench.json"),
+        },
     }
 
 
 def _print(s: dict) -> None:
     q, lat = s["quality"], s["latency"]
+    took = sum(s["timings_s"].values())
+    steps = ", ".join(f"{k} {v:.0f}" for k, v in s["timings_s"].items())
+    hv = q["history_via_triton"]
     print(f"""
 towerlite demo — summary
-  quality kept   served student (ONNX int8) Recall@10 {q['student_int8_recall@10']:.4f} vs teacher \
-{q['teacher_recall@10']:.4f} on {q['users']} held-out MovieLens users: {q['kept_recall@10_pct']}% of the \
-teacher (NDCG@10 {q['kept_ndcg@10_pct']}%); distilled before fine-tuning {q['distilled_before_finetune_recall@10']:.4f}; \
-popularity {q['popularity_recall@10']:.4f}, co-occurrence {q['co_occurrence_recall@10']:.4f}; through Triton = \
-in-process: {q['via_triton_agrees']}
+  quality kept   served student (ONNX int8) Recall@10 {q['student_int8_recall@10']:.4f} vs \
+teacher {q['teacher_recall@10']:.4f} on {q['users']} held-out MovieLens users: \
+{q['kept_recall@10_pct']}% of the teacher (NDCG@10 {q['kept_ndcg@10_pct']}%); distilled before \
+fine-tuning {q['distilled_before_finetune_recall@10']:.4f}; popularity \
+{q['popularity_recall@10']:.4f}, co-occurrence {q['co_occurrence_recall@10']:.4f}; \
+through Triton = in-process: {q['via_triton_agrees']}
   history path   history tower (liked item ids → user vector, no tokenizer) Recall@10 \
-{q['history_tower_recall@10']:.4f} vs SASRec {q['sasrec_recall@10']:.4f} (both {DEMO_EPOCHS} epochs); \
-recommend_history through Triton = in-process: {q['history_via_triton']['agree']} \
-({q['history_via_triton']['same_top10_share']:.0%} identical top-10 lists)
+{q['history_tower_recall@10']:.4f} vs SASRec {q['sasrec_recall@10']:.4f} \
+(both {DEMO_EPOCHS} epochs); recommend_history through Triton = in-process: {hv['agree']} \
+({hv['same_top10_share']:.0%} identical top-10 lists)
   latency won    user tower, batch 1, median of {lat['texts']} user texts: teacher PyTorch \
-{lat['teacher_pytorch_ms']} ms → student int8 {lat['student_int8_ms']} ms ({lat['speedup']}×); served \
-recommend at concurrency 1: p50 {lat['served_c1_p50_ms']} ms, p99 {lat['served_c1_p99_ms']} ms
-  took           {sum(s['timings_s'].values()):.0f} s ({', '.join(f'{k} {v:.0f}' for k, v in s['timings_s'].items())})
+{lat['teacher_pytorch_ms']} ms → student int8 {lat['student_int8_ms']} ms \
+({lat['speedup']}×); served recommend at concurrency 1: p50 {lat['served_c1_p50_ms']} ms, \
+p99 {lat['served_c1_p99_ms']} ms
+  took           {took:.0f} s ({steps})
   reports        {', '.join(s['reports'].values())}""")
 
 
@@ -135,27 +158,122 @@ def run(out: Path, main: Callable[[list[str]], int]) -> dict:
     started = time.monotonic()
     _step("prepare", ["prepare"], timings, main)
     _step("distill", ["distill", "--preset", "demo", "--out", str(out / "distill")], timings, main)
-    _step("finetune", ["finetune", "--preset", "demo", "--start", str(out / "distill" / "model"),
-                       "--out", str(out / "finetune")], timings, main)
-    _step("export", ["export", "--model", str(out / "finetune" / "model"), "--out", str(out / "export"),
-                     "--variants", "fp32,int8_dynamic", "--no-speed"], timings, main)
-    _step("history", ["history", "--item-model", f"{out / 'export'}:int8_dynamic", "--set",
-                      f"epochs={DEMO_EPOCHS}", "--no-progress", "--out", str(out / "history")], timings, main)
-    _step("deploy", ["deploy", "--user-model", str(out / "export"), "--catalog", "movielens",
-                     "--flavor", "portable", "--index", "exact", "--history-model",
-                     str(out / "history" / "model"), "--out", str(out / "repository")], timings, main)
+    _step(
+        "finetune",
+        [
+            "finetune",
+            "--preset",
+            "demo",
+            "--start",
+            str(out / "distill" / "model"),
+            "--out",
+            str(out / "finetune"),
+        ],
+        timings,
+        main,
+    )
+    _step(
+        "export",
+        [
+            "export",
+            "--model",
+            str(out / "finetune" / "model"),
+            "--out",
+            str(out / "export"),
+            "--variants",
+            "fp32,int8_dynamic",
+            "--no-speed",
+        ],
+        timings,
+        main,
+    )
+    _step(
+        "history",
+        [
+            "history",
+            "--item-model",
+            f"{out / 'export'}:int8_dynamic",
+            "--set",
+            f"epochs={DEMO_EPOCHS}",
+            "--no-progress",
+            "--out",
+            str(out / "history"),
+        ],
+        timings,
+        main,
+    )
+    _step(
+        "deploy",
+        [
+            "deploy",
+            "--user-model",
+            str(out / "export"),
+            "--catalog",
+            "movielens",
+            "--flavor",
+            "portable",
+            "--index",
+            "exact",
+            "--history-model",
+            str(out / "history" / "model"),
+            "--out",
+            str(out / "repository"),
+        ],
+        timings,
+        main,
+    )
     _say("serve: starting Triton on the portable repository")
     with start_server(out / "repository" / "portable", log_path=out / "triton.log") as server:
         _say(f"serving at grpc {server.grpc_url}, http {server.http_url}")
-        _step("eval", ["eval", "--dataset", "movielens", "--users", "200", "--model", str(out / "distill" / "model"),
-                       "--model", str(out / "finetune" / "model"), "--model", f"{out / 'export'}:int8_dynamic", "--via-triton", server.grpc_url,
-                       "--history-model", str(out / "history" / "model"),
-                       "--sasrec-epochs", str(DEMO_EPOCHS), "--out", str(out / "eval")], timings, main)
+        _step(
+            "eval",
+            [
+                "eval",
+                "--dataset",
+                "movielens",
+                "--users",
+                "200",
+                "--model",
+                str(out / "distill" / "model"),
+                "--model",
+                str(out / "finetune" / "model"),
+                "--model",
+                f"{out / 'export'}:int8_dynamic",
+                "--via-triton",
+                server.grpc_url,
+                "--history-model",
+                str(out / "history" / "model"),
+                "--sasrec-epochs",
+                str(DEMO_EPOCHS),
+                "--out",
+                str(out / "eval"),
+            ],
+            timings,
+            main,
+        )
         _say("history path: recommend_history through Triton vs the same tower in-process")
-        history_served = _history_via_triton(out / "history" / "model",
-                                             out / "repository" / "portable", server.grpc_url)
-        _step("bench", ["bench", "--url", server.grpc_url, "--concurrency", "1,4,8", "--duration", "5",
-                        "--texts", "300", "--out", str(out / "bench")], timings, main)
+        history_served = _history_via_triton(
+            out / "history" / "model", out / "repository" / "portable", server.grpc_url
+        )
+        _step(
+            "bench",
+            [
+                "bench",
+                "serving",
+                "--url",
+                server.grpc_url,
+                "--concurrency",
+                "1,4,8",
+                "--duration",
+                "5",
+                "--texts",
+                "300",
+                "--out",
+                str(out / "bench"),
+            ],
+            timings,
+            main,
+        )
     _say("latency of the user tower in-process: teacher vs student, on held-out users' texts")
     from towerlite.evaluation.cases import build_cases
 

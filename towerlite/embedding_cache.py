@@ -1,8 +1,9 @@
 """Embeddings computed once and kept on disk: distill's teacher targets, eval's towers.
 
 The teacher is the slow part (≈15–20 sentences/s on 2 cores), so embeddings are cached under
-$TOWERLITE_HOME/embedding-cache/<key>/, keyed by the model's files and the exact text list. The work is cut into chunks, each written atomically: an interrupted pass resumes at
-the first missing chunk, and under torchrun every process computes its own share of chunks.
+$TOWERLITE_HOME/embedding-cache/<key>/, keyed by the model's files and the exact text list. The
+work is cut into chunks, each written atomically: an interrupted pass resumes at the first
+missing chunk, and under torchrun every process computes its own share of chunks.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ def model_fingerprint(folder: str) -> str:
 
 
 def cache_key(model_folder: str, max_length: int, texts: list[str]) -> str:
-    h = hashlib.sha256(f"{model_fingerprint(model_folder)}|{max_length}|{len(texts)}".encode())
-    for t in texts:
-        h.update(t.encode("utf-8") + b"\0")
-    return h.hexdigest()[:24]
+    digest = hashlib.sha256(f"{model_fingerprint(model_folder)}|{max_length}|{len(texts)}".encode())
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\0")
+    return digest.hexdigest()[:24]
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
@@ -47,9 +48,10 @@ def cache_root() -> Path:
     return writable_home() / "embedding-cache"
 
 
-def cached_embeddings(texts: list[str], cache_dir: Path, key: str, encode: Callable[[list[str]], np.ndarray],
-                       chunk: int = 512, rank: int = 0, world: int = 1, barrier=lambda: None,
-                       progress: bool = True, label: str = "model") -> tuple[np.ndarray, int]:
+def cached_embeddings(texts: list[str], cache_dir: Path, key: str,
+                      encode: Callable[[list[str]], np.ndarray], chunk: int = 512, rank: int = 0,
+                      world: int = 1, barrier=lambda: None, progress: bool = True,
+                      label: str = "model") -> tuple[np.ndarray, int]:
     """(embeddings of `texts`, number of texts this call had to encode). `encode` is only
     called for chunks missing from the cache (the teacher need not even be loaded otherwise)."""
     from tqdm.auto import tqdm
@@ -60,15 +62,18 @@ def cached_embeddings(texts: list[str], cache_dir: Path, key: str, encode: Calla
     if first.is_file():  # a folder keeps the chunk size it was started with, whoever resumes it
         chunk = int(np.load(first, mmap_mode="r").shape[0])
     files = [folder / f"{i:05d}.npy" for i in range(0, len(texts), chunk)]
-    mine = [k for k, f in enumerate(files) if k % world == rank and not f.is_file()]
-    todo = sum(len(texts[k * chunk:(k + 1) * chunk]) for k in mine)
+    mine = [number for number, file in enumerate(files)
+            if number % world == rank and not file.is_file()]
+    todo = sum(len(texts[number * chunk:(number + 1) * chunk]) for number in mine)
     with tqdm(total=todo, unit="text", desc=f"{label}", disable=not (progress and todo)) as bar:
-        for k in mine:
-            part = texts[k * chunk:(k + 1) * chunk]
-            _save_atomic(files[k], encode(part).astype(np.float32))
+        for number in mine:
+            part = texts[number * chunk:(number + 1) * chunk]
+            _save_atomic(files[number], encode(part).astype(np.float32))
             bar.update(len(part))
     barrier()
-    out = np.concatenate([np.load(f) for f in files])
+    out = np.concatenate([np.load(file) for file in files])
     if len(out) != len(texts):
-        raise RuntimeError(f"embedding cache {folder} holds {len(out)} rows for {len(texts)} texts; delete it")
+        raise RuntimeError(f"embedding cache {folder} holds {len(out)} rows for {len(texts)} "
+                           "texts; delete it")
+
     return out, todo

@@ -14,7 +14,8 @@ from .errors import TowerliteError
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Plain `message` lines on stderr; a no-op when a handler is already set (tests, a host app)."""
+    """Plain `message` lines on stderr; a no-op when a handler is already set (tests, a host
+    app)."""
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
 
 
@@ -31,8 +32,13 @@ def run(command: Callable[[argparse.Namespace], int | None], args: argparse.Name
         return 130
 
 
-def standalone(prog: str, description: str, add_arguments: Callable[[argparse.ArgumentParser], None],
-               command: Callable[[argparse.Namespace], int | None], argv: list[str] | None = None) -> int:
+def standalone(
+    prog: str,
+    description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    command: Callable[[argparse.Namespace], int | None],
+    argv: list[str] | None = None,
+) -> int:
     """A stage's `python -m` entry: its own parser, the same handling as `towerlite <stage>`."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_arguments(parser)

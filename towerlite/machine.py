@@ -52,3 +52,24 @@ def usable_cores() -> int | None:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count()
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages, rounded to 0.01 (None where the OS has none): how
+    busy the machine was around a measurement."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def nvidia_smi(query: str) -> str | None:
+    """`nvidia-smi --query-gpu=QUERY --format=csv,noheader`'s output, stripped (one line a GPU,
+    empty when it prints nothing); None where nvidia-smi is missing or does not answer in 30 s."""
+    import subprocess
+
+    try:
+        return subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,9 @@ from .errors import TowerliteError
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
-def resolve_model(spec: str, log=print) -> str:
-    """What to pass to `from_pretrained` for a model argument (fetching registry models)."""
+def resolve_model(spec: str, log: Callable[[str], None] | None = None) -> str:
+    """What to pass to `from_pretrained` for a model argument (fetching registry models). `log`:
+    a message callback some callers still pass (default: the asset registry's logger)."""
     name = MODEL_ALIASES.get(spec, spec)
     if name in ASSETS and ASSETS[name].kind == "model":
         return str(ensure(name, log=log))
@@ -53,23 +55,26 @@ def read_pipeline(folder: Path) -> Pipeline:
         return Pipeline("mean", (), True, 512)
     modules = json.loads(modules_file.read_text())
     pooling, dense, normalize = "mean", [], False
-    for m in modules:
-        kind = m["type"].rsplit(".", 1)[-1]
+    for module in modules:
+        kind = module["type"].rsplit(".", 1)[-1]
         if kind == "Pooling":
-            cfg = json.loads((folder / m["path"] / "config.json").read_text())
-            modes = [mode for mode in ("mean", "cls", "max") if cfg.get(f"pooling_mode_{mode}_tokens"
-                                                                         if mode != "cls" else "pooling_mode_cls_token")]
+            cfg = json.loads((folder / module["path"] / "config.json").read_text())
+            modes = [mode for mode in ("mean", "cls", "max")
+                     if cfg.get(f"pooling_mode_{mode}_tokens" if mode != "cls"
+                                else "pooling_mode_cls_token")]
             if len(modes) != 1:
                 raise TowerliteError(f"{folder}: unsupported pooling config {cfg}")
             pooling = modes[0]
         elif kind == "Dense":
-            dense.append(m["path"])
+            dense.append(module["path"])
         elif kind == "Normalize":
             normalize = True
         elif kind != "Transformer":
-            raise TowerliteError(f"{folder}: unsupported sentence-transformers module {m['type']}")
+            raise TowerliteError(f"{folder}: unsupported sentence-transformers module "
+                                 f"{module['type']}")
     st_cfg = folder / "sentence_bert_config.json"
-    max_len = json.loads(st_cfg.read_text()).get("max_seq_length", 512) if st_cfg.is_file() else 512
+    max_len = (json.loads(st_cfg.read_text()).get("max_seq_length", 512) if st_cfg.is_file()
+               else 512)
     return Pipeline(pooling, tuple(dense), normalize, int(max_len))
 
 
@@ -82,8 +87,10 @@ def load_dense(folder: Path):
     layer = torch.nn.Linear(cfg["in_features"], cfg["out_features"], bias=cfg.get("bias", True))
     state = load_file(folder / "model.safetensors")
     layer.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
-    act = cfg.get("activation_function", "torch.nn.modules.linear.Identity")
-    return torch.nn.Sequential(layer, torch.nn.Tanh() if act.endswith("Tanh") else torch.nn.Identity())
+    activation = cfg.get("activation_function", "torch.nn.modules.linear.Identity")
+    return torch.nn.Sequential(layer, torch.nn.Tanh() if activation.endswith("Tanh")
+                               else torch.nn.Identity())
+
 
 
 def build_module(transformer, pipeline: Pipeline, dense: list):
@@ -100,13 +107,14 @@ def build_module(transformer, pipeline: Pipeline, dense: list):
 
         def pooled(self, input_ids, attention_mask):
             """The pooled transformer output, before any projection."""
-            hidden = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = self.transformer(input_ids=input_ids,
+                                      attention_mask=attention_mask).last_hidden_state
             if self.pooling == "cls":
                 return hidden[:, 0]
-            m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             if self.pooling == "max":
-                return hidden.masked_fill(m == 0, -1e9).max(dim=1).values
-            return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+                return hidden.masked_fill(mask == 0, -1e9).max(dim=1).values
+            return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
         def forward(self, input_ids, attention_mask):
             emb = self.dense(self.pooled(input_ids, attention_mask))
@@ -118,12 +126,16 @@ def build_module(transformer, pipeline: Pipeline, dense: list):
 class SentenceEncoder:
     """PyTorch reference: texts → sentence embeddings, exactly as the folder describes."""
 
-    def __init__(self, spec: str, device: str = "cpu", log=print, attn_implementation: str | None = None):
+    def __init__(self, spec: str, device: str = "cpu", log: Callable[[str], None] | None = None,
+                 attn_implementation: str | None = None):
+        """`log`: a message callback some callers still pass (demo, tests; default: the asset
+        registry's logger), used only when a registry model is fetched."""
         from transformers import AutoModel, AutoTokenizer
 
         self.source = resolve_model(spec, log=log)
         folder = Path(self.source)
-        self.pipeline = read_pipeline(folder) if folder.is_dir() else Pipeline("mean", (), True, 512)
+        self.pipeline = (read_pipeline(folder) if folder.is_dir()
+                         else Pipeline("mean", (), True, 512))
         kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.source)
@@ -139,7 +151,10 @@ class SentenceEncoder:
     @property
     def dim(self) -> int:
         dense = self.module.dense
-        return dense[-1][0].out_features if len(dense) else self.module.transformer.config.hidden_size
+        if len(dense):
+            return dense[-1][0].out_features
+        return self.module.transformer.config.hidden_size
+
 
     def encode(self, texts: list[str], batch_size: int = 32, max_length: int | None = None):
         """float32 numpy array (len(texts), dim)."""

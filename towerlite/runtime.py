@@ -45,14 +45,16 @@ def pad_batch(token_ids: list[list[int]], pad_id: int,
     return ids, mask
 
 
-def session(path: Path, threads: int = 2, providers: list[str] | None = None) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+def session(path: Path, threads: int = 2,
+            providers: list[str] | None = None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Thread spinning stays on: turning it off doubled batch-1 p50 in-process (prototype).
-    return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options,
+                                providers=providers or ["CPUExecutionProvider"])
 
 
 class OnnxEncoder:
@@ -61,11 +63,13 @@ class OnnxEncoder:
     def __init__(self, onnx_path: str | Path, tokenizer_json: str | Path | None = None,
                  max_length: int = 128, threads: int = 2, providers: list[str] | None = None):
         onnx_path = Path(onnx_path)
-        tokenizer_json = Path(tokenizer_json) if tokenizer_json else onnx_path.parent / "tokenizer.json"
-        for p in (onnx_path, tokenizer_json):
-            if not p.is_file():
-                raise TowerliteError(f"{p}: no such file (an exported encoder needs the .onnx file "
-                                     "and tokenizer.json beside it)")
+        tokenizer_json = (Path(tokenizer_json) if tokenizer_json
+                          else onnx_path.parent / "tokenizer.json")
+        for path in (onnx_path, tokenizer_json):
+            if not path.is_file():
+                raise TowerliteError(f"{path}: no such file (an exported encoder needs the .onnx "
+                                     "file and tokenizer.json beside it)")
+
         self.path = onnx_path
         self.tokenizer, self.pad_id = load_tokenizer(tokenizer_json, max_length)
         self.session = session(onnx_path, threads, providers)
@@ -81,8 +85,11 @@ class OnnxEncoder:
         feed = {"input_ids": ids, "attention_mask": mask}
         return self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})[0]
 
-    def encode(self, texts: list[str], batch_size: int = 32, sort_by_length: bool = True) -> np.ndarray:
-        """Embeddings in the order of `texts`; batches hold texts of similar length (less padding)."""
+    def encode(self, texts: list[str], batch_size: int = 32,
+               sort_by_length: bool = True) -> np.ndarray:
+        """Embeddings in the order of `texts`; batches hold texts of similar length (less
+        padding)."""
+
         tokens = self.token_ids(texts)
         order = np.argsort([len(t) for t in tokens], kind="stable") if sort_by_length \
             else np.arange(len(texts))

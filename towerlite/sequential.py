@@ -96,13 +96,14 @@ def build_model(cfg: HistoryConfig, n_items: int, text: np.ndarray | None, warm:
                                     nn.Linear(cfg.dim, cfg.dim))
             self.drop = nn.Dropout(cfg.dropout)
 
-        def forward(self, x, allowed):  # allowed: (B, 1, L, L) bool
-            b, n, d = x.shape
-            h = cfg.heads
-            q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)
-            att = (q @ k.transpose(-1, -2)) / math.sqrt(d // h)
+        def forward(self, x, allowed):  # allowed: (batch, 1, length, length) bool
+            batch, length, dim = x.shape
+            heads = cfg.heads
+            qkv = self.qkv(self.norm1(x)).view(batch, length, 3, heads, dim // heads)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)
+            att = (q @ k.transpose(-1, -2)) / math.sqrt(dim // heads)
             att = att.masked_fill(~allowed, -1e9).softmax(-1)
-            x = x + self.drop(self.out((att @ v).transpose(1, 2).reshape(b, n, d)))
+            x = x + self.drop(self.out((att @ v).transpose(1, 2).reshape(batch, length, dim)))
             return x + self.drop(self.ff(self.norm2(x)))
 
     class SequenceEncoder(nn.Module):
@@ -118,14 +119,14 @@ def build_model(cfg: HistoryConfig, n_items: int, text: np.ndarray | None, warm:
 
         def states(self, vectors, mask):
             # positions from the mask's own shape (a traced arange froze the length in ONNX)
-            at = torch.ones_like(mask[0]).cumsum(0) - 1
-            back = at.flip(0).long()  # the newest item is position 0
+            position = torch.ones_like(mask[0]).cumsum(0) - 1
+            back = position.flip(0).long()  # the newest item is position 0
             x = self.drop(vectors * math.sqrt(cfg.dim) + self.pos(back)) * mask.unsqueeze(-1)
             # a position reads itself and earlier real items: a padded position reads only
             # itself, so no row of the softmax is empty (comparisons, not tril/eye: onnxruntime
             # has no boolean EyeLike)
-            allowed = ((at.unsqueeze(1) >= at.unsqueeze(0)) & (mask > 0).unsqueeze(1)) \
-                | (at.unsqueeze(1) == at.unsqueeze(0))
+            allowed = ((position.unsqueeze(1) >= position.unsqueeze(0)) & (mask > 0).unsqueeze(1)) \
+                | (position.unsqueeze(1) == position.unsqueeze(0))
             for block in self.blocks:
                 x = block(x, allowed.unsqueeze(1))
             return self.norm(x)
@@ -322,7 +323,9 @@ def save(folder: Path, model, cfg: HistoryConfig, item_ids: list[str], item_mode
         if cfg.use_ids:
             warm = model.warm.numpy()
             np.save(staging / "id_vectors.npy", model.ids.weight.numpy()[warm].astype(np.float32))
-            (staging / "id_items.json").write_text(json.dumps([i for i, w in zip(item_ids, warm) if w]))
+            warm_ids = [item for item, is_warm in zip(item_ids, warm) if is_warm]
+            (staging / "id_items.json").write_text(json.dumps(warm_ids))
+
     (staging / "item_ids.json").write_text(json.dumps(list(item_ids)))
     (staging / "config.json").write_text(json.dumps({**asdict(cfg), "item_model": item_model},
                                                     indent=2))

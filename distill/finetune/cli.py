@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import _f, add_config_arguments, build_config
+from ..cli import add_config_arguments, build_config, fmt
 from .config import PRESETS, FinetuneConfig
 
 DESCRIPTION = (
@@ -20,22 +20,26 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p, PRESETS, "multi",
-                         "multi: both datasets (the default recipe); fast: the same on 3 layers at 64 tokens "
-                         "(the latency-bound served student); movies / books: one domain; teacher: the "
-                         "large model; demo: the demo's few minutes; tiny: a 2-layer model, a few steps (tests)",
+                         "multi: both datasets (the default recipe); fast: the same on 3 layers at "
+                         "64 tokens (the latency-bound served student); movies / books: one "
+                         "domain; teacher: the large model; demo: the demo's few minutes; tiny: a "
+                         "2-layer model, a few steps (tests)",
                          "runs/finetune", 'temperature=0.1 --set \'datasets={"movielens": 1}\'')
-    p.add_argument("--start", help="start model: registry name, HF folder (e.g. a distilled student)")
+    p.add_argument("--start",
+                   help="start model: registry name, HF folder (e.g. a distilled student)")
     p.add_argument("--steps", type=int)
 
 
 def summary_table(report: dict) -> str:
-    lines = ["| model | Spearman vs teacher (held-out texts) | top-10 overlap | MovieLens Recall@10 [95% CI] "
-             "| NDCG@10 | MRR |", "|---|---|---|---|---|---|"]
-    for name, r in report["evaluation"].items():
-        a, ret = r["agreement"]["all"], r["retrieval"]
-        ci = ret.get("recall@10_ci95") or [None, None]
-        lines.append(f"| {name} | {_f(a['spearman'])} | {_f(a['top10_overlap'])} | {_f(ret['recall@10'], 4)} "
-                     f"[{_f(ci[0], 3)}, {_f(ci[1], 3)}] | {_f(ret['ndcg@10'], 4)} | {_f(ret.get('mrr'), 4)} |")
+    lines = ["| model | Spearman vs teacher (held-out texts) | top-10 overlap "
+             "| MovieLens Recall@10 [95% CI] | NDCG@10 | MRR |", "|---|---|---|---|---|---|"]
+    for name, row in report["evaluation"].items():
+        agreement, retrieval = row["agreement"]["all"], row["retrieval"]
+        ci = retrieval.get("recall@10_ci95") or [None, None]
+        lines.append(f"| {name} | {fmt(agreement['spearman'])} | "
+                     f"{fmt(agreement['top10_overlap'])} | {fmt(retrieval['recall@10'], 4)} "
+                     f"[{fmt(ci[0], 3)}, {fmt(ci[1], 3)}] | {fmt(retrieval['ndcg@10'], 4)} | "
+                     f"{fmt(retrieval.get('mrr'), 4)} |")
     return "\n".join(lines)
 
 
@@ -43,11 +47,12 @@ def command(args: argparse.Namespace) -> int:
     from .train import run
 
     cfg = build_config(args, PRESETS, FinetuneConfig, ("out", "start", "steps"))
-    report = run(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    report = run(cfg)
     if report:  # rank 0 only under torchrun
         if "evaluation" in report:
             print(summary_table(report))
-        print(f"\nfine-tuned model: {report['model_folder']}; report: {Path(cfg.out) / 'finetune_report.json'}; "
+        print(f"\nfine-tuned model: {report['model_folder']}; "
+              f"report: {Path(cfg.out) / 'finetune_report.json'}; "
               f"{report['timings']['total_s']} s")
     return 0
 
@@ -55,4 +60,6 @@ def command(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     from towerlite.entry import standalone
 
-    sys.exit(standalone("python -m towerlite.distill.finetune.cli", DESCRIPTION, add_arguments, command))
+    sys.exit(standalone("python -m towerlite.distill.finetune.cli", DESCRIPTION, add_arguments,
+                        command))
+

@@ -8,6 +8,8 @@ here, so no evaluation user's history or target reaches training. Likes are read
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,11 +37,14 @@ class Batch:
     seen: list[set[int]]  # rows each user liked before it: never its negatives
 
 
-def load_interactions(name: str, seed: int = 0, log=print) -> Interactions:
+def load_interactions(name: str, seed: int = 0,
+                      log: Callable[[str], None] | None = None) -> Interactions:
+    """`log`: a message callback still passed by tests (default: this module's logger)."""
     from towerlite.data import load_dataset
     from towerlite.data.render import item_texts
     from towerlite.data.splits import is_heldout_user, ordered_likes
 
+    say = log or logging.getLogger(__name__).info
     data = load_dataset(name)
     items = data.items.reset_index(drop=True)
     row = {item: r for r, item in enumerate(items["item_id"])}
@@ -47,9 +52,12 @@ def load_interactions(name: str, seed: int = 0, log=print) -> Interactions:
              if not is_heldout_user(user) and len(liked) >= 2}
     likes = [np.array([row[i] for i in liked], dtype=np.int64) for liked in train.values()]
     if not likes:
-        raise TowerliteError(f"{name}: the training split is empty (no training user has two liked items)")
-    log(f"{name}: {len(likes):,} training users, {sum(map(len, likes)):,} likes, {len(items):,} items")
-    return Interactions(name, list(items["item_id"]), item_texts(items), list(train), likes, _log_q(likes, len(items)))
+        raise TowerliteError(f"{name}: the training split is empty (no training user has two "
+                             "liked items)")
+    say(f"{name}: {len(likes):,} training users, {sum(map(len, likes)):,} likes, "
+        f"{len(items):,} items")
+    return Interactions(name, list(items["item_id"]), item_texts(items), list(train), likes,
+                        _log_q(likes, len(items)))
 
 
 def _log_q(likes: list[np.ndarray], n_items: int) -> np.ndarray:
@@ -63,7 +71,9 @@ def _log_q(likes: list[np.ndarray], n_items: int) -> np.ndarray:
     return np.log(np.maximum(q, 1e-12)).astype(np.float32)
 
 
-def sample_batch(data: Interactions, size: int, history_items: int, rng: np.random.Generator) -> Batch:
+def sample_batch(data: Interactions, size: int, history_items: int,
+                 rng: np.random.Generator) -> Batch:
+
     """`size` distinct training users, each cut at a random position: the liked items before
     the cut render the user text, the one at the cut is the positive."""
     users = rng.choice(len(data.likes), min(size, len(data.likes)), replace=False)
@@ -72,7 +82,8 @@ def sample_batch(data: Interactions, size: int, history_items: int, rng: np.rand
         liked = data.likes[u]
         cut = int(rng.integers(1, len(liked)))
         history = liked[:cut]
-        texts.append(join_user_text([data.item_texts[r] for r in history[-history_items:]], history_items))
+        recent = history[-history_items:]
+        texts.append(join_user_text([data.item_texts[r] for r in recent], history_items))
         positives.append(int(liked[cut]))
         seen.append(set(history.tolist()))
     return Batch(data.name, users, texts, np.array(positives), seen)
@@ -84,7 +95,9 @@ def step_batch(datasets: list[Interactions], weights: list[float], size: int, hi
     the same domain — the hard ones; a domain tag alone would tell the others apart."""
     rng = np.random.default_rng([seed, step])
     p = np.asarray(weights, dtype=float) / sum(weights)
-    return sample_batch(datasets[int(rng.choice(len(datasets), p=p))], size, history_items, rng)
+    dataset = datasets[int(rng.choice(len(datasets), p=p))]
+    return sample_batch(dataset, size, history_items, rng)
+
 
 
 def valid_negatives(batch: Batch, columns: np.ndarray) -> np.ndarray:

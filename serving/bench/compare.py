@@ -5,6 +5,7 @@ fingerprints differ are refused unless forced (and the table then says so)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -126,3 +127,27 @@ def compare(paths: list[Path], out: Path, labels: list[str] | None = None,
          "latency against throughput, same requests" if not result["forced"]
          else "latency against throughput (inputs differ: forced)")
     return result
+
+
+DESCRIPTION = (
+    "Compare bench reports made with the same inputs (e.g. teacher fp32, student fp32, student "
+    "int8 served in turn): one table with throughput and latency ratios against the first "
+    "report at each concurrency, and one plot. Reports with different inputs (texts, K, domain) "
+    "are refused unless --force. Writes OUT/compare.json, compare.md and compare.png.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("reports", nargs="+", type=Path, metavar="REPORT.json")
+    p.add_argument("--label", dest="labels", action="append", metavar="LABEL",
+                   help="name of each report, in order (default: the label each report has)")
+    p.add_argument("--force", action="store_true",
+                   help="compare reports made with different inputs")
+    p.add_argument("--out", type=Path, metavar="DIR", default=Path("runs/bench/compare"),
+                   help="folder for compare.json/.md/.png (default runs/bench/compare)")
+
+
+def command(args: argparse.Namespace) -> int:
+    result = compare(args.reports, args.out, args.labels, args.force)
+    print(markdown(result))
+    print(f"\nwritten: {args.out / 'compare.json'} (.md, .png)")
+    return 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import logging
 import os
 import platform
 import re
@@ -42,6 +43,8 @@ WHEEL = "tritonclient==2.51.0"
 WHEEL_MEMBER = re.compile(r"^tritonclient-[^/]+\.data/data/bin/perf_analyzer$")
 LIBS = {"libb64.so.0d": "libb64-*.so.0d", "libcudart.so.12": "libcudart-*.so.12*"}
 NEVER_UNSTABLE = "1000000"  # --stability-percentage: report the windows we asked for, as they are
+
+log = logging.getLogger(__name__)
 
 
 class PerfAnalyzerUnavailable(TowerliteError):
@@ -66,13 +69,14 @@ def find_binary(explicit: Path | None = None) -> Path | None:
     return None
 
 
-def install(log=print) -> Path:
+def install() -> Path:
     """Extract perf_analyzer from tritonclient 2.51's wheel (pip download, no install)."""
     if sys.platform != "linux" or platform.machine() != "x86_64":
         raise PerfAnalyzerUnavailable("perf_analyzer is not on PATH and tritonclient's wheel "
                                       "carries it only for Linux x86_64")
     target = tool_dir() / "bin" / "perf_analyzer"
-    log(f"perf_analyzer: not found; extracting it from {WHEEL}'s wheel into {target.parent}")
+    log.info(f"perf_analyzer: not found; extracting it from {WHEEL}'s wheel into "
+             f"{target.parent}")
     with tempfile.TemporaryDirectory() as tmp:
         try:  # bounded: on a machine without an index, auto must fall back, not hang
             got = subprocess.run([sys.executable, "-m", "pip", "download", WHEEL, "--no-deps",
@@ -212,9 +216,9 @@ def failed_level(output: str, concurrency: int, model: str) -> Measured | None:
 class PerfAnalyzerEngine:
     name = "perf_analyzer"
 
-    def __init__(self, protocol: str, workdir: Path, binary: Path | None = None, log=print):
+    def __init__(self, protocol: str, workdir: Path, binary: Path | None = None):
         self.protocol, self.workdir = protocol, Path(workdir)
-        found = find_binary(binary) or install(log)
+        found = find_binary(binary) or install()
         self.env = _env(lib_dir())
         version = check(found, self.env)
         self.binary = found

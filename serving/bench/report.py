@@ -31,13 +31,6 @@ def machine() -> dict:
     return {**cpu_info(), "cores_usable": usable_cores(), "platform": platform.platform()}
 
 
-def load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def versions() -> dict:
     out = {"python": sys.version.split()[0]}
     for pkg in ("towerlite", "tritonclient", "grpcio", "numpy"):

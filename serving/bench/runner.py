@@ -3,6 +3,7 @@ per concurrency level read Triton's statistics, run the level, read them again."
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from towerlite.errors import TowerliteError
 from towerlite.files import ensure_writable_dir
+from towerlite.machine import load_average
 
 from . import report as rep
 from .builtin import BuiltinEngine, Load
@@ -20,6 +22,8 @@ from .stats import delta, snapshot
 
 ENGINES = ("auto", "perf_analyzer", "builtin")
 DATASET_CHOICES = ("auto", "movielens", "bookcrossing", "both")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,7 +74,7 @@ def choose_datasets(choice: str, info: ServerInfo, domain: str | None) -> list[s
     return [by_domain[d] for d in served if d in by_domain] or ["movielens"]
 
 
-def pick_engine(cfg: BenchConfig, log) -> tuple[object, str | None]:
+def pick_engine(cfg: BenchConfig) -> tuple[object, str | None]:
     """The engine, and why auto fell back to the built-in one (None when it did not)."""
     if cfg.engine == "builtin":
         return BuiltinEngine(cfg.protocol), None
@@ -78,11 +82,12 @@ def pick_engine(cfg: BenchConfig, log) -> tuple[object, str | None]:
 
     workdir = ensure_writable_dir(Path(cfg.out) / "perf_analyzer", "perf_analyzer folder")
     try:
-        return PerfAnalyzerEngine(cfg.protocol, workdir, cfg.perf_analyzer, log=log), None
+        return PerfAnalyzerEngine(cfg.protocol, workdir, cfg.perf_analyzer), None
     except PerfAnalyzerUnavailable as exc:
         if cfg.engine == "perf_analyzer":
             raise
-        log(f"perf_analyzer cannot be used ({exc}); using the built-in asyncio generator")
+        log.warning(f"perf_analyzer cannot be used ({exc}); using the built-in asyncio "
+                    "generator")
         return BuiltinEngine(cfg.protocol), str(exc)
 
 
@@ -124,38 +129,41 @@ def _line(lv: dict) -> str:
     return text
 
 
-def run(cfg: BenchConfig, log=print) -> dict:
+def run(cfg: BenchConfig) -> dict:
     """Measure every level; the report (not yet written: see report.write)."""
     load = cfg.check()
     started, began = datetime.now(timezone.utc), time.monotonic()
     ensure_writable_dir(cfg.out, "bench output folder")
-    engine, fallback = pick_engine(cfg, log)  # first: an unusable engine fails in a second
+    engine, fallback = pick_engine(cfg)  # first: an unusable engine fails in a second
     info = probe(cfg.url, cfg.protocol, cfg.model, min(cfg.timeout_s, 10.0))
     datasets = choose_datasets(cfg.datasets, info, cfg.domain)
-    log(f"Triton {info.server_version} at {cfg.protocol}://{info.url}: {cfg.model} = "
-        f"{' → '.join(info.composing)}; catalog domains: {', '.join(info.domains) or '?'}")
+    log.info(f"Triton {info.server_version} at {cfg.protocol}://{info.url}: {cfg.model} = "
+             f"{' → '.join(info.composing)}; catalog domains: {', '.join(info.domains) or '?'}")
     kind = "history" if "HISTORY" in info.inputs else "text"
     requests = build_requests(datasets, cfg.texts, cfg.seed, cfg.k, cfg.domain,
                               cfg.max_history if kind == "text" else cfg.history_ids, kind)
     fewer = (f" (all the held-out users there are; --texts asked {cfg.texts:,})"
              if len(requests.texts) < cfg.texts else "")
-    log(f"{len(requests.texts):,} request {'histories' if kind == 'history' else 'texts'} from held-out users of {', '.join(datasets)}"
-        f"{fewer}, fingerprint {requests.fingerprint}")
-    load_before = rep.load_average()
+    log.info(f"{len(requests.texts):,} request {'histories' if kind == 'history' else 'texts'} "
+             f"from held-out users of {', '.join(datasets)}{fewer}, fingerprint "
+             f"{requests.fingerprint}")
+    load_before = load_average()
     models = list(dict.fromkeys([cfg.model, *info.composing]))
     start = snapshot(info.url, cfg.protocol, models)
     warm = warm_up(cfg, info, requests)
     # each level starts from settled counters: the warm-up's (or the last level's) final
     # requests must not land in the next level's statistics
-    before = settled(info.url, cfg.protocol, models, cfg.model, start, warm["requests"] - warm["errors"])
+    before = settled(info.url, cfg.protocol, models, cfg.model, start,
+                     warm["requests"] - warm["errors"])
     levels = []
     for c in cfg.concurrency:
         measured = engine.run_level(info.url, cfg.model, requests, c, load, cfg.timeout_s)
         level = summarize(measured)
-        after = settled(info.url, cfg.protocol, models, cfg.model, before, len(measured.latencies_s))
+        after = settled(info.url, cfg.protocol, models, cfg.model, before,
+                        len(measured.latencies_s))
         level["server"] = delta(before, after)
         before = after
-        log(_line(level))
+        log.info(_line(level))
         levels.append(level)
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("url", "out", "label")}
     settings.update(concurrency=list(cfg.concurrency), out=str(cfg.out),
@@ -167,6 +175,6 @@ def run(cfg: BenchConfig, log=print) -> dict:
                    **engine.detail},
         "server": info.describe(), "settings": settings, "inputs": requests.describe(),
         "machine": {**rep.machine(), "load_average_before": load_before,
-                    "load_average_after": rep.load_average()},
+                    "load_average_after": load_average()},
         "versions": {**rep.versions(), "tritonserver": info.server_version},
         "warmup": warm, "levels": levels, "seconds": round(time.monotonic() - began, 1)}

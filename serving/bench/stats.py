@@ -62,7 +62,8 @@ def delta(before: dict, after: dict) -> dict:
         d = {k: v - start.get(k, 0) for k, v in end.items() if k != "version"}
         n = d["success"]
         row = {"requests": n, "failed": d["fail"], "executions": d["executions"],
-               "avg_batch": round(d["inferences"] / d["executions"], 2) if d["executions"] else None,
+               "avg_batch": (round(d["inferences"] / d["executions"], 2) if d["executions"]
+                             else None),
                "request_us": round(d["success_ns"] / n / 1e3, 1) if n else None}
         for phase in PHASES:
             row[f"{phase}_us"] = round(d[f"{phase}_ns"] / n / 1e3, 1) if n else None

@@ -95,7 +95,8 @@ class TritonPythonModel:
         extra = [] if extra is None else [
             v if isinstance(v, bytes) else str(v).encode() for v in extra.as_numpy().reshape(-1)]
         extra = [v for v in extra if v]
-        unknown = [v.decode("utf-8", "replace") for v, r in zip(extra, self._rows_of(extra)) if r < 0]
+        rows = self._rows_of(extra)
+        unknown = [v.decode("utf-8", "replace") for v, r in zip(extra, rows) if r < 0]
         if unknown:
             raise RequestError(f"{len(unknown)} EXCLUDE id(s) not in the catalog: "
                                + ", ".join(map(repr, unknown[:5])))

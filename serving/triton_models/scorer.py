@@ -195,7 +195,8 @@ class TritonPythonModel:
         has looked them up in this catalog's row order already (recommend_history_fused)."""
         emb = emb.reshape(-1, emb.shape[-1]).astype(np.float32, copy=False)
         if emb.shape[1] != self.dim:
-            raise RequestError(f"EMBEDDING has {emb.shape[1]} values; the catalog's are {self.dim}-d")
+            raise RequestError(
+                f"EMBEDDING has {emb.shape[1]} values; the catalog's are {self.dim}-d")
         if not np.isfinite(emb).all():
             raise RequestError("EMBEDDING holds NaN or infinite values")
         if min_score is not None and np.isnan(min_score).any():
@@ -221,7 +222,8 @@ class TritonPythonModel:
         local_excl = None
         if excluded is not None and excluded.size:
             local = np.searchsorted(index, excluded)
-            hit = (local < index.shape[0]) & (index[np.minimum(local, index.shape[0] - 1)] == excluded)
+            last = index.shape[0] - 1
+            hit = (local <= last) & (index[np.minimum(local, last)] == excluded)
             local_excl = local[hit]
         rows = []
         for r in range(emb.shape[0]):

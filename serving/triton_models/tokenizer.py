@@ -103,5 +103,6 @@ class TritonPythonModel:
         return [pb_utils.InferenceResponse(output_tensors=[], error=caller_error(
                     f"tokenizer: {out}")) if isinstance(out, ValueError)
                 else pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor("input_ids", out[0]), pb_utils.Tensor("attention_mask", out[1])])
+                    pb_utils.Tensor("input_ids", out[0]),
+                    pb_utils.Tensor("attention_mask", out[1])])
                 for out in self.tokenize_batch(raws)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import TowerliteError
@@ -18,36 +20,43 @@ def get_asset(name: str) -> Asset:
         raise TowerliteError(f"unknown asset {name!r}; known: {', '.join(ASSETS)}") from None
 
 
-def ensure(name: str, log=print) -> Path:
+def ensure(name: str, log: Callable[[str], None] | None = None) -> Path:
     """The folder of a cached asset, fetched first if it is missing or damaged.
 
-    Checks sizes only (cheap enough for every load); `prepare` re-hashes every file.
+    Checks sizes only (cheap enough for every load); `prepare` re-hashes every file. `log`: a
+    message callback some callers still pass (default: this module's logger).
     """
+    say = log or logging.getLogger(__name__).info
     asset = get_asset(name)
     status = check(asset, full=False)
     if status.state != "ok":
-        log(f"{asset.name}: {status.state}{' (' + status.detail + ')' if status.detail else ''}; fetching")
+        detail = " (" + status.detail + ")" if status.detail else ""
+        say(f"{asset.name}: {status.state}{detail}; fetching")
         install(asset, log=log)
     return asset_dir(asset.name)
 
 
-def prepare(names: list[str] | None = None, log=print) -> list[dict]:
-    """Fetch and verify the named assets (all when none are named); a row per asset."""
+def prepare(names: list[str] | None = None,
+            log: Callable[[str], None] | None = None) -> list[dict]:
+    """Fetch and verify the named assets (all when none are named); a row per asset. `log`: a
+    message callback tests still pass (default: this module's logger)."""
+    say = log or logging.getLogger(__name__).info
     assets = [get_asset(n) for n in names] if names else list(ASSETS.values())
     rows = []
     for asset in assets:
         status = check(asset, full=True)
         if status.state == "ok":
-            log(f"✓ {asset.name}: in place, verified; nothing downloaded")
+            say(f"✓ {asset.name}: in place, verified; nothing downloaded")
             action = "in place"
         else:
             why = f" ({status.detail})" if status.detail else ""
-            log(f"↓ {asset.name}: {status.state}{why}; fetching {asset.sources}")
+            say(f"↓ {asset.name}: {status.state}{why}; fetching {asset.sources}")
             status = install(asset, log=log)
-            log(f"✓ {asset.name}: fetched and verified in {status.manifest['fetch_seconds']} s")
+            say(f"✓ {asset.name}: fetched and verified in {status.manifest['fetch_seconds']} s")
             action = "fetched"
-        m = status.manifest
+        manifest = status.manifest
         rows.append({"name": asset.name, "action": action, "path": str(asset_dir(asset.name)),
-                     "size_bytes": m["size_bytes"], "fetch_seconds": m["fetch_seconds"],
-                     "sources": m["sources"]})
+                     "size_bytes": manifest["size_bytes"],
+                     "fetch_seconds": manifest["fetch_seconds"], "sources": manifest["sources"]})
     return rows
+

@@ -45,14 +45,16 @@ def unzip_prefix(archive: Path, prefix: str, dest: Path, keep: Keep = _everythin
 def untar_prefix(archive: Path, prefix: str, dest: Path, keep: Keep = _everything) -> int:
     """Extract the regular files of a .tgz under `prefix` into `dest`, prefix removed."""
     count = 0
-    with tarfile.open(archive, "r:gz") as tf:
-        for member in tf:
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar:
             rel = member.name[len(prefix):]
-            if not member.isfile() or not member.name.startswith(prefix) or not rel or not keep(rel):
+            if (not member.isfile() or not member.name.startswith(prefix) or not rel
+                    or not keep(rel)):
                 continue
             target = _safe_target(dest, rel)
             target.parent.mkdir(parents=True, exist_ok=True)
-            with tf.extractfile(member) as src, open(target, "wb") as out:
+            with tar.extractfile(member) as src, open(target, "wb") as out:
+
                 shutil.copyfileobj(src, out, 1 << 20)
             count += 1
     return count

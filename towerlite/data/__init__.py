@@ -19,5 +19,7 @@ def load_dataset(name: str) -> InteractionData:
 
 
 __all__ = ["CORPUS_SOURCES", "DATASETS", "INTERACTION_COLUMNS", "ITEM_COLUMNS", "InteractionData",
-           "TextRecord", "domain_counts", "item_text", "item_texts", "known_items_only", "load_corpus",
-           "load_dataset", "load_bookcrossing", "load_movielens", "user_histories", "user_text"]
+           "TextRecord", "domain_counts", "item_text", "item_texts", "known_items_only",
+           "load_corpus", "load_dataset", "load_bookcrossing", "load_movielens", "user_histories",
+           "user_text"]
+

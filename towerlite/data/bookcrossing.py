@@ -37,12 +37,15 @@ def load_bookcrossing(root: Path | None = None) -> InteractionData:
         "year": year.where((year > 0) & (year <= 2025), 0), "genres": "",
         "author": _clean(books["Book-Author"]), "publisher": _clean(books["Publisher"]),
     })[ITEM_COLUMNS]
-    ratings = _read(root / "BX-Book-Ratings.csv", dtype={"User-ID": str, "ISBN": str, "Book-Rating": "float32"})
+    ratings = _read(root / "BX-Book-Ratings.csv",
+                    dtype={"User-ID": str, "ISBN": str, "Book-Rating": "float32"})
     inter = pd.DataFrame({"user_id": ratings["User-ID"], "item_id": ratings["ISBN"],
                           "rating": ratings["Book-Rating"], "timestamp": np.int64(-1)})
     users = _read(root / "BX-Users.csv", dtype=str).rename(
         columns={"User-ID": "user_id", "Location": "location", "Age": "age"})
-    return InteractionData("bookcrossing", items, inter[INTERACTION_COLUMNS], users, positive_threshold=6.0)
+    return InteractionData("bookcrossing", items, inter[INTERACTION_COLUMNS], users,
+                           positive_threshold=6.0)
+
 
 
 def known_items_only(data: InteractionData) -> pd.DataFrame:

@@ -41,7 +41,8 @@ def _detokenize(words: list[str]) -> str:
 def brown(root: Path | None = None) -> Iterator[TextRecord]:
     """57,340 sentences; the tags (`word/tag`) are dropped and the words re-joined."""
     root = Path(root) if root else ensure("brown")
-    genres = dict(line.split() for line in (root / "cats.txt").read_text().splitlines() if line.strip())
+    genres = dict(line.split() for line in (root / "cats.txt").read_text().splitlines()
+                  if line.strip())
     for fileid, genre in sorted(genres.items()):
         for line in (root / fileid).read_text(encoding="utf-8").splitlines():
             tokens = line.split()
@@ -72,7 +73,8 @@ def wordnet(root: Path | None = None) -> Iterator[TextRecord]:
                 head, _, gloss = line.partition(" | ")
                 fields = head.split()
                 n_words = int(fields[3], 16)
-                lemmas = [_ADJ_MARKER.sub("", w).replace("_", " ") for w in fields[4:4 + 2 * n_words:2]]
+                lemmas = [_ADJ_MARKER.sub("", word).replace("_", " ")
+                          for word in fields[4:4 + 2 * n_words:2]]
                 yield TextRecord(f"{', '.join(lemmas)}: {gloss.strip()}",
                                  WORDNET_CATEGORIES[int(fields[1])], "wordnet")
 
@@ -101,8 +103,10 @@ def load_corpus(sources: Iterable[str] = tuple(CORPUS_SOURCES)) -> list[TextReco
     """Every record of the named sources (default: all), in a fixed order."""
     unknown = [s for s in sources if s not in CORPUS_SOURCES]
     if unknown:
-        raise TowerliteError(f"unknown corpus source(s) {unknown}; known: {', '.join(CORPUS_SOURCES)}")
-    return [rec for s in sources for rec in CORPUS_SOURCES[s]()]
+        raise TowerliteError(f"unknown corpus source(s) {unknown}; "
+                             f"known: {', '.join(CORPUS_SOURCES)}")
+    return [rec for source in sources for rec in CORPUS_SOURCES[source]()]
+
 
 
 def domain_counts(records: Iterable[TextRecord]) -> Counter:

@@ -32,4 +32,6 @@ def load_movielens(root: Path | None = None) -> InteractionData:
     inter = _read_atomic(root / "ml-1m.inter", {0: str, 1: str, 2: "float32", 3: "float64"})
     inter["timestamp"] = inter["timestamp"].astype("int64")
     users = _read_atomic(root / "ml-1m.user", {0: str, 1: "int32", 2: str, 3: "int32", 4: str})
-    return InteractionData("movielens", items, inter[INTERACTION_COLUMNS], users, positive_threshold=4.0)
+    return InteractionData("movielens", items, inter[INTERACTION_COLUMNS], users,
+                           positive_threshold=4.0)
+

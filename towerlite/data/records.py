@@ -33,5 +33,6 @@ class InteractionData:
     positive_threshold: float  # a rating >= this counts as "liked"
 
     def __repr__(self) -> str:
-        return (f"InteractionData({self.name}: {len(self.items):,} items, {len(self.users):,} users, "
-                f"{len(self.interactions):,} interactions)")
+        return (f"InteractionData({self.name}: {len(self.items):,} items, "
+                f"{len(self.users):,} users, {len(self.interactions):,} interactions)")
+

@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 # MovieLens writes "American President, The" and "Postino, Il (The Postman)".
-_TRAILING_ARTICLE = re.compile(r"^(.*?), (The|A|An|La|Le|Les|L'|Il|El|Das|Der|Die|Los|Las)( \(.*\))?$")
+_TRAILING_ARTICLE = re.compile(
+    r"^(.*?), (The|A|An|La|Le|Les|L'|Il|El|Das|Der|Die|Los|Las)( \(.*\))?$")
 
 
 def display_title(title: str) -> str:
@@ -48,10 +49,12 @@ def item_texts(items: pd.DataFrame) -> list[str]:
 def user_text(history: Sequence[Mapping], max_items: int = 10, profile: str | None = None) -> str:
     """The user tower's text: the last `max_items` of a history given oldest → newest,
     written newest first (so truncation at the encoder's max length drops the oldest)."""
-    return join_user_text([item_text(item) for item in history[-max(1, max_items):]], max_items, profile)
+    recent = history[-max(1, max_items):]
+    return join_user_text([item_text(item) for item in recent], max_items, profile)
 
 
-def join_user_text(history_texts: Sequence[str], max_items: int = 10, profile: str | None = None) -> str:
+def join_user_text(history_texts: Sequence[str], max_items: int = 10,
+                   profile: str | None = None) -> str:
     """user_text from already rendered item texts (oldest → newest)."""
     if max_items < 1:
         raise ValueError("max_items must be at least 1")
@@ -63,7 +66,9 @@ def join_user_text(history_texts: Sequence[str], max_items: int = 10, profile: s
     return text
 
 
-def user_histories(interactions: pd.DataFrame, min_rating: float | None = None) -> dict[str, list[str]]:
+def user_histories(interactions: pd.DataFrame,
+                   min_rating: float | None = None) -> dict[str, list[str]]:
+
     """{user_id: item ids oldest → newest} (file order where timestamps are unknown)."""
     df = interactions if min_rating is None else interactions[interactions["rating"] >= min_rating]
     df = df.sort_values("timestamp", kind="stable")

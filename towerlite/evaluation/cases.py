@@ -50,7 +50,8 @@ def _sample_catalog(items, keep: set[str], size: int, seed: int):
 
 def build_cases(dataset: str, users: int = 1000, max_history: int = 10, seed: int = 0,
                 catalog_items: int = 0, min_history: int = 1) -> Cases:
-    """`users`: how many held-out users (0 = all of them); `catalog_items`: 0 = the whole catalog."""
+    """`users`: how many held-out users (0 = all of them); `catalog_items`: 0 = the whole
+    catalog."""
     from towerlite.data import load_dataset
     from towerlite.data.catalog import prepare_items
     from towerlite.data.render import user_text
@@ -71,7 +72,8 @@ def build_cases(dataset: str, users: int = 1000, max_history: int = 10, seed: in
     evaluated = {u for u, _, _ in cases}
     items = data.items
     if catalog_items and catalog_items < len(items):
-        items = _sample_catalog(items, {i for _, h, t in cases for i in (*h, t)}, catalog_items, seed)
+        needed = {i for _, history, target in cases for i in (*history, target)}
+        items = _sample_catalog(items, needed, catalog_items, seed)
     catalog = prepare_items(items)
     row = {item: r for r, item in enumerate(catalog["item_id"])}
     by_id = data.items.set_index("item_id", drop=False)
@@ -86,9 +88,12 @@ def build_cases(dataset: str, users: int = 1000, max_history: int = 10, seed: in
         seen=[[row[i] for i in held[u][:-1] if i in row] for u, _, _ in cases],
         user_texts=[user_text(by_id.loc[h].to_dict("records"), max_history) for _, h, _ in cases],
         train_likes=[t for t in train if t], target_counts=counts[targets],
-        train_sequences=[t for (u, _), t in zip(likes.items(), train) if t and not is_heldout_user(u)],
+        train_sequences=[rows for (user, _), rows in zip(likes.items(), train)
+                         if rows and not is_heldout_user(user)],
         settings={"users": len(cases), "held_out_users_eligible": eligible,
                   "max_history": max_history, "min_history": min_history, "seed": seed,
                   "catalog_items": len(catalog), "catalog_full": len(data.items) == len(catalog),
-                  "order": "time" if (data.interactions["timestamp"] >= 0).any() else "seeded shuffle",
+                  "order": ("time" if (data.interactions["timestamp"] >= 0).any()
+                            else "seeded shuffle"),
+
                   "positive_rating": data.positive_threshold})

@@ -35,12 +35,12 @@ def target_ranks(scores: ScoreBlock, targets: Sequence[int], exclude: Sequence[S
     (the history) left out of the candidates."""
     targets = np.asarray(targets, dtype=np.int64)
     above, tied = np.zeros(len(targets), np.int64), np.zeros(len(targets), np.int64)
-    for a in range(0, len(targets), chunk):
-        b = min(a + chunk, len(targets))
-        s = _masked(scores(a, b), exclude[a:b])
-        t = s[np.arange(b - a), targets[a:b]][:, None]
-        above[a:b] = (s > t).sum(1)
-        tied[a:b] = (s == t).sum(1) - 1
+    for start in range(0, len(targets), chunk):
+        stop = min(start + chunk, len(targets))
+        block = _masked(scores(start, stop), exclude[start:stop])
+        target_score = block[np.arange(stop - start), targets[start:stop]][:, None]
+        above[start:stop] = (block > target_score).sum(1)
+        tied[start:stop] = (block == target_score).sum(1) - 1
     return above, tied
 
 
@@ -48,11 +48,11 @@ def top_k(scores: ScoreBlock, n: int, exclude: Sequence[Sequence[int]], k: int =
           chunk: int = 256) -> np.ndarray:
     """(n, k) item indices, best first, history left out."""
     out = []
-    for a in range(0, n, chunk):
-        b = min(a + chunk, n)
-        s = _masked(scores(a, b), exclude[a:b])
-        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(s, part, 1), axis=1, kind="stable")
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        block = _masked(scores(start, stop), exclude[start:stop])
+        part = np.argpartition(-block, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(block, part, 1), axis=1, kind="stable")
         out.append(np.take_along_axis(part, order, 1))
     return np.concatenate(out) if out else np.zeros((0, k), np.int64)
 
@@ -72,7 +72,9 @@ def per_user(above: np.ndarray, tied: np.ndarray, ks: Sequence[int] = (10, 50),
     out = {}
     for k in ks:
         out[f"recall@{k}"] = np.clip(k - above, 0, places) / places
-    disc = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(ndcg_k) + 2))])  # disc[j]: ranks < j
+    # disc[j]: the discounted gain of ranks < j
+    disc = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(ndcg_k) + 2))])
+
     lo, hi = np.minimum(above, ndcg_k), np.minimum(above + tied + 1, ndcg_k)
     out[f"ndcg@{ndcg_k}"] = (disc[hi] - disc[lo]) / places
     out["mrr"] = (harmonic[above + tied + 1] - harmonic[above]) / places

@@ -18,10 +18,13 @@ def top_k_neighbours(emb: np.ndarray, k: int) -> np.ndarray:
 def parity(reference: np.ndarray, candidate: np.ndarray, k: int = 10) -> dict:
     """mean/min cosine between matching rows, and mean top-k neighbour overlap (0..1)."""
     if reference.shape != candidate.shape:
-        raise ValueError(f"shape mismatch: reference {reference.shape}, candidate {candidate.shape}")
+        raise ValueError(f"shape mismatch: reference {reference.shape}, "
+                         f"candidate {candidate.shape}")
     cos = np.sum(_unit(reference) * _unit(candidate), axis=1)
     k = min(k, len(reference) - 1)
     ref_nn, cand_nn = top_k_neighbours(reference, k), top_k_neighbours(candidate, k)
     overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(ref_nn, cand_nn)]) if k > 0 else 1.0
+
+
     return {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()),
             f"top{k}_overlap": float(overlap), "texts": int(len(reference))}

@@ -9,6 +9,7 @@ the teacher's.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -18,6 +19,8 @@ from towerlite.evaluation.metrics import dot_scores, per_user, summarize, target
 from .baselines import BASELINES
 from .cases import Cases
 from .towers import Tower
+
+log = logging.getLogger(__name__)
 
 METRICS = ("recall@10", "recall@50", "ndcg@10", "mrr")
 
@@ -29,10 +32,10 @@ def metric_rows(cases: Cases, scores, cold: np.ndarray) -> tuple[dict, dict]:
 
 
 def _row(cases: Cases, scores, cold, **about) -> dict:
-    t0 = time.perf_counter()
+    started = time.perf_counter()
     overall, cold_start = metric_rows(cases, scores, cold)
     return {**about, "metrics": overall, "cold_start": cold_start,
-            "rank_s": round(time.perf_counter() - t0, 1)}
+            "rank_s": round(time.perf_counter() - started, 1)}
 
 
 def _kept(rows: dict, teacher: str | None) -> None:
@@ -40,36 +43,37 @@ def _kept(rows: dict, teacher: str | None) -> None:
         return
     ref = rows[teacher]["metrics"]
     for row in rows.values():
-        row["kept_vs_teacher"] = {m: (round(100 * row["metrics"][m] / ref[m], 1) if ref[m] else None)
-                                  for m in METRICS}
+        row["kept_vs_teacher"] = {
+            metric: (round(100 * row["metrics"][metric] / ref[metric], 1) if ref[metric] else None)
+            for metric in METRICS}
 
 
 def evaluate(cases: Cases, towers: list[Tower], baselines: bool = True, cold_max: int = 2,
-             log=print, sasrec_epochs: int = 0, history_towers: tuple = ()) -> dict:
+             sasrec_epochs: int = 0, history_towers: tuple = ()) -> dict:
     """`sasrec_epochs`: also train the ID-based SASRec yardstick on the cases' training users
     (0: not); `history_towers`: saved history towers (towerlite.sequential.SavedTower) to rank
     through their ONNX graphs, their item text embedded by their own item model."""
     cold = cases.target_counts <= cold_max
     rows, emb = {}, {}
     for tower in towers:
-        t0 = time.perf_counter()
+        started = time.perf_counter()
         users = tower.embed(cases.user_texts, f"{cases.dataset} user texts")
         items = tower.embed(cases.item_texts, f"{cases.dataset} catalog")
         emb[tower.name, tower.runtime] = (users, items)
         label = f"{tower.name} ({tower.runtime})"
         rows[label] = _row(cases, dot_scores(users, items), cold, kind="text towers",
                            users_by=label, items_by=label, dim=int(users.shape[1]),
-                           encode_s=round(time.perf_counter() - t0, 1))
-        log(f"{label}: Recall@10 {rows[label]['metrics']['recall@10']}")
+                           encode_s=round(time.perf_counter() - started, 1))
+        log.info(f"{label}: Recall@10 {rows[label]['metrics']['recall@10']}")
     teacher = next((t for t in towers if t.name == "teacher"), None)
     if teacher is not None:
-        t_items = emb[teacher.name, teacher.runtime][1]
+        teacher_items = emb[teacher.name, teacher.runtime][1]
         for tower in towers:
             users = emb[tower.name, tower.runtime][0]
-            if tower is teacher or users.shape[1] != t_items.shape[1]:
+            if tower is teacher or users.shape[1] != teacher_items.shape[1]:
                 continue
             label = f"{tower.name} ({tower.runtime}) users × teacher items"
-            rows[label] = _row(cases, dot_scores(users, t_items), cold, kind="asymmetric",
+            rows[label] = _row(cases, dot_scores(users, teacher_items), cold, kind="asymmetric",
                                users_by=f"{tower.name} ({tower.runtime})",
                                items_by=f"teacher ({teacher.runtime})", dim=int(users.shape[1]))
     for tower in history_towers:
@@ -82,18 +86,20 @@ def evaluate(cases: Cases, towers: list[Tower], baselines: bool = True, cold_max
         label = f"history tower, {tower.config.kind} ({tower.folder})"
         rows[label] = _row(cases, scores, cold, kind="history tower", users_by=label,
                            items_by=label, **about)
-        log(f"{label}: Recall@10 {rows[label]['metrics']['recall@10']}")
+        log.info(f"{label}: Recall@10 {rows[label]['metrics']['recall@10']}")
     if baselines:
         for name, build in BASELINES.items():
-            rows[name] = _row(cases, build(cases), cold, kind="baseline", users_by=None, items_by=None)
-            log(f"{name}: Recall@10 {rows[name]['metrics']['recall@10']}")
+            rows[name] = _row(cases, build(cases), cold, kind="baseline", users_by=None,
+                              items_by=None)
+            log.info(f"{name}: Recall@10 {rows[name]['metrics']['recall@10']}")
         if sasrec_epochs:
             from .sequential import sasrec
 
             scores, about = sasrec(cases, sasrec_epochs)
             rows["SASRec"] = _row(cases, scores, cold, kind="baseline", users_by=None,
                                   items_by=None, **about)
-            log(f"SASRec: Recall@10 {rows['SASRec']['metrics']['recall@10']}")
+            log.info(f"SASRec: Recall@10 {rows['SASRec']['metrics']['recall@10']}")
+
     _kept(rows, f"teacher ({teacher.runtime})" if teacher is not None else None)
     return {"dataset": cases.dataset, "domain": cases.domain,
             "cases": {**cases.settings, "cold_start_max_other_likes": cold_max,

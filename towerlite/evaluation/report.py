@@ -16,25 +16,30 @@ def _pct(row: dict, name: str) -> str:
 
 
 def markdown(report: dict) -> str:
-    c = report["cases"]
-    catalog = f"{c['catalog_items']:,} items" + ("" if c["catalog_full"] else " (sampled: every evaluated "
-                                                                             "user's items + random others)")
-    lines = [f"### {report['dataset']}: {c['users']:,} held-out users, leave-last-out ({c['order']}), "
-             f"{catalog}", "",
-             "| row | Recall@10 [95% CI] | Recall@50 | NDCG@10 | MRR | R@10 vs teacher | NDCG@10 vs teacher "
-             f"| cold-start R@10 ({c['cold_start_users']} users) |",
+    cases = report["cases"]
+    catalog = f"{cases['catalog_items']:,} items" + (
+        "" if cases["catalog_full"] else " (sampled: every evaluated user's items + random others)")
+    lines = [f"### {report['dataset']}: {cases['users']:,} held-out users, leave-last-out "
+             f"({cases['order']}), {catalog}", "",
+             "| row | Recall@10 [95% CI] | Recall@50 | NDCG@10 | MRR | R@10 vs teacher "
+             f"| NDCG@10 vs teacher | cold-start R@10 ({cases['cold_start_users']} users) |",
              "|---|---|---|---|---|---|---|---|"]
     for name, row in report["rows"].items():
-        m = row["metrics"]
-        lines.append(f"| {name} | {_ci(m, 'recall@10')} | {_ci(m, 'recall@50')} | {_ci(m, 'ndcg@10')} | "
-                     f"{m['mrr']:.4f} | {_pct(row, 'recall@10')} | {_pct(row, 'ndcg@10')} | "
+        metrics = row["metrics"]
+        lines.append(f"| {name} | {_ci(metrics, 'recall@10')} | {_ci(metrics, 'recall@50')} | "
+                     f"{_ci(metrics, 'ndcg@10')} | {metrics['mrr']:.4f} | "
+                     f"{_pct(row, 'recall@10')} | {_pct(row, 'ndcg@10')} | "
                      f"{_ci(row['cold_start'], 'recall@10')} |")
     served = report.get("via_triton")
     if served:
+        diffs = ", ".join(f"{name} {value:g}" for name, value in served["abs_diff"].items())
+        verdict = "agree" if served["agree"] else "DISAGREE"
         lines += ["", f"Through Triton ({served['url']}, {served['protocol']}) vs in-process "
-                      f"{served['compared_with']}: same top-10 for {served['same_top10_share']:.1%} of users; "
-                      "|Δ| " + ", ".join(f"{k} {v:g}" for k, v in served["abs_diff"].items())
-                  + f" (tolerance {served['tolerance']:g}): " + ("agree" if served["agree"] else "DISAGREE")]
-    lines += ["", f"Cold start: targets liked by at most {c['cold_start_max_other_likes']} other users in the "
-                  "training part. Percentages are of the teacher's own metric on the same cases."]
+                      f"{served['compared_with']}: same top-10 for "
+                      f"{served['same_top10_share']:.1%} of users; "
+                      "|Δ| " + diffs + f" (tolerance {served['tolerance']:g}): " + verdict]
+    lines += ["", f"Cold start: targets liked by at most {cases['cold_start_max_other_likes']} "
+                  "other users in the training part. Percentages are of the teacher's own metric "
+                  "on the same cases."]
     return "\n".join(lines)
+

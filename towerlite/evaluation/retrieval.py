@@ -4,8 +4,8 @@ agreement  how closely a model's geometry follows the teacher's on held-out text
            Spearman of pairwise cosines, top-10 neighbour overlap, and mean cosine to the
            teacher's own embedding when the model lives in the teacher's space.
 retrieval  user history text → next liked item over the whole catalog (history excluded),
-           Recall@k, NDCG@k, MRR (towerlite.evaluation.metrics), and the overlap of the model's top-k with
-           the teacher's: how close it comes to serving what the teacher would.
+           Recall@k, NDCG@k, MRR (towerlite.evaluation.metrics), and the overlap of the model's
+           top-k with the teacher's: how close it comes to serving what the teacher would.
 """
 
 from __future__ import annotations
@@ -71,7 +71,9 @@ def _case_rows(item_ids: list[str], cases) -> tuple[list[int], list[list[int]]]:
     return [pos[t] for *_, t in cases], [[pos[h] for h in history] for _, history, _ in cases]
 
 
-def recommended(users: np.ndarray, items: np.ndarray, item_ids: list[str], cases, k: int = 10) -> np.ndarray:
+def recommended(users: np.ndarray, items: np.ndarray, item_ids: list[str], cases,
+                k: int = 10) -> np.ndarray:
+
     """Each user's top-k item indices (history excluded): what this tower pair would serve."""
     _, exclude = _case_rows(item_ids, cases)
     return top_k(dot_scores(users, items), len(cases), exclude, k)

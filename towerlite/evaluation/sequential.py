@@ -44,15 +44,18 @@ SASREC = HistoryConfig(use_text=False, use_ids=True, id_min_likes=1)
 def trained(cases: Cases, cfg: HistoryConfig, text: np.ndarray | None = None,
             progress: bool = True) -> tuple[ScoreBlock, dict]:
     """Train `cfg` on the cases' training users; (scores, about) with its training record."""
-    t0 = time.perf_counter()
+    started = time.perf_counter()
     model, state = train(cfg, cases.train_sequences, len(cases.item_ids), text, progress=progress)
     users = user_vectors(model, cases.seen, cfg.max_len)
-    about = {"model": cfg.kind, "settings": cfg.__dict__.copy(), "train_s": round(time.perf_counter() - t0, 1),
+    about = {"model": cfg.kind, "settings": cfg.__dict__.copy(),
+             "train_s": round(time.perf_counter() - started, 1),
              "losses": state.losses, "training_users": len(cases.train_sequences)}
     return dot_scores(users, item_table(model)), about
 
 
-def sasrec(cases: Cases, epochs: int = SASREC.epochs, progress: bool = True) -> tuple[ScoreBlock, dict]:
+def sasrec(cases: Cases, epochs: int = SASREC.epochs,
+           progress: bool = True) -> tuple[ScoreBlock, dict]:
+
     return trained(cases, replace(SASREC, epochs=epochs), None, progress)
 
 

@@ -52,12 +52,12 @@ class Tower:
 def _pytorch(spec: str, name: str) -> Tower:
     from towerlite.models import resolve_model
 
-    folder = resolve_model(spec, log=lambda *a: None)
+    folder = resolve_model(spec)
 
     def load():
         from towerlite.models import SentenceEncoder
 
-        enc = SentenceEncoder(folder, log=lambda *a: None)
+        enc = SentenceEncoder(folder)
         enc.pipeline = replace(enc.pipeline, max_seq_length=128)  # as distill and export truncate
         return enc
 
@@ -86,19 +86,24 @@ def towers_of(spec: str) -> list[Tower]:
     """The tower(s) a --model spec names; a clear error for anything else."""
     if spec in PACKAGED:
         return [_pytorch(spec, spec)]
-    path_part, _, variant = spec.rpartition(":") if ":" in spec and spec.rsplit(":", 1)[1] in VARIANT_FILES \
-        else (spec, "", "")
+    has_variant = ":" in spec and spec.rsplit(":", 1)[1] in VARIANT_FILES
+    path_part, _, variant = spec.rpartition(":") if has_variant else (spec, "", "")
+
     folder = Path(path_part)
     if not folder.is_dir():
-        raise TowerliteError(f"--model {spec!r}: not {' or '.join(PACKAGED)}, and {folder} is not a folder "
-                             "(a Hugging Face model folder or a `towerlite export` folder)")
-    present = [v for v, f in VARIANT_FILES.items() if (folder / f).is_file()]
+        raise TowerliteError(f"--model {spec!r}: not {' or '.join(PACKAGED)}, and {folder} is not "
+                             "a folder (a Hugging Face model folder or a `towerlite export` "
+                             "folder)")
+    present = [v for v, file in VARIANT_FILES.items() if (folder / file).is_file()]
     if present:
         if variant and variant not in present:
-            raise TowerliteError(f"--model {spec!r}: {folder} has no {variant} variant; it has {', '.join(present)}")
+            raise TowerliteError(f"--model {spec!r}: {folder} has no {variant} variant; it has "
+                                 f"{', '.join(present)}")
         report = _export_report(folder)
         name = Path(report["source_model"]).name if report.get("source_model") else folder.name
-        return [_onnx(folder, v, name, report.get("max_length", 128)) for v in ([variant] if variant else present)]
+        return [_onnx(folder, v, name, report.get("max_length", 128))
+                for v in ([variant] if variant else present)]
+
     if (folder / "config.json").is_file():
         return [_pytorch(str(folder), folder.name)]
     raise TowerliteError(f"--model {spec!r}: {folder} holds neither ONNX files nor a Hugging Face "

@@ -1,15 +1,18 @@
-"""Serving measurements for docs/serving.md: the server's memory with a deployed catalog,
-per-request `recommend` latency with the IVF index and with exact search (the same repository
-hard-linked with the scorer's INDEX set to "exact"), and the index's recall@10 against exact
-search on real MovieLens user texts (their liked movies, newest 10, history excluded).
+"""`towerlite bench memory`: serving measurements for docs/serving.md — the server's memory
+with a deployed catalog, per-request `recommend` latency with the IVF index and with exact
+search (the same repository hard-linked with the scorer's INDEX set to "exact"), and the
+index's recall@10 against exact search on real MovieLens user texts (their liked movies, newest
+10, history excluded).
 
-    python -m towerlite.serving.measure REPOSITORY [USERS] [OUT_JSON]
+    towerlite bench memory REPOSITORY [USERS] [OUT_JSON]
 """
 
+from __future__ import annotations
+
+import argparse
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,10 +24,25 @@ from towerlite.machine import cpu_info
 from towerlite.serving.client import Client
 from towerlite.serving.triton import start_server
 
+DESCRIPTION = (
+    "The server's memory with a deployed catalog (RSS, PSS, time to ready), per-request "
+    "`recommend` latency with the IVF index and with exact search (REPOSITORY hard-linked "
+    "beside itself as REPOSITORY-exact, the scorer's INDEX set to exact, removed at the end), "
+    "and the index's recall@10 against exact search on real MovieLens user texts. Prints the "
+    "numbers as JSON; writes them to OUT_JSON when given.")
 
-def main() -> None:
-    repo = Path(sys.argv[1])
-    n_users = int(sys.argv[2]) if len(sys.argv) > 2 else 200
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repository", type=Path, help="a portable flavor folder with a catalog")
+    p.add_argument("users", type=int, nargs="?", default=200,
+                   help="MovieLens users (those with 3+ liked movies among the first USERS; "
+                        "default 200)")
+    p.add_argument("out", type=Path, nargs="?", metavar="OUT_JSON", help="also write the JSON here")
+
+
+def command(args: argparse.Namespace) -> int:
+    repo = args.repository
+    n_users = args.users
     ml = load_movielens()
     by_id = {r["item_id"]: r for r in ml.items.to_dict("records")}
     hist = user_histories(ml.interactions, min_rating=ml.positive_threshold)
@@ -37,7 +55,8 @@ def main() -> None:
     cfg = exact_repo / "scorer" / "config.pbtxt"
     text = cfg.read_text()
     cfg.unlink()
-    cfg.write_text(text.replace('key: "INDEX" value: { string_value: "auto" }', 'key: "INDEX" value: { string_value: "exact" }'))
+    cfg.write_text(text.replace('key: "INDEX" value: { string_value: "auto" }',
+                                'key: "INDEX" value: { string_value: "exact" }'))
 
     results, out = {}, {}
     for name, path in (("ivf", repo), ("exact", exact_repo)):
@@ -75,10 +94,7 @@ def main() -> None:
     out["catalog"] = {"count": meta["count"], "index": meta.get("index")}
     out["machine"] = cpu_info()  # the latencies depend on the CPU's vector flags
     print(json.dumps(out, indent=1))
-    if len(sys.argv) > 3:
-        Path(sys.argv[3]).write_text(json.dumps(out, indent=1))
+    if args.out is not None:
+        args.out.write_text(json.dumps(out, indent=1))
     shutil.rmtree(exact_repo, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    main()
+    return 0

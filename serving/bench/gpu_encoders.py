@@ -1,21 +1,21 @@
-"""GPU figures for exported encoders: onnxruntime's CUDA execution provider (the engine the
-native flavor's `onnxruntime_onnx` models run on) and TensorRT's where its libraries exist —
-batch-1 latency (the user tower online), batch-8 latency (a dynamic batch at concurrency 8),
-catalog throughput (the item tower offline), and parity against the CPU.
+"""`towerlite bench gpu-encoders run`: GPU figures for exported encoders — onnxruntime's CUDA
+execution provider (the engine the native flavor's `onnxruntime_onnx` models run on) and
+TensorRT's where its libraries exist: batch-1 latency (the user tower online), batch-8 latency
+(a dynamic batch at concurrency 8), catalog throughput (the item tower offline), and parity
+against the CPU.
 
-The GPU machine is reached through a 64 MiB file carry, so a model travels without its weights
-unless parity against real numbers needs them: `pack` writes the graph with every float/int8
-weight above 1 KiB moved to an external file it does not write (speed does not depend on weight
-values), `bench` fills that file with seeded random values of the same shapes and dtypes.
+It runs on the GPU machine, over what `towerlite bench gpu-encoders pack` (gpu_pack.py) wrote
+here: the GPU machine is reached through a 64 MiB file carry, so a model travels without its
+weights unless parity against real numbers needs them, and `run` fills each skeleton's weights
+file with seeded random values of the same shapes and dtypes (speed does not depend on weight
+values). It reads no dataset: where it runs, this checkout installed and onnxruntime-gpu (for
+the CUDA and TensorRT rows) are enough.
 
     # here: models, real token ids, reference embeddings → .dev/gpu (git-ignored)
-    python scripts/gpu_encoders.py pack --out .dev/gpu \\
+    towerlite bench gpu-encoders pack --out .dev/gpu \\
         --model student-fp16=runs/export/model_fp16.onnx:real --model teacher-fp32=t/model.onnx ...
     # there (onnxruntime-gpu importable):
-    python scripts/gpu_encoders.py bench --dir .dev/gpu --out gpu_encoders.json
-
-`pack` reads real texts (held-out MovieLens + Book-Crossing user texts, catalog item texts);
-`bench` needs numpy, onnx, onnxruntime and tokenizers (this checkout's export.runtime).
+    towerlite bench gpu-encoders run --dir .dev/gpu --out gpu_encoders.json
 """
 
 from __future__ import annotations
@@ -24,101 +24,23 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from towerlite.machine import cpu_info  # noqa: E402
-from towerlite.runtime import load_tokenizer, pad_batch  # noqa: E402 - after the path
-from towerlite.serving.repository import RepositorySpec  # noqa: E402
+from towerlite.machine import cpu_info, nvidia_smi
+from towerlite.runtime import pad_batch
+from towerlite.serving.repository import RepositorySpec
 
-WEIGHTS_MIN_BYTES = 1024
+DESCRIPTION = (
+    "Time and check every encoder `bench gpu-encoders pack` packed, on each execution provider "
+    "(CUDA, TensorRT, CPU): batch-1 and batch-8 latency at the native flavor's length buckets, "
+    "catalog throughput (batch 256, texts sorted by length) and parity against the CPU "
+    "reference. Prints a markdown table; writes --out (JSON) after each model.")
+
 BUCKETS = RepositorySpec.native_buckets  # the lengths the native flavor's tokenizer pads to
-TEXTS = {"user": 512, "item": 4096}
-
-
-# ---------------------------------------------------------------- pack (this machine)
-
-def skeleton(src: Path, dst: Path) -> dict:
-    """`src` with its large float/int8 initializers marked external in `dst.name + '.weights'`
-    (not written): the graph is the exported one, the weights are filled in where it runs."""
-    import onnx
-    from onnx.external_data_helper import set_external_data
-
-    model = onnx.load(str(src))
-    kinds = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8,
-             onnx.TensorProto.UINT8}
-    offset, moved = 0, 0
-    for t in model.graph.initializer:
-        raw = onnx.numpy_helper.to_array(t).tobytes()
-        if t.data_type not in kinds or len(raw) < WEIGHTS_MIN_BYTES:
-            continue
-        for field in ("float_data", "int32_data"):  # some tensors keep typed fields, not raw bytes
-            t.ClearField(field)
-        t.raw_data = raw
-        set_external_data(t, location=dst.name + ".weights", offset=offset, length=len(raw))
-        t.ClearField("raw_data")
-        t.data_location = onnx.TensorProto.EXTERNAL
-        offset += len(raw)
-        moved += 1
-    onnx.save(model, str(dst))
-    return {"weights_bytes": offset, "external_tensors": moved}
-
-
-def real_texts() -> dict[str, list[str]]:
-    from towerlite.serving.bench.inputs import build_requests
-    from towerlite.serving.catalog import catalog_items
-
-    users = build_requests(["movielens", "bookcrossing"], TEXTS["user"]).texts
-    items = catalog_items(["movielens", "bookcrossing"])["text"]
-    items = items.sample(TEXTS["item"], random_state=0).tolist()
-    return {"user": list(users), "item": items}
-
-
-def tokenize(texts: list[str], tokenizer_json: Path, max_length: int) -> tuple[list[list[int]], int]:
-    """Token ids of `texts` and the tokenizer's pad id."""
-    tok, pad_id = load_tokenizer(tokenizer_json, max_length)
-    return [e.ids for e in tok.encode_batch(texts)], pad_id
-
-
-def pack(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    texts = real_texts()
-    manifest = {"models": [], "texts": {k: len(v) for k, v in texts.items()}}
-    for spec in args.model:
-        name, _, rest = spec.partition("=")
-        path, _, how = rest.partition(":")
-        src = Path(path)
-        report = json.loads((src.parent / "export_report.json").read_text())
-        max_length = int(report["max_length"])
-        entry = {"name": name, "file": f"{name}.onnx", "source": str(src), "max_length": max_length,
-                 "real_weights": how == "real", "tokens": f"{name}.tokens.npz"}
-        if how == "real":
-            shutil.copyfile(src, out / entry["file"])
-            ref = Path(args.reference.get(name, src)) if args.reference else src
-            entry["reference"] = {"file": f"{name}.reference.npy", "model": str(ref)}
-        else:
-            entry.update(skeleton(src, out / entry["file"]))
-        tokens = {}
-        for kind, t in texts.items():
-            tokens[kind], entry["pad_id"] = tokenize(t, src.parent / "tokenizer.json", max_length)
-        np.savez_compressed(out / entry["tokens"], **{
-            f"{k}_{part}": arr for k, v in tokens.items() for part, arr in ragged(v).items()})
-        if how == "real":
-            ids, mask = pad_batch(tokens["user"], entry["pad_id"])
-            emb = run_batches(cpu_session(ref), ids, mask, 64)
-            np.save(out / entry["reference"]["file"], emb)
-        manifest["models"].append(entry)
-        print(f"packed {name}: {(out / entry['file']).stat().st_size / 1e6:.1f} MB", flush=True)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    return 0
 
 
 def ragged(seqs: list[list[int]]) -> dict[str, np.ndarray]:
@@ -131,8 +53,6 @@ def unragged(npz, kind: str) -> list[np.ndarray]:
     ends = np.cumsum(npz[f"{kind}_lengths"])
     return np.split(npz[f"{kind}_flat"], ends[:-1])
 
-
-# ---------------------------------------------------------------- bench (the GPU machine)
 
 def materialize(folder: Path, entry: dict, seed: int = 0) -> Path:
     """Write the skeleton's weights file: normal(0, 0.02) floats (1 + that for 1-D tensors
@@ -211,7 +131,8 @@ def cosines(a: np.ndarray, b: np.ndarray) -> dict:
     cos = (a * b).sum(1)
     pairs = b[:64] @ b[:64].T
     spread = np.linalg.norm(b - b.mean(0), axis=1).mean()
-    return {"mean": float(cos.mean()), "min": float(cos.min()), "finite": bool(np.isfinite(a).all()),
+    return {"mean": float(cos.mean()), "min": float(cos.min()),
+            "finite": bool(np.isfinite(a).all()),
             "between_texts": float(pairs[~np.eye(len(pairs), dtype=bool)].mean()),
             "error_vs_spread": float(np.linalg.norm(a - b, axis=1).mean() / max(spread, 1e-12))}
 
@@ -231,7 +152,8 @@ def latency(sess, seqs: list[np.ndarray], pad_id: int, batch: int, runs: int) ->
         times.append(time.perf_counter() - t)
     ms = np.array(times) * 1e3
     return {"batch": batch, "runs": runs, "p50_ms": float(np.median(ms)),
-            "p99_ms": float(np.percentile(ms, 99)), "texts_per_s": batch * runs / float(ms.sum() / 1e3)}
+            "p99_ms": float(np.percentile(ms, 99)),
+            "texts_per_s": batch * runs / float(ms.sum() / 1e3)}
 
 
 def throughput(sess, seqs: list[np.ndarray], pad_id: int, batch: int,
@@ -252,7 +174,8 @@ def throughput(sess, seqs: list[np.ndarray], pad_id: int, batch: int,
     return {"batch": batch, "texts": done, "seconds": s, "texts_per_s": done / s}
 
 
-def bench_model(folder: Path, entry: dict, providers: list[str], runs: int, cpu_threads: int) -> list[dict]:
+def bench_model(folder: Path, entry: dict, providers: list[str], runs: int,
+                cpu_threads: int) -> list[dict]:
     path = materialize(folder, entry)
     npz = np.load(folder / entry["tokens"])
     users, items = unragged(npz, "user"), unragged(npz, "item")
@@ -276,8 +199,8 @@ def bench_model(folder: Path, entry: dict, providers: list[str], runs: int, cpu_
         row["parity_vs_reference"] = cosines(run_batches(sess, ids, mask, 64), reference)
         row["latency_b1"] = latency(sess, users, pad_id, 1, runs)
         row["latency_b8"] = latency(sess, users, pad_id, 8, max(runs // 4, 30))
-        row["catalog"] = throughput(sess, items if provider != "CPUExecutionProvider" else items[:1024],
-                                    pad_id, 256)
+        catalog = items if provider != "CPUExecutionProvider" else items[:1024]
+        row["catalog"] = throughput(sess, catalog, pad_id, 256)
         rows.append(row)
         print(line(row), flush=True)
     return rows
@@ -285,7 +208,8 @@ def bench_model(folder: Path, entry: dict, providers: list[str], runs: int, cpu_
 
 def line(r: dict) -> str:
     if "error" in r:
-        return f"| {r['model']} | {r['provider'].replace('ExecutionProvider', '')} | {r['error'][:60]} | | | | |"
+        return (f"| {r['model']} | {r['provider'].replace('ExecutionProvider', '')} "
+                f"| {r['error'][:60]} | | | | |")
     p = r["parity_vs_reference"]
     return (f"| {r['model']} | {r['provider'].replace('ExecutionProvider', '')}"
             f"{'' if r['all_nodes_on_provider'] else ' (+CPU nodes)'} "
@@ -299,18 +223,24 @@ def machine() -> dict:
     import onnxruntime as ort
 
     # the CPU rows (and the CPU side of every GPU row) depend on its vector flags
-    info = {**cpu_info(), "python": platform.python_version(), "onnxruntime": ort.__version__,
-            "available_providers": ort.get_available_providers()}
-    try:
-        info["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                                      "--format=csv,noheader"], capture_output=True, text=True,
-                                     timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        info["gpu"] = None
-    return info
+    return {**cpu_info(), "python": platform.python_version(), "onnxruntime": ort.__version__,
+            "available_providers": ort.get_available_providers(),
+            "gpu": nvidia_smi("name,driver_version,memory.total")}
 
 
-def bench(args: argparse.Namespace) -> int:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dir", required=True, help="the folder `bench gpu-encoders pack` wrote")
+    p.add_argument("--out", default="gpu_encoders.json", help="report (default gpu_encoders.json)")
+    p.add_argument("--providers", default="CUDAExecutionProvider,TensorrtExecutionProvider,"
+                                          "CPUExecutionProvider",
+                   help="onnxruntime execution providers, comma-separated, each measured in turn")
+    p.add_argument("--only", default="", help="comma-separated model names")
+    p.add_argument("--runs", type=int, default=300, help="batch-1 calls timed (default 300)")
+    p.add_argument("--cpu-threads", type=int, default=0,
+                   help="0 = onnxruntime's default (all cores)")
+
+
+def command(args: argparse.Namespace) -> int:
     import onnxruntime as ort
 
     if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from the nvidia-* wheels, where installed
@@ -322,7 +252,8 @@ def bench(args: argparse.Namespace) -> int:
                                                  "texts": manifest["texts"]}, "rows": []}
     print(json.dumps(result["machine"]), flush=True)
     print("| model | provider | batch 1 p50 / p99 ms | batch 8 p50 / p99 ms | catalog texts/s "
-          "(batch 256) | parity cos mean / min | error / spread |\n|---|---|---|---|---|---|---|", flush=True)
+          "(batch 256) | parity cos mean / min | error / spread |\n|---|---|---|---|---|---|---|",
+          flush=True)
     for entry in manifest["models"]:
         if args.only and entry["name"] not in args.only.split(","):
             continue
@@ -333,31 +264,3 @@ def bench(args: argparse.Namespace) -> int:
         os.replace(f.name, out)
     print("\n".join(line(r) for r in result["rows"]))
     return 0
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    pk = sub.add_parser("pack", help="models (skeletons unless :real), token ids, references")
-    pk.add_argument("--model", action="append", required=True,
-                    help="NAME=PATH.onnx[:real] (the export's tokenizer.json and report beside it)")
-    pk.add_argument("--reference", action="append", default=[], type=lambda s: s.split("=", 1),
-                    help="NAME=PATH.onnx: the CPU reference for a :real model (default itself)")
-    pk.add_argument("--out", required=True)
-    bn = sub.add_parser("bench", help="time and check every packed model on each provider")
-    bn.add_argument("--dir", required=True)
-    bn.add_argument("--out", default="gpu_encoders.json")
-    bn.add_argument("--providers", default="CUDAExecutionProvider,TensorrtExecutionProvider,"
-                                           "CPUExecutionProvider")
-    bn.add_argument("--only", default="", help="comma-separated model names")
-    bn.add_argument("--runs", type=int, default=300)
-    bn.add_argument("--cpu-threads", type=int, default=0, help="0 = onnxruntime's default (all cores)")
-    args = p.parse_args(argv)
-    if args.cmd == "pack":
-        args.reference = dict(args.reference)
-        return pack(args)
-    return bench(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

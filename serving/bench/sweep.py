@@ -1,12 +1,12 @@
-"""Benchmark serving settings on one deployed repository, one server at a time.
+"""`towerlite bench sweep`: serving settings on one deployed repository, one server at a time.
 
 For each variant (RepositorySpec overrides, e.g. user_encoder_threads=2), rewrite the portable
 flavor's configs and model.py files in place (weights and catalog stay), start the server, run
-`towerlite bench` one concurrency level at a time, and read the server's CPU time (tritonserver
-and its python-backend stubs, from /proc) around each level. Prints one table and writes
-OUT/sweep.json; each level's full bench report is in OUT/<variant>/c<N>/.
+`towerlite bench serving` one concurrency level at a time, and read the server's CPU time
+(tritonserver and its python-backend stubs, from /proc) around each level. Prints one table and
+writes OUT/sweep.json; each level's full bench report is in OUT/<variant>/c<N>/.
 
-    python scripts/serving_sweep.py --repository runs/deploy/portable --out runs/sweep \\
+    towerlite bench sweep --repository runs/deploy/portable --out runs/sweep \\
         --variant 'baseline:buckets=[16,32,64,128]' --variant 'default:' \\
         --variant 'one-instance:user_encoder_instances=1,user_encoder_threads=2' \\
         --variant 'fused:model="recommend_fused"'
@@ -18,23 +18,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from towerlite.machine import cpu_info  # noqa: E402
-from towerlite.serving.bench.report import plot, write  # noqa: E402
-from towerlite.serving.bench.runner import BenchConfig, run  # noqa: E402
-from towerlite.serving.cli import spec_settings  # noqa: E402
-from towerlite.serving.repository import (  # noqa: E402
+from towerlite.machine import cpu_info
+from towerlite.serving.cli import spec_settings
+from towerlite.serving.repository import (
     MODEL_CODE,
     RepositorySpec,
     parse_config,
     write_code,
 )
-from towerlite.serving.triton import launch  # noqa: E402
+from towerlite.serving.triton import launch
+
+from .inputs import build_requests
+from .report import plot, write
+from .runner import BenchConfig, run
+
+DESCRIPTION = (
+    "Benchmark serving settings on one deployed repository, one server at a time: for each "
+    "--variant NAME:FIELD=JSON,… (RepositorySpec overrides, checked as `deploy --spec`; the "
+    "pseudo-field model picks the model driven; empty after the colon: the current defaults) "
+    "rewrite the portable flavor's configs and model.py files in place, start the server, run "
+    "`towerlite bench serving` one concurrency level at a time and read the server's CPU time "
+    "around each level. Prints one table; writes OUT/sweep.json (merged with earlier sweeps "
+    "there), OUT/sweep.png and each level's bench report in OUT/<variant>/c<N>/; the "
+    "repository's deployed settings are written back at the end.")
 
 
 def parse_variant(text: str) -> tuple[str, str, dict]:
@@ -107,14 +118,16 @@ def in_process(repository: Path, texts: list[str], k: int = 10, rounds: int = 2)
 
     def one(text):
         marks = [time.perf_counter()]
-        tok = models["tokenizer"].execute([{"TEXT": _Shim.Tensor("TEXT", np.array([[text.encode()]], dtype=object))}])[0]
+        request = {"TEXT": _Shim.Tensor("TEXT", np.array([[text.encode()]], dtype=object))}
+        tok = models["tokenizer"].execute([request])[0]
         ids, mask = tok.outputs["input_ids"], tok.outputs["attention_mask"]
         marks.append(time.perf_counter())
         emb = models["user_encoder"].execute([{"input_ids": _Shim.Tensor("", ids),
                                                "attention_mask": _Shim.Tensor("", mask)}])[0]
         marks.append(time.perf_counter())
-        models["scorer"].execute([{"EMBEDDING": _Shim.Tensor("", emb.outputs["sentence_embedding"]),
-                                   "K": _Shim.Tensor("", np.array([[k]], dtype=np.int32))}])
+        models["scorer"].execute([{
+            "EMBEDDING": _Shim.Tensor("", emb.outputs["sentence_embedding"]),
+            "K": _Shim.Tensor("", np.array([[k]], dtype=np.int32))}])
         marks.append(time.perf_counter())
         return np.diff(marks) * 1e3
 
@@ -135,11 +148,18 @@ def in_process(repository: Path, texts: list[str], k: int = 10, rounds: int = 2)
 
 
 def measure_level(server, name: str, model: str, c: int, args) -> dict:
-    """One concurrency level with `towerlite bench`; the server's CPU time read around it."""
+    """One concurrency level with `towerlite bench serving`; the server's CPU time read around
+    it."""
+    quiet = logging.getLogger(run.__module__)  # the sweep prints one line a level itself
+    was = quiet.level
+    quiet.setLevel(logging.WARNING)
     before = server.cpu_seconds()
-    bench = run(BenchConfig(url=server.grpc_url, out=args.out / name / f"c{c}", model=model,
-                            concurrency=(c,), duration_s=args.duration, engine=args.engine,
-                            texts=args.texts, label=name), log=lambda *_: None)
+    try:
+        bench = run(BenchConfig(url=server.grpc_url, out=args.out / name / f"c{c}", model=model,
+                                concurrency=(c,), duration_s=args.duration, engine=args.engine,
+                                texts=args.texts, label=name))
+    finally:
+        quiet.setLevel(was)
     cpu = server.cpu_seconds() - before  # the warm-up's 50 requests included
     write(bench, args.out / name / f"c{c}")
     level = bench["levels"][-1]
@@ -150,28 +170,34 @@ def measure_level(server, name: str, model: str, c: int, args) -> dict:
             "server_cpu_ms_per_req": round(cpu / max(1, level["requests"] + 50) * 1e3, 2),
             "server": {m: {k: v for k, v in s.items() if k.endswith("_us")}
                        for m, s in level["server"].items()},
-            "rss_mb": round(server.rss_bytes() / 2**20), "pss_mb": round(server.pss_bytes() / 2**20)}
+            "rss_mb": round(server.rss_bytes() / 2**20),
+            "pss_mb": round(server.pss_bytes() / 2**20)}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--repository", type=Path, required=True, help="a portable flavor folder")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--variant", action="append", required=True)
-    ap.add_argument("--concurrency", default="1,2,4,8,16")
-    ap.add_argument("--duration", type=float, default=10.0)
-    ap.add_argument("--engine", default="perf_analyzer")
-    ap.add_argument("--texts", type=int, default=1000)
+    ap.add_argument("--out", type=Path, required=True,
+                    help="folder for sweep.json, sweep.png and each level's report")
+    ap.add_argument("--variant", action="append", required=True, metavar="NAME:FIELD=JSON,…",
+                    help="one setting to measure (repeatable), e.g. "
+                         "'one-instance:user_encoder_instances=1,user_encoder_threads=2'")
+    ap.add_argument("--concurrency", default="1,2,4,8,16",
+                    help="levels, comma-separated (default 1,2,4,8,16)")
+    ap.add_argument("--duration", type=float, default=10.0,
+                    help="seconds per level (default 10)")
+    ap.add_argument("--engine", default="perf_analyzer",
+                    help="`bench serving`'s --engine (default perf_analyzer)")
+    ap.add_argument("--texts", type=int, default=1000, help="request texts (default 1000)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="measure the whole list of variants this many times, in turn (this "
                          "machine's run-to-run noise is ±15%%)")
     ap.add_argument("--in-process", action="store_true",
                     help="also time the same three model.py files called in this process (c=1)")
-    args = ap.parse_args()
+
+
+def command(args: argparse.Namespace) -> int:
     report = json.loads((args.repository.parent / "deploy_report.json").read_text())
     base = RepositorySpec.from_json(report["spec"])
-    from towerlite.serving.bench.inputs import build_requests
-
     domains = {d["name"] for d in json.loads(
         (args.repository / "scorer" / "1" / "catalog" / "catalog.json").read_text())["domains"]}
     texts = build_requests([d for d, dom in (("movielens", "movie"), ("bookcrossing", "book"))
@@ -216,14 +242,6 @@ def main() -> int:
         level = json.loads((args.out / r["variant"] / f"c{r['concurrency']}" / "bench.json")
                            .read_text())["levels"][-1]
         series.setdefault(r["variant"], []).append(level)
-    print(f"wrote {path} and {plot(list(series.items()), args.out / 'sweep.png', 'serving settings')}")
+    png = plot(list(series.items()), args.out / "sweep.png", "serving settings")
+    print(f"wrote {path} and {png}")
     return 0
-
-
-if __name__ == "__main__":
-    from towerlite.errors import TowerliteError
-
-    try:
-        raise SystemExit(main())
-    except TowerliteError as exc:
-        raise SystemExit(f"serving_sweep: error: {exc}") from None

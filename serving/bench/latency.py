@@ -1,9 +1,9 @@
-"""`towerlite bench` and `towerlite bench compare`."""
+"""`towerlite bench serving`: latency and throughput of a running server under real requests
+(probe, request texts, engine, warm-up and levels are runner.py's; the report is report.py's)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from towerlite.errors import TowerliteError
@@ -18,12 +18,6 @@ DESCRIPTION = (
     "perf_analyzer when it runs here. Writes OUT/bench.json, bench.csv and bench.png, prints a "
     "table; exits 1 when any request failed (they are counted in the report). "
     "`towerlite bench compare A.json B.json …` puts reports side by side.")
-
-COMPARE_DESCRIPTION = (
-    "Compare bench reports made with the same inputs (e.g. teacher fp32, student fp32, student "
-    "int8 served in turn): one table with throughput and latency ratios against the first "
-    "report at each concurrency, and one plot. Reports with different inputs (texts, K, domain) "
-    "are refused unless --force. Writes OUT/compare.json, compare.md and compare.png.")
 
 
 def concurrency_list(text: str) -> tuple[int, ...]:
@@ -76,22 +70,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/bench"),
                    help="report folder (default runs/bench)")
 
-    sub = p.add_subparsers(dest="bench_action", metavar="compare")
-    c = sub.add_parser("compare", help="compare reports made with the same inputs",
-                       description=COMPARE_DESCRIPTION)
-    c.add_argument("reports", nargs="+", type=Path, metavar="REPORT.json")
-    c.add_argument("--label", dest="compare_labels", action="append", metavar="LABEL",
-                   help="name of each report, in order (default: the label each report has)")
-    c.add_argument("--force", action="store_true", help="compare reports made with different inputs")
-    c.add_argument("--out", dest="compare_out", type=Path, metavar="DIR",
-                   default=Path("runs/bench/compare"),
-                   help="folder for compare.json/.md/.png (default runs/bench/compare)")
-    c.set_defaults(func=compare_command)
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
 
 def command(args: argparse.Namespace) -> int:
     from .report import table, write
@@ -109,7 +87,7 @@ def command(args: argparse.Namespace) -> int:
                       max_history=args.max_history, history_ids=args.history_ids,
                       warmup=args.warmup, timeout_s=args.timeout,
                       perf_analyzer=args.perf_analyzer, label=args.label)
-    report = run(cfg, log=_log)
+    report = run(cfg)
     paths = write(report, args.out)
     print(table(report))
     print(f"\nreport: {paths['json']}  ({paths['csv'].name}, {paths['png'].name})")
@@ -122,11 +100,3 @@ def command(args: argparse.Namespace) -> int:
                              f"counted in {paths['json']}")
     return 0
 
-
-def compare_command(args: argparse.Namespace) -> int:
-    from .compare import compare, markdown
-
-    result = compare(args.reports, args.compare_out, args.compare_labels, args.force)
-    print(markdown(result))
-    print(f"\nwritten: {args.compare_out / 'compare.json'} (.md, .png)")
-    return 0

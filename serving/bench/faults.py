@@ -1,6 +1,7 @@
-"""Faults against a real Triton server under load: what clients see, and whether it recovers.
+"""`towerlite bench faults`: faults against a real Triton server under load, what clients see,
+and whether it recovers.
 
-    python scripts/faults.py --repository runs/repo-history2/portable --out runs/faults
+    towerlite bench faults --repository runs/repo-history2/portable --out runs/faults
 
 Each fault runs against a fresh server on the repository, under a steady load of
 `--concurrency` client threads (towerlite's Client over gRPC, held-out MovieLens users, each
@@ -23,22 +24,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from towerlite.errors import TowerliteError
+from towerlite.files import write_json_atomic
+from towerlite.machine import cpu_info
+from towerlite.serving.cli import _restart_dead_stubs
+from towerlite.serving.client import Client, ServingError
+from towerlite.serving.triton import StubWatch, launch
 
-from towerlite.files import write_json_atomic  # noqa: E402
-from towerlite.machine import cpu_info  # noqa: E402
-from towerlite.serving.bench.inputs import held_out_histories, held_out_texts  # noqa: E402
-from towerlite.serving.cli import _restart_dead_stubs  # noqa: E402
-from towerlite.serving.client import Client, ServingError  # noqa: E402
-from towerlite.serving.triton import StubWatch, launch  # noqa: E402
+from .inputs import held_out_histories, held_out_texts
+
+DESCRIPTION = (
+    "Faults against a real Triton server under load, each on a fresh server of the repository "
+    "under --concurrency client threads (held-out MovieLens users over gRPC): stub_kill "
+    "(SIGKILL one python-backend stub mid-load), server_restart (SIGKILL the server, start it "
+    "again on the same ports), deadline (client deadlines below the service time, then a "
+    "normal request). Per fault: requests, errors and their messages, the longest request, "
+    "the time from the fault to the first success, the server's view. Writes OUT/faults.json "
+    "and prints a table.")
+
+log = logging.getLogger(__name__)
 
 
 class Load:
@@ -153,8 +165,8 @@ def stub_kill(args, requests) -> dict:
                 ready.append(readiness(server.grpc_url, [args.stub_model, args.model]))
         done.set()
         after = server.stub_models()
-        return {"fault": f"SIGKILL the {args.stub_model} stub (pid {victim}) under load"
-                         + (", stubs watched as `towerlite serve` does" if args.watch_stubs else ""),
+        watched = ", stubs watched as `towerlite serve` does" if args.watch_stubs else ""
+        return {"fault": f"SIGKILL the {args.stub_model} stub (pid {victim}) under load{watched}",
                 **load.summary(fault_at), "server_alive": server.alive(),
                 "stub_pids_before": sorted(p for p, m in before.items() if m == args.stub_model),
                 "stub_pids_after": sorted(p for p, m in after.items() if m == args.stub_model),
@@ -167,8 +179,8 @@ def stub_kill(args, requests) -> dict:
 
 
 def server_restart(args, requests) -> dict:
-    log = args.out / "triton-server_restart.log"
-    server = launch(args.repository, log_path=log)
+    log_path = args.out / "triton-server_restart.log"
+    server = launch(args.repository, log_path=log_path)
     ports = {"http_port": server.http_port, "grpc_port": server.grpc_port,
              "metrics_port": server.metrics_port}
     try:
@@ -179,7 +191,7 @@ def server_restart(args, requests) -> dict:
             server.process.wait(10)
             time.sleep(2)  # down for a moment, as a crashed pod is
             restart_at = time.perf_counter()
-            server = launch(args.repository, log_path=log, **ports)
+            server = launch(args.repository, log_path=log_path, **ports)
             ready_s = time.perf_counter() - restart_at
             time.sleep(args.watch)
         summary = load.summary(fault_at)
@@ -243,14 +255,14 @@ def _p(values: list[float], q: int) -> float | None:
 FAULTS = {"stub_kill": stub_kill, "server_restart": server_restart, "deadline": deadline}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repository", type=Path, required=True, help="a portable flavor folder")
     p.add_argument("--model", default="recommend_history_fused",
                    help="the model under load (a HISTORY model or a TEXT one)")
     p.add_argument("--stub-model", default="history_scorer",
                    help="stub_kill: whose python stub to kill")
-    p.add_argument("--faults", default=",".join(FAULTS))
+    p.add_argument("--faults", default=",".join(FAULTS),
+                   help=f"comma-separated, in order (default {','.join(FAULTS)})")
     p.add_argument("--watch-stubs", action="store_true",
                    help="stub_kill: restart dead stubs as `towerlite serve` does (serving.triton."
                         "StubWatch); without it, what the bare server does")
@@ -259,17 +271,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deadline-ms", type=float, default=1.0)
     p.add_argument("--settle", type=float, default=3.0, help="seconds of load before the fault")
     p.add_argument("--watch", type=float, default=15.0, help="seconds of load after it")
-    p.add_argument("--out", type=Path, default=Path("runs/faults"))
-    args = p.parse_args(argv)
+    p.add_argument("--out", type=Path, default=Path("runs/faults"),
+                   help="report folder (default runs/faults)")
+
+
+def command(args: argparse.Namespace) -> int:
+    unknown = [f for f in args.faults.split(",") if f not in FAULTS]
+    if unknown:
+        raise TowerliteError(f"--faults {','.join(unknown)}: known faults are "
+                             f"{', '.join(FAULTS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     history = "history" in args.model
     requests = [h for h, _ in held_out_histories("movielens", 200)] if history else \
         [t for t, _ in held_out_texts("movielens", 200)]
     results = {}
     for name in args.faults.split(","):
-        print(f"fault {name} …", file=sys.stderr)
+        log.info(f"fault {name} …")
         results[name] = FAULTS[name](args, requests)
-        print(json.dumps(results[name], indent=1), file=sys.stderr)
+        log.info(json.dumps(results[name], indent=1))
     report = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "repository": str(args.repository),
               "model": args.model, "concurrency": args.concurrency, "timeout_s": args.timeout,
               "machine": cpu_info(), "faults": results}
@@ -280,7 +299,3 @@ def main(argv: list[str] | None = None) -> int:
               f"{str(r.get('first_success_after_fault_s', '-')):>14}")
     print(f"report: {args.out / 'faults.json'}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,44 @@
+"""`towerlite catalog update`: new, changed or removed items → the scorer's next version,
+loaded on a running server through Triton's repository API, without a redeploy.
+
+    report = update("runs/repo/portable", "new_items.csv", remove="gone.txt",
+                    url="127.0.0.1:8001")
+
+1. Read the newest scorer version's catalog (REPO/scorer/N/catalog, `catalog.read_catalog`).
+2. Render the file's items with `towerlite.data.render.item_text` (through
+   `towerlite.data.catalog.prepare_items`) and encode only those, with the item tower that
+   encoded the catalog: the ONNX file whose sha256 catalog.json records
+   (REPO/item_encoder/1/model.onnx, or the export deploy read) and the item tokenizer of the
+   repository.
+3. Merge: an id in the file replaces that item, a new id is added, `remove` drops ids. The
+   merged catalog keeps the scorer's order (domain-contiguous, ids sorted as UTF-8 bytes).
+4. Write version N+1: built in REPO/scorer/.staging-(N+1) (Triton ignores a non-numeric version
+   folder), its model.py copied from version N, the IVF index rebuilt when version N has one
+   (`--index keep`), read back, then renamed into place. Version N stays on disk.
+5. With `url`: `load_model("scorer")`. Triton keeps answering with version N until N+1 is ready,
+   then unloads N (version_policy latest 1; the ensembles ask for version -1), so requests in
+   flight and during the swap succeed. The served catalog is then checked (the new version is
+   ready; `EXCLUDE` of added ids is accepted and of removed ids refused, which only a scorer
+   holding the new catalog does), and versions older than N are deleted.
+
+Loading is a separate step from writing: if the server is down or refuses, version N+1 stays
+complete on disk, the server (if up) keeps serving N, and `towerlite catalog load` retries (a
+restarted server serves the newest version anyway).
+
+One module a job: `items_file` (the update's inputs), `versions` (the scorer's versions on
+disk), `merge` (old rows + new rows in scorer order), `write` (version N+1, atomically),
+`server` (loading it on a running Triton) and `update` (the `update` and `load` commands).
+"""
+
+from .items_file import ITEM_COLUMNS, read_ids, read_items
+from .merge import merge, row_domains
+from .server import LoadError, load_on_server
+from .update import load_version, update
+from .versions import flavor_folder, newest_version, prune, scorer_versions
+from .write import write_version
+
+__all__ = [
+    "ITEM_COLUMNS", "LoadError", "flavor_folder", "load_on_server", "load_version", "merge",
+    "newest_version", "prune", "read_ids", "read_items", "row_domains", "scorer_versions",
+    "update", "write_version",
+]
