@@ -1,7 +1,7 @@
 """`towerlite history` (also `python -m towerlite.distill.history`): train the history user tower
 on the evaluation's training users, save it for deploy, and measure it beside the yardsticks.
 
-setup     the eval's cases (serving.quality.cases: held-out users are never read) and the item
+setup     the eval's cases (towerlite.evaluation.cases: held-out users are never read) and the item
           tower's embeddings of the catalog (cached per model)
 train     towerlite.sequential.train, checkpointed after every epoch (a rerun resumes)
 save      OUT/model/: the ONNX sequence model and the arrays deploy builds the item table from

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from towerlite.errors import TowerliteError
+from towerlite.files import replace_dir
 from towerlite.models import Pipeline, build_module, load_dense, read_pipeline, resolve_model
 
 from .config import StudentSpec
@@ -151,11 +152,4 @@ def save_student(module, tokenizer, folder: Path, max_length: int, provenance: d
                                                               "do_lower_case": False}, indent=1))
 
     (tmp / "towerlite_student.json").write_text(json.dumps(provenance, indent=1))
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(folder)
-    return folder
+    return replace_dir(tmp, folder)

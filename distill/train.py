@@ -8,7 +8,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .losses import embed_loss, score_loss
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -119,16 +121,13 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 
 def run_steps(module, total: int, step_fn, cfg, ckpt: Path, run_key: str, dist: Dist,
-              log: Callable[[str], None] | None = None, state: dict | None = None) -> dict:
+              state: dict | None = None) -> dict:
     """The one training loop (distill and finetune): AdamW over the trainable parameters,
     linear warm-up then decay, gradient clipping, a checkpoint every `cfg.checkpoint_every`
     steps (atomic) and resume from it. `step_fn(model, step) -> (loss, log entry)` makes each
-    step's loss; `state` (e.g. a negatives bank) is saved in the checkpoint and restored.
-    `log`: a message callback still passed by tests (default: this module's logger)."""
+    step's loss; `state` (e.g. a negatives bank) is saved in the checkpoint and restored."""
     import torch
     from tqdm.auto import tqdm
-
-    say = log or logging.getLogger(__name__).info
 
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
@@ -145,9 +144,9 @@ def run_steps(module, total: int, step_fn, cfg, ckpt: Path, run_key: str, dist: 
             sched.load_state_dict(saved["scheduler"])
             history, start, seconds = saved["history"], saved["step"], saved["seconds"]
             state.update(saved.get("state", {}))
-            say(f"resuming from {ckpt} at step {start}/{total}")
+            log.info(f"resuming from {ckpt} at step {start}/{total}")
         else:
-            say(f"{ckpt} is from another configuration; starting this run afresh")
+            log.info(f"{ckpt} is from another configuration; starting this run afresh")
     model = module
     if dist.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(module)

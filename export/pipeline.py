@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
@@ -29,6 +28,8 @@ DEFAULT_VARIANTS = ("fp32", "opt", "int8_dynamic", "fp16")
 # the parity gate: minimum mean cosine to the PyTorch model's embedding, per variant
 DEFAULT_MIN_COSINE = {"fp32": 0.9999, "opt": 0.9999, "int8_dynamic": 0.99, "int8_static": 0.99,
                       "fp16": 0.999}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,12 +61,11 @@ def check_config(cfg: ExportConfig) -> None:
         raise TowerliteError("max_length must be at least 8 tokens")
 
 
-def _texts(cfg: ExportConfig,
-           say: Callable[[str], None]) -> tuple[list[str], list[str], dict]:
+def _texts(cfg: ExportConfig) -> tuple[list[str], list[str], dict]:
     from towerlite.data import load_corpus
     from towerlite.data.splits import balanced_sample
 
-    say("loading the real multi-domain corpus for parity and calibration texts")
+    log.info("loading the real multi-domain corpus for parity and calibration texts")
     records = load_corpus()
     held = balanced_sample(records, cfg.parity_texts_per_source, seed=0, heldout=True)
     calib = balanced_sample(records, cfg.calibration_texts_per_source, seed=1, heldout=False)
@@ -83,24 +83,22 @@ def gate(name: str, result: dict, minimum: float) -> str | None:
 
 
 
-def run(cfg: ExportConfig, log: Callable[[str], None] | None = None) -> dict:
-    """Export, build, check and measure every variant; write and return the report. `log`: a
-    message callback tests still pass (default: this module's logger)."""
+def run(cfg: ExportConfig) -> dict:
+    """Export, build, check and measure every variant; write and return the report."""
     from towerlite.models import SentenceEncoder
     from towerlite.runtime import OnnxEncoder, load_tokenizer, pad_batch
 
     from .onnx_export import copy_tokenizer, export_fp32
     from .speed import latency, throughput
 
-    say = log or logging.getLogger(__name__).info
     check_config(cfg)
     started = time.monotonic()
-    encoder = SentenceEncoder(cfg.model, log=log, attn_implementation="eager")
+    encoder = SentenceEncoder(cfg.model, attn_implementation="eager")
     folder = Path(encoder.source)
     if cfg.max_length is None:  # a model fine-tuned at 64 tokens is served at 64
         cfg = replace(cfg, max_length=min(encoder.pipeline.max_seq_length, 128))
-    texts, calib_texts, per_source = _texts(cfg, say)
-    say(f"PyTorch reference on {len(texts)} held-out texts")
+    texts, calib_texts, per_source = _texts(cfg)
+    log.info(f"PyTorch reference on {len(texts)} held-out texts")
     reference = encoder.encode(texts, max_length=cfg.max_length)
 
     needed = set(cfg.variants)
@@ -111,7 +109,7 @@ def run(cfg: ExportConfig, log: Callable[[str], None] | None = None) -> dict:
     out = cfg.out
     settings: dict[str, dict] = {}
     fp32_path = out / VARIANT_FILES["fp32"]
-    say(f"exporting {folder} → {fp32_path}")
+    log.info(f"exporting {folder} → {fp32_path}")
     export_fp32(encoder, fp32_path)
     tokenizer_files = copy_tokenizer(folder, out)
     restore = V.quiet_onnxruntime_logs()
@@ -120,16 +118,17 @@ def run(cfg: ExportConfig, log: Callable[[str], None] | None = None) -> dict:
         model_type = ("bert" if config.model_type in ("bert", "mpnet", "roberta", "xlm-roberta")
                       else config.model_type)
         if "opt" in needed:
-            say("optimizing (transformer fusions)")
+            log.info("optimizing (transformer fusions)")
             settings["opt"] = {"fused": V.optimize(fp32_path, out / VARIANT_FILES["opt"],
                                                    config.num_attention_heads, config.hidden_size,
                                                    model_type)}
         if "int8_dynamic" in needed:
-            say("quantizing: dynamic INT8")
+            log.info("quantizing: dynamic INT8")
             settings["int8_dynamic"] = V.int8_dynamic(fp32_path,
                                                       out / VARIANT_FILES["int8_dynamic"])
         if "int8_static" in needed:
-            say(f"quantizing: static INT8 (QDQ), calibrating on {len(calib_texts)} corpus texts")
+            log.info(f"quantizing: static INT8 (QDQ), calibrating on {len(calib_texts)} "
+                     "corpus texts")
             tok, pad_id = load_tokenizer(out / "tokenizer.json", cfg.max_length)
             tokens = [encoding.ids for encoding in tok.encode_batch(calib_texts)]
             batches = []
@@ -139,7 +138,7 @@ def run(cfg: ExportConfig, log: Callable[[str], None] | None = None) -> dict:
             settings["int8_static"] = V.int8_static(fp32_path, out / VARIANT_FILES["int8_static"],
                                                     batches)
         if "fp16" in needed:
-            say("converting: fp16")
+            log.info("converting: fp16")
             settings["fp16"] = V.fp16(out / VARIANT_FILES["opt"], out / VARIANT_FILES["fp16"])
     finally:
         restore()
@@ -162,17 +161,17 @@ def run(cfg: ExportConfig, log: Callable[[str], None] | None = None) -> dict:
         if failure:
             failures.append(failure)
         if cfg.measure_speed:
-            say(f"measuring {name}")
+            log.info(f"measuring {name}")
             batch32 = throughput(lambda batch, onnx=enc: onnx.encode(batch, 32), texts)
             entry["speed"] = {
                 "sentences_per_s_batch32": round(batch32, 1),
                 "batch1": latency(lambda batch, onnx=enc: onnx.encode(batch, 1), texts, n=100)}
         report_variants[name] = entry
         mean_cos = entry["parity_vs_pytorch"]["mean_cosine"]
-        say(f"  {name:13s} {entry['bytes'] / 1e6:7.1f} MB  mean cos {mean_cos:.5f}"
-            f"  {'ok' if failure is None else 'FAILED'}"
-            + (f"  {entry['speed']['sentences_per_s_batch32']} sent/s" if cfg.measure_speed
-               else ""))
+        log.info(f"  {name:13s} {entry['bytes'] / 1e6:7.1f} MB  mean cos {mean_cos:.5f}"
+                 f"  {'ok' if failure is None else 'FAILED'}"
+                 + (f"  {entry['speed']['sentences_per_s_batch32']} sent/s" if cfg.measure_speed
+                    else ""))
 
 
     report = {

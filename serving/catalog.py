@@ -77,7 +77,7 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
 
 def embed_catalog(texts: Sequence[str], encoder, cache_dir: Path | None = None,
                   batch_size: int = 64, progress: bool = True) -> np.ndarray:
-    """(n, dim) float32 embeddings of `texts` by `encoder` (an export.runtime.OnnxEncoder),
+    """(n, dim) float32 embeddings of `texts` by `encoder` (a towerlite.runtime.OnnxEncoder),
     chunk by chunk with a progress bar; chunks and the result are cached in `cache_dir`."""
     from tqdm import tqdm
 

@@ -124,7 +124,7 @@ class Client:
         msg = msg[len(prefix):] if msg.startswith(prefix) else msg
         low = msg.lower()
         if "deadline exceeded" in low or "timed out" in low:
-            # the server may be up and busy: not "cannot reach" (scripts/faults.py, deadline)
+            # the server may be up and busy: not "cannot reach" (bench faults, deadline)
             return (f"{model}: no answer within the client's deadline of {self.timeout_s:g} s "
                     f"({msg}): the server is busy, or the deadline is shorter than the service "
                     "time")

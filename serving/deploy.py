@@ -27,6 +27,7 @@ import pandas as pd
 
 from towerlite.data.catalog import prepare_items
 from towerlite.errors import TowerliteError
+from towerlite.files import replace_dir
 from towerlite.runtime import VARIANT_FILES
 
 from . import catalog as cat
@@ -138,7 +139,7 @@ def _same_item_vectors(trained_with: str, item: EncoderExport) -> bool:
     if ":" in trained_with or item.variant != "fp32":
         return False
     try:
-        return Path(resolve_model(trained_with, log=lambda *_: None)).resolve() == \
+        return Path(resolve_model(trained_with)).resolve() == \
             Path(item.source_model).resolve()
     except TowerliteError:
         return False
@@ -223,13 +224,11 @@ class DeployRequest:
     progress: bool = True
 
 
-def deploy(user_model: str | Path, out: str | Path, *,
-           log: Callable[[str], None] | None = None, **settings) -> dict:
+def deploy(user_model: str | Path, out: str | Path, **settings) -> dict:
     """Write OUT/<flavor>/ for each flavor and OUT/deploy_report.json; returns the report.
 
     The keyword arguments are DeployRequest's other fields (`run_deploy(DeployRequest(...))`
-    does the same). `log` is accepted for older callers and ignored: messages go to the
-    module loggers."""
+    does the same)."""
     return run_deploy(DeployRequest(user_model, out, **settings))
 
 
@@ -365,7 +364,7 @@ def write_flavors(request: DeployRequest, towers: Towers, spec: RepositorySpec,
         if history is not None:
             _write_history(staging, history, catalog.items, catalog.info)
         validate_repository(staging)
-        final = _swap_into_place(staging, out / flavor)
+        final = replace_dir(staging, out / flavor)
         first_catalog = final / "scorer" / "1" / "catalog"
         written[flavor] = str(final)
         log.info(f"wrote {final}")
@@ -391,18 +390,6 @@ def _write_catalog(folder: Path, catalog: EmbeddedCatalog, index: str,
         meta = ix.write_catalog_index(folder, catalog.embeddings, meta,
                                       nprobe or ix.DEFAULT_NPROBE)
     return meta
-
-
-def _swap_into_place(staging: Path, final: Path) -> Path:
-    """Rename the built `staging` folder to `final`, the previous one moved aside first and
-    deleted after."""
-    old = final.parent / f".{final.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    staging.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def _report(towers: Towers, spec: RepositorySpec, catalog: EmbeddedCatalog, history,

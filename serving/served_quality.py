@@ -34,8 +34,7 @@ def _cut(above: np.ndarray, tied: np.ndarray) -> dict[str, np.ndarray]:
     return values
 
 
-def served_row(cases: Cases, url: str, protocol: str = "grpc",
-               log=print) -> tuple[dict, list[list[str]]]:
+def served_row(cases: Cases, url: str, protocol: str = "grpc") -> tuple[dict, list[list[str]]]:
     from tqdm.auto import tqdm
 
     above, tops = [], []
@@ -88,8 +87,8 @@ def in_process_cut(cases: Cases, tower: Tower, buckets: list[int]) -> tuple[dict
     return summarize(values), [[cases.item_ids[i] for i in row] for row in top]
 
 
-def compare(cases: Cases, tower: Tower, url: str, protocol: str = "grpc", log=print) -> dict:
-    served, served_top = served_row(cases, url, protocol, log)
+def compare(cases: Cases, tower: Tower, url: str, protocol: str = "grpc") -> dict:
+    served, served_top = served_row(cases, url, protocol)
     local, local_top = in_process_cut(cases, tower, served_buckets(url, protocol))
     names = ("recall@10", "recall@50", "ndcg@10", "mrr@50")
     diff = {m: round(abs(served[m] - local[m]), 6) for m in names}

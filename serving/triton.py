@@ -254,7 +254,7 @@ class TritonServer:
 class StubWatch:
     """Notices python-backend stubs that died while the server lives, and restarts them.
 
-    Measured with Triton 2.51 (scripts/faults.py, docs/serving.md): after a stub is killed the
+    Measured with Triton 2.51 (`bench faults`, docs/serving.md): after a stub is killed the
     server keeps reporting the model READY, never restarts the stub, and every request the
     scheduler hands that instance fails after about 1 s with INTERNAL "Stub process … is not
     healthy" — about one request a second, for as long as the server runs. A plain load_model

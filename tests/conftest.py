@@ -95,7 +95,7 @@ def cache():
     from towerlite.assets import prepare
     from towerlite.home import home
 
-    prepare(log=lambda *_: None)
+    prepare()
     return home()
 
 
@@ -106,7 +106,7 @@ def exported(cache, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("export-student-start")
     run(ExportConfig(model="student-start", out=out, variants=("fp32", "int8_dynamic"),
-                     parity_texts_per_source=8, measure_speed=False), log=lambda *_: None)
+                     parity_texts_per_source=8, measure_speed=False))
     return out
 
 
@@ -269,10 +269,10 @@ def tiny_export(tiny_model, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny-export")
     with pytest.MonkeyPatch.context() as mp, one_torch_thread():
-        mp.setattr(pipeline, "_texts", lambda cfg, log: tiny_parity_texts())
+        mp.setattr(pipeline, "_texts", lambda cfg: tiny_parity_texts())
         report = pipeline.run(pipeline.ExportConfig(model=str(tiny_model), out=out,
                                                     variants=tuple(VARIANT_FILES),
-                                                    measure_speed=False), log=lambda *_: None)
+                                                    measure_speed=False))
     assert report["variants"].keys() == VARIANT_FILES.keys()
     return out
 

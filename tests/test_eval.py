@@ -159,10 +159,10 @@ def test_served_recommend_gives_the_in_process_numbers(cache, exported, tmp_path
     items = items[items["item_id"].isin(cases.item_ids)]
     repo = tmp_path_factory.mktemp("eval-repo")
     deploy(exported, repo, variant=variant, items=items, index="exact", flavors=("portable",),
-           progress=False, log=lambda *_: None)
+           progress=False)
     (tower,) = towers_of(f"{exported}:{variant}")
     with start_server(repo / "portable", log_path=repo / "triton.log") as server:
-        result = compare(cases, tower, server.grpc_url, "grpc", log=lambda *_: None)
+        result = compare(cases, tower, server.grpc_url, "grpc")
         buckets = served_buckets(server.grpc_url, "grpc")
     # served and in-process run the same computation (each user alone, padded to its bucket;
     # the catalog in deploy's batches), so they agree up to a float tie at a rank boundary

@@ -37,12 +37,12 @@ def exported(cache, tmp_path_factory):
                        parity_texts_per_source=16, calibration_texts_per_source=8,
                        measure_speed=False,
                        min_cosine={**DEFAULT_MIN_COSINE, "int8_static": 0.8})
-    return out, run(cfg, log=lambda *_: None)
+    return out, run(cfg)
 
 
 @pytest.fixture(scope="module")
 def reference(cache):
-    return SentenceEncoder("student-start", log=lambda *_: None)
+    return SentenceEncoder("student-start")
 
 
 @pytest.mark.parametrize("batch_size", [1, 7])
@@ -98,26 +98,6 @@ def test_parity_gate_fails_a_broken_variant(exported, tmp_path):
     assert gate("fp32", parity(good, good), 0.9999) is None
 
 
-def test_default_gate_makes_export_fail_loudly(cache, tmp_path):
-    cfg = ExportConfig(model="student-start", out=tmp_path, variants=("fp32",), measure_speed=False,
-                       parity_texts_per_source=4, min_cosine={"fp32": 1.5})
-    with pytest.raises(ParityError, match=r"fp32: mean cosine 1.0000 < 1.5"):
-        run(cfg, log=lambda *_: None)
-    assert (tmp_path / "export_report.json").is_file()  # the evidence is kept
-
-
-def test_bad_input_is_refused_before_long_work(cache, tmp_path):
-    with pytest.raises(TowerliteError, match="not a Hugging Face model folder"):
-        run(ExportConfig(model=str(tmp_path), out=tmp_path / "o"), log=lambda *_: None)
-    with pytest.raises(TowerliteError, match=r"unknown variant\(s\) \['int4'\]"):
-        run(ExportConfig(model="student-start", out=tmp_path / "o", variants=("int4",)),
-            log=lambda *_: None)
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    with pytest.raises(TowerliteError, match="not writable"):
-        run(ExportConfig(model="student-start", out=blocker / "o"), log=lambda *_: None)
-
-
 # -- the tiny-model tier: the same checks on a 2-layer, 64-d random BERT (tests/conftest.py) ----
 # Every variant, the default gate; the parity texts synthetic (no corpus, no real weights).
 
@@ -126,7 +106,7 @@ TINY_TEXTS = TEXTS + [TEXTS[3] * 2]  # and one past the 128 tokens export trunca
 
 @pytest.fixture(scope="module")
 def tiny_reference(tiny_model):
-    return SentenceEncoder(str(tiny_model), log=lambda *_: None)
+    return SentenceEncoder(str(tiny_model))
 
 
 def test_tiny_export_writes_every_variant_and_each_passes_the_default_gate(tiny_export):
@@ -205,27 +185,24 @@ def test_tiny_default_gate_makes_export_fail_loudly(tiny_model, tmp_path, monkey
 
     from towerlite.export import pipeline
 
-    monkeypatch.setattr(pipeline, "_texts", lambda cfg, log: tiny_parity_texts())
+    monkeypatch.setattr(pipeline, "_texts", lambda cfg: tiny_parity_texts())
     cfg = ExportConfig(model=str(tiny_model), out=tmp_path, variants=("fp32",),
                        measure_speed=False, min_cosine={"fp32": 1.5})
     with pytest.raises(ParityError, match=r"fp32: mean cosine 1.0000 < 1.5"):
-        run(cfg, log=lambda *_: None)
+        run(cfg)
     assert (tmp_path / "export_report.json").is_file()  # the evidence is kept
 
 
 def test_tiny_bad_input_is_refused_before_long_work(tiny_model, tmp_path):
     with pytest.raises(TowerliteError, match="not a Hugging Face model folder"):
-        run(ExportConfig(model=str(tmp_path), out=tmp_path / "o"), log=lambda *_: None)
+        run(ExportConfig(model=str(tmp_path), out=tmp_path / "o"))
     with pytest.raises(TowerliteError, match=r"unknown variant\(s\) \['int4'\]"):
-        run(ExportConfig(model=str(tiny_model), out=tmp_path / "o", variants=("int4",)),
-            log=lambda *_: None)
+        run(ExportConfig(model=str(tiny_model), out=tmp_path / "o", variants=("int4",)))
     with pytest.raises(TowerliteError, match="no variants asked for"):
-        run(ExportConfig(model=str(tiny_model), out=tmp_path / "o", variants=()),
-            log=lambda *_: None)
+        run(ExportConfig(model=str(tiny_model), out=tmp_path / "o", variants=()))
     with pytest.raises(TowerliteError, match="max_length must be at least 8"):
-        run(ExportConfig(model=str(tiny_model), out=tmp_path / "o", max_length=4),
-            log=lambda *_: None)
+        run(ExportConfig(model=str(tiny_model), out=tmp_path / "o", max_length=4))
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(TowerliteError, match="not writable"):
-        run(ExportConfig(model=str(tiny_model), out=blocker / "o"), log=lambda *_: None)
+        run(ExportConfig(model=str(tiny_model), out=blocker / "o"))

@@ -25,7 +25,7 @@ def finetune_cmd(out: Path, *extra: str) -> list[str]:
 def movielens(cache):
     from towerlite.distill.finetune.interactions import load_interactions
 
-    return load_interactions("movielens", 0, log=lambda *_: None)
+    return load_interactions("movielens", 0)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_a_few_steps_lower_the_loss_on_real_batches(movielens, tmp_path):
 
     cfg = FinetuneConfig.from_json({**PRESETS["tiny"], "datasets": {"movielens": 1.0}, "steps": 10,
                                     "bank_size": 0, "lr": 3e-4})
-    module, tok = build(cfg, log=lambda *_: None)
+    module, tok = build(cfg)
     step = make_step(module, tok, [movielens], cfg, {}, Dist())
 
     def seen_loss():  # the loss on the first four training batches
@@ -130,7 +130,7 @@ def test_a_few_steps_lower_the_loss_on_real_batches(movielens, tmp_path):
             return np.mean([step(module, s)[0].item() for s in range(4)])
 
     before = seen_loss()
-    run_steps(module, cfg.steps, step, cfg, tmp_path / "ckpt.pt", "k", Dist(), log=lambda *_: None)
+    run_steps(module, cfg.steps, step, cfg, tmp_path / "ckpt.pt", "k", Dist())
     assert seen_loss() < before - 0.05
 
 
@@ -142,7 +142,7 @@ def test_long_histories_are_truncated_oldest_first(movielens):
 
     cfg = FinetuneConfig.from_json({**PRESETS["tiny"], "history_items": 200, "max_length": 24,
                                     "datasets": {"movielens": 1.0}})
-    module, tok = build(cfg, log=lambda *_: None)
+    module, tok = build(cfg)
     loss, entry = make_step(module, tok, [movielens], cfg, {}, Dist())(module, 0)
     assert np.isfinite(loss.item()) and entry["dataset"] == "movielens"
     batch = step_batch([movielens], [1.0], cfg.batch_size, cfg.history_items, cfg.seed, 0)
@@ -160,7 +160,7 @@ def test_empty_training_split_is_a_clear_error(cache, monkeypatch):
 
     monkeypatch.setattr(splits, "is_heldout_user", lambda user: True)
     with pytest.raises(TowerliteError, match="training split is empty"):
-        load_interactions("movielens", 0, log=lambda *_: None)
+        load_interactions("movielens", 0)
 
 
 def test_report_table_and_model_folder(tiny_run):
@@ -226,23 +226,6 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_run, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--set", 'datasets={"netflix": 1}'], "datasets must weight some of"),
-    (["--set", 'datasets={}'], "datasets must weight some of"),
-    (["--steps", "0"], "steps must be at least 1"),
-    (["--set", "temperature=0"], "temperature must be in"),
-    (["--set", "layers=[0, 9]"], "out of range"),
-    (["--set", "lr_typo=1"], "unknown config field"),
-    (["--start", "/nonexistent/model"], "not found"),
-])
-def test_bad_input_fails_fast(cache, tmp_path, args, message):
-    start = time.monotonic()
-    proc = run_cli("finetune", "--preset", "tiny", "--out", str(tmp_path / "out"), *args)
-    assert proc.returncode == 1
-    assert message in proc.stderr, proc.stderr
-    assert time.monotonic() - start < 60
 
 
 def test_every_preset_is_a_valid_config():

@@ -232,7 +232,7 @@ def served_history(cache, exported, ml_cases, tmp_path_factory):
     items = items[items["item_id"].isin(ml_cases.item_ids)]
     repo = tmp_path_factory.mktemp("history-repo")
     deploy(exported, repo, variant="fp32", items=items, index="exact", flavors=("portable",),
-           history_model=folder, progress=False, log=lambda *_: None)
+           history_model=folder, progress=False)
     with start_server(repo / "portable", log_path=repo / "triton.log") as server:
         yield server, SavedTower.load(folder), text, repo
 
@@ -320,8 +320,9 @@ def test_deploy_knows_which_item_towers_give_the_trained_vectors(exported):
 
 
 def test_eval_ranks_a_saved_tower_and_the_demo_check_agrees(served_history, ml_cases, tmp_path):
-    """`towerlite eval --history-model` ranks the saved tower as `serving.quality.sequential.saved`
-    does, and `served_agreement` (the demo's through-Triton check) finds the server agreeing."""
+    """`towerlite eval --history-model` ranks the saved tower as
+    `towerlite.evaluation.sequential.saved` does, and `served_agreement` (the demo's
+    through-Triton check) finds the server agreeing."""
     from conftest import run_cli
 
     from towerlite.evaluation.recommend import metric_rows
@@ -366,7 +367,7 @@ def test_catalog_update_adds_an_item_the_next_history_request_recommends(served_
                                           k=len(ml_cases.item_ids) - len(history))
         assert before.skipped == ["new-movie-1"] and removed in before.item_ids
         record = update(repo / "portable", items=pd.DataFrame(new), remove=[removed],
-                        url=server.grpc_url, progress=False, log=lambda *_: None)
+                        url=server.grpc_url, progress=False)
         assert record["history"]["version"] == 2 and record["history"]["text_rows"] == 1
         after = client.recommend_history(history, k=len(ml_cases.item_ids) - len(history))
         assert "new-movie-1" in after.item_ids and removed not in after.item_ids

@@ -17,7 +17,7 @@ TEXTS = ["[movie] Heat (1995). Action|Crime|Thriller",
 
 @pytest.mark.parametrize("name,dim", [("teacher", 768), ("student-start", 384)])
 def test_registry_models_give_normalized_embeddings(cache, name, dim):
-    enc = SentenceEncoder(name, log=lambda *_: None)
+    enc = SentenceEncoder(name)
     emb = enc.encode(TEXTS)
     assert emb.shape == (len(TEXTS), dim) and emb.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
@@ -29,20 +29,19 @@ def test_registry_models_give_normalized_embeddings(cache, name, dim):
 def test_encoder_matches_sentence_transformers(cache, name):
     from sentence_transformers import SentenceTransformer
 
-    path = resolve_model(name, log=lambda *_: None)
+    path = resolve_model(name)
     ours = SentenceEncoder(path).encode(TEXTS)
     ref = SentenceTransformer(path, device="cpu").encode(TEXTS, convert_to_numpy=True)
     np.testing.assert_allclose(ours, ref, atol=2e-5)
 
 
 def test_model_arguments_resolve(cache, tmp_path):
-    quiet = dict(log=lambda *_: None)
-    registry_path = resolve_model("all-minilm-l6-v2", **quiet)
-    assert resolve_model("student-start", **quiet) == registry_path
-    assert resolve_model(registry_path, **quiet) == registry_path  # a local folder
-    assert resolve_model("sentence-transformers/all-MiniLM-L6-v2", **quiet) == \
+    registry_path = resolve_model("all-minilm-l6-v2")
+    assert resolve_model("student-start") == registry_path
+    assert resolve_model(registry_path) == registry_path  # a local folder
+    assert resolve_model("sentence-transformers/all-MiniLM-L6-v2") == \
         "sentence-transformers/all-MiniLM-L6-v2"  # a hub id goes to from_pretrained as is
     with pytest.raises(TowerliteError, match="not a Hugging Face model folder"):
-        resolve_model(str(tmp_path), **quiet)
+        resolve_model(str(tmp_path))
     with pytest.raises(TowerliteError, match="not found"):
-        resolve_model("./no/such/folder", **quiet)
+        resolve_model("./no/such/folder")

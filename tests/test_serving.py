@@ -564,7 +564,7 @@ def test_concurrent_requests_all_succeed_and_batch_across_lengths(server, users,
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_a_deadline_shorter_than_the_service_is_not_called_unreachable(server, protocol):
     """A busy server is not a missing one: the client's own deadline gets its own message
-    (scripts/faults.py measured these fail within 5 ms of a 1 ms deadline)."""
+    (`towerlite bench faults` measured these fail within 5 ms of a 1 ms deadline)."""
     url = server.grpc_url if protocol == "grpc" else server.http_url
     with Client(url, protocol, timeout_s=0.001) as c:
         t0 = time.perf_counter()

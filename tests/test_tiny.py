@@ -25,7 +25,7 @@ def test_tiny_folder_is_a_sentence_encoder_sentence_transformers_agrees_with(req
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (2, 64, 2)
     pipeline = read_pipeline(folder)
     assert pipeline.pooling == "mean" and pipeline.normalize and pipeline.dense == dense
-    enc = SentenceEncoder(str(folder), log=lambda *_: None)
+    enc = SentenceEncoder(str(folder))
     emb = enc.encode(TINY_TEXTS)
     assert emb.shape == (len(TINY_TEXTS), dim) and enc.dim == dim and emb.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
@@ -35,15 +35,14 @@ def test_tiny_folder_is_a_sentence_encoder_sentence_transformers_agrees_with(req
 
 
 def test_a_local_folder_resolves_to_itself_and_bad_folders_are_refused(tiny_model, tmp_path):
-    quiet = dict(log=lambda *_: None)
-    assert resolve_model(str(tiny_model), **quiet) == str(tiny_model.resolve())
+    assert resolve_model(str(tiny_model)) == str(tiny_model.resolve())
     with pytest.raises(TowerliteError, match="not a Hugging Face model folder"):
-        resolve_model(str(tmp_path), **quiet)
+        resolve_model(str(tmp_path))
     with pytest.raises(TowerliteError, match="not found"):
-        resolve_model("./no/such/folder", **quiet)
+        resolve_model("./no/such/folder")
     with pytest.raises(TowerliteError, match="could not be loaded"):
         (tmp_path / "config.json").write_text("{}")  # a config, but no model in it
-        SentenceEncoder(str(tmp_path), **quiet)
+        SentenceEncoder(str(tmp_path))
 
 
 def test_runtime_tokenizer_truncates_does_not_pad_and_matches_transformers(tiny_model):

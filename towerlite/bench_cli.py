@@ -8,6 +8,7 @@ module only puts them in a tree (towerlite.cli registers it, entry.run runs the 
     sweep          towerlite.serving.bench.sweep
     memory         towerlite.serving.bench.memory
     faults         towerlite.serving.bench.faults
+    soak           towerlite.serving.bench.soak
     gpu-encoders   pack: towerlite.serving.bench.gpu_pack
                    run:  towerlite.serving.bench.gpu_encoders
     gpu-serving    texts: towerlite.serving.bench.saved_texts
@@ -42,6 +43,7 @@ def _tree() -> list[tuple]:
         latency,
         memory,
         saved_texts,
+        soak,
         sweep,
     )
 
@@ -57,6 +59,8 @@ def _tree() -> list[tuple]:
         ("memory", "server memory, IVF vs exact search latency, the index's recall@10", memory,
          ()),
         ("faults", "stub kill, server restart and short deadlines under load", faults, ()),
+        ("soak", "a fresh server under steady load for minutes: failures, memory growth, "
+                 "latency drift", soak, ()),
         ("gpu-encoders", "exported encoders on onnxruntime's CUDA/TensorRT providers (pack here, "
                          "run there)",
          [("pack", "models, token ids and references for the GPU machine", gpu_pack, ()),

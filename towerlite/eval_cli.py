@@ -107,8 +107,7 @@ def run_dataset(dataset: str, towers: list, args) -> dict:
                       sasrec_epochs=max(0, args.sasrec_epochs), history_towers=histories)
     if args.via_triton:
         onnx = next(tower for tower in towers if tower.runtime.startswith("ONNX"))
-        # serving's compare still takes a message callback: this module's logger
-        report["via_triton"] = compare(cases, onnx, args.via_triton, args.protocol, log.info)
+        report["via_triton"] = compare(cases, onnx, args.via_triton, args.protocol)
     report["models"] = {f"{tower.name} ({tower.runtime})": tower.path for tower in towers}
     report["seconds"] = round(time.monotonic() - started, 1)
     report["versions"] = {p: version(p) for p in ("torch", "onnxruntime", "numpy", "scipy")}

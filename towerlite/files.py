@@ -1,10 +1,12 @@
-"""Small file helpers every stage shares: a writable-folder check before long work, and
-atomic JSON writes (a temp file renamed into place, so a reader never sees half a report)."""
+"""Small file helpers every stage shares: a writable-folder check before long work, atomic
+JSON writes (a temp file renamed into place, so a reader never sees half a report) and atomic
+folder swaps (a staging folder renamed into place)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 from .errors import TowerliteError
@@ -34,3 +36,20 @@ def write_text_atomic(path: Path, text: str) -> Path:
 
 def write_json_atomic(path: Path, data) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=1))
+
+
+def replace_dir(staging: Path, final: Path) -> Path:
+    """Rename the fully built `staging` folder to `final`; returns `final`.
+
+    A reader never sees a half-written folder: it finds the previous `final`, nothing for the
+    instant between two renames, or the complete new one. The previous folder is moved aside
+    first (to `.NAME.old` beside it; a leftover of a killed run is cleared before) and deleted
+    after. `staging` must be on the same file system as `final` (a sibling, typically)."""
+    staging, final = Path(staging), Path(final)
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final

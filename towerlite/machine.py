@@ -1,8 +1,8 @@
 """The machine a number was measured on, in one place: the CPU model, the vector-instruction
 flags onnxruntime's and PyTorch's kernels dispatch on, and the core count.
 
-Every benchmark and report records this beside its numbers (export's report and benchmark,
-`towerlite bench`, serving/measure.py, scripts/serving_sweep.py, the GPU scripts). int8
+Every benchmark and report records this beside its numbers (export's report and every
+`towerlite bench` subcommand: serving, encoders, memory, sweep, the GPU runs). int8
 latency depends on the instruction set far more than on the clock: onnxruntime's int8 GEMM
 takes the avx512_vnni (or avx_vnni / amx_int8) path where the CPU has it and a slower AVX2
 path otherwise, and the two round differently, so a figure without its flags cannot be

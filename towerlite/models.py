@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +20,11 @@ from .errors import TowerliteError
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
-def resolve_model(spec: str, log: Callable[[str], None] | None = None) -> str:
-    """What to pass to `from_pretrained` for a model argument (fetching registry models). `log`:
-    a message callback some callers still pass (default: the asset registry's logger)."""
+def resolve_model(spec: str) -> str:
+    """What to pass to `from_pretrained` for a model argument (fetching registry models)."""
     name = MODEL_ALIASES.get(spec, spec)
     if name in ASSETS and ASSETS[name].kind == "model":
-        return str(ensure(name, log=log))
+        return str(ensure(name))
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -126,13 +124,10 @@ def build_module(transformer, pipeline: Pipeline, dense: list):
 class SentenceEncoder:
     """PyTorch reference: texts → sentence embeddings, exactly as the folder describes."""
 
-    def __init__(self, spec: str, device: str = "cpu", log: Callable[[str], None] | None = None,
-                 attn_implementation: str | None = None):
-        """`log`: a message callback some callers still pass (demo, tests; default: the asset
-        registry's logger), used only when a registry model is fetched."""
+    def __init__(self, spec: str, device: str = "cpu", attn_implementation: str | None = None):
         from transformers import AutoModel, AutoTokenizer
 
-        self.source = resolve_model(spec, log=log)
+        self.source = resolve_model(spec)
         folder = Path(self.source)
         self.pipeline = (read_pipeline(folder) if folder.is_dir()
                          else Pipeline("mean", (), True, 512))

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import replace_dir
+
 log = logging.getLogger(__name__)
 
 PAD = -1  # a history row that is not an item (left padding)
@@ -330,13 +332,7 @@ def save(folder: Path, model, cfg: HistoryConfig, item_ids: list[str], item_mode
     (staging / "config.json").write_text(json.dumps({**asdict(cfg), "item_model": item_model},
                                                     indent=2))
     (staging / "history_report.json").write_text(json.dumps(report, indent=2))
-    old = folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    staging.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
+    return replace_dir(staging, folder)
 
 
 @dataclass

@@ -9,13 +9,14 @@ here, so no evaluation user's history or target reaches training. Likes are read
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from towerlite.data.render import join_user_text
 from towerlite.errors import TowerliteError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,14 +38,11 @@ class Batch:
     seen: list[set[int]]  # rows each user liked before it: never its negatives
 
 
-def load_interactions(name: str, seed: int = 0,
-                      log: Callable[[str], None] | None = None) -> Interactions:
-    """`log`: a message callback still passed by tests (default: this module's logger)."""
+def load_interactions(name: str, seed: int = 0) -> Interactions:
     from towerlite.data import load_dataset
     from towerlite.data.render import item_texts
     from towerlite.data.splits import is_heldout_user, ordered_likes
 
-    say = log or logging.getLogger(__name__).info
     data = load_dataset(name)
     items = data.items.reset_index(drop=True)
     row = {item: r for r, item in enumerate(items["item_id"])}
@@ -54,8 +52,8 @@ def load_interactions(name: str, seed: int = 0,
     if not likes:
         raise TowerliteError(f"{name}: the training split is empty (no training user has two "
                              "liked items)")
-    say(f"{name}: {len(likes):,} training users, {sum(map(len, likes)):,} likes, "
-        f"{len(items):,} items")
+    log.info(f"{name}: {len(likes):,} training users, {sum(map(len, likes)):,} likes, "
+             f"{len(items):,} items")
     return Interactions(name, list(items["item_id"]), item_texts(items), list(train), likes,
                         _log_q(likes, len(items)))
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
@@ -117,9 +116,9 @@ def preflight(cfg: FinetuneConfig) -> str:
     return folder
 
 
-def build(cfg: FinetuneConfig, log: Callable[[str], None] | None = None):
+def build(cfg: FinetuneConfig):
     """(module, tokenizer) at the start: the start model, its kept layers, token embeddings
-    frozen. `log` is ignored (messages go to the module loggers); tests still pass it."""
+    frozen."""
     spec = StudentSpec(start=cfg.start, layers=cfg.layers, project=False)
     module, tok = build_student(spec, 0)
     if cfg.freeze_embeddings:

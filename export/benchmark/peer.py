@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def peer_session_options(threads: int):
-    """The same onnxruntime session settings export.runtime.session() gives our variants."""
+    """The same onnxruntime session settings towerlite.runtime.session() gives our variants."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()

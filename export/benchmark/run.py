@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> dict:
         return row
 
     log.info(f"teacher PyTorch fp32 ({args.teacher})")
-    teacher = SentenceEncoder(args.teacher, log=log.info)
+    teacher = SentenceEncoder(args.teacher)
     sps, _ = measure(torch_encoder(teacher, L, B, True), texts, R)
     teacher_row = add(Row("teacher PyTorch fp32", "teacher", "sorted", sps,
                           weights_mb(teacher.source)))
@@ -113,18 +113,18 @@ def run(args: argparse.Namespace) -> dict:
     del teacher
 
     log.info(f"student PyTorch fp32 ({spec})")
-    student = SentenceEncoder(spec, log=log.info)
+    student = SentenceEncoder(spec)
     student_params = param_count(student)
     sps, student_ref = measure(torch_encoder(student, L, B, True), texts, R)
     add(Row("student PyTorch fp32", "student", "sorted", sps, weights_mb(student.source)))
 
-    minilm_folder = resolve_model("student-start", log=log.info)
+    minilm_folder = resolve_model("student-start")
     same_as_peer = Path(student.source).resolve() == Path(minilm_folder).resolve()
     if same_as_peer:
         minilm_ref, peer_params = student_ref, student_params
     else:
         log.info("peer PyTorch fp32 (all-MiniLM-L6-v2), the peer's parity reference")
-        minilm = SentenceEncoder("student-start", log=log.info)
+        minilm = SentenceEncoder("student-start")
         peer_params = param_count(minilm)
         sps, minilm_ref = measure(torch_encoder(minilm, L, B, True), texts, R)
         add(Row("peer PyTorch fp32 (all-MiniLM-L6-v2)", "peer", "sorted", sps,

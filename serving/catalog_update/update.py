@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,15 +36,13 @@ log = logging.getLogger(__name__)
 def update(repository: str | Path, items: str | Path | pd.DataFrame | None = None,
            remove: str | Path | Sequence[str] | None = None, *, url: str | None = None,
            protocol: str = "grpc", index: str = "keep", nprobe: int | None = None,
-           threads: int = 2, keep_versions: int = 2, progress: bool = True,
-           log: Callable[[str], None] | None = None) -> dict:
+           threads: int = 2, keep_versions: int = 2, progress: bool = True) -> dict:
     """Write the scorer's next catalog version and, with `url`, load it on that server.
 
     `items`: a CSV/JSONL file (or an ITEM_COLUMNS frame); an existing id replaces that item, a
     new one is added. `remove`: a file of ids (one a line) or a list. `index`: keep (what the
     current version has, rebuilt), exact, ivf or auto (ivf from 100k items). After a successful
-    load, the newest `keep_versions` versions stay on disk. Returns the update's record. `log`
-    is accepted for older callers and ignored: messages go to the module loggers."""
+    load, the newest `keep_versions` versions stay on disk. Returns the update's record."""
     t0 = time.perf_counter()
     if index not in INDEX_CHOICES:
         raise TowerliteError(f"unknown index {index!r}; choose from {', '.join(INDEX_CHOICES)}")

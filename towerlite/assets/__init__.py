@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import TowerliteError
@@ -11,6 +10,8 @@ from .registry import ASSETS, MODEL_ALIASES, Asset, Package
 from .store import asset_dir, check, install
 
 __all__ = ["ASSETS", "MODEL_ALIASES", "Asset", "Package", "get_asset", "ensure", "prepare"]
+
+log = logging.getLogger(__name__)
 
 
 def get_asset(name: str) -> Asset:
@@ -20,39 +21,35 @@ def get_asset(name: str) -> Asset:
         raise TowerliteError(f"unknown asset {name!r}; known: {', '.join(ASSETS)}") from None
 
 
-def ensure(name: str, log: Callable[[str], None] | None = None) -> Path:
+def ensure(name: str) -> Path:
     """The folder of a cached asset, fetched first if it is missing or damaged.
 
-    Checks sizes only (cheap enough for every load); `prepare` re-hashes every file. `log`: a
-    message callback some callers still pass (default: this module's logger).
+    Checks sizes only (cheap enough for every load); `prepare` re-hashes every file.
     """
-    say = log or logging.getLogger(__name__).info
     asset = get_asset(name)
     status = check(asset, full=False)
     if status.state != "ok":
         detail = " (" + status.detail + ")" if status.detail else ""
-        say(f"{asset.name}: {status.state}{detail}; fetching")
-        install(asset, log=log)
+        log.info(f"{asset.name}: {status.state}{detail}; fetching")
+        install(asset)
     return asset_dir(asset.name)
 
 
-def prepare(names: list[str] | None = None,
-            log: Callable[[str], None] | None = None) -> list[dict]:
-    """Fetch and verify the named assets (all when none are named); a row per asset. `log`: a
-    message callback tests still pass (default: this module's logger)."""
-    say = log or logging.getLogger(__name__).info
+def prepare(names: list[str] | None = None) -> list[dict]:
+    """Fetch and verify the named assets (all when none are named); a row per asset."""
     assets = [get_asset(n) for n in names] if names else list(ASSETS.values())
     rows = []
     for asset in assets:
         status = check(asset, full=True)
         if status.state == "ok":
-            say(f"✓ {asset.name}: in place, verified; nothing downloaded")
+            log.info(f"✓ {asset.name}: in place, verified; nothing downloaded")
             action = "in place"
         else:
             why = f" ({status.detail})" if status.detail else ""
-            say(f"↓ {asset.name}: {status.state}{why}; fetching {asset.sources}")
-            status = install(asset, log=log)
-            say(f"✓ {asset.name}: fetched and verified in {status.manifest['fetch_seconds']} s")
+            log.info(f"↓ {asset.name}: {status.state}{why}; fetching {asset.sources}")
+            status = install(asset)
+            log.info(f"✓ {asset.name}: fetched and verified in "
+                     f"{status.manifest['fetch_seconds']} s")
             action = "fetched"
         manifest = status.manifest
         rows.append({"name": asset.name, "action": action, "path": str(asset_dir(asset.name)),

@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,6 +29,8 @@ from . import fetch
 from .registry import Asset
 
 MANIFEST = ".towerlite-asset.json"
+
+log = logging.getLogger(__name__)
 
 
 def asset_dir(name: str) -> Path:
@@ -113,10 +114,8 @@ def _check_free_space(asset: Asset, root: Path) -> None:
                              "elsewhere")
 
 
-def install(asset: Asset, log: Callable[[str], None] | None = None) -> Status:
-    """Download, verify and atomically put `asset` in place; returns its new status. `log`: a
-    message callback tests still pass (default: this module's logger)."""
-    say = log or logging.getLogger(__name__).info
+def install(asset: Asset) -> Status:
+    """Download, verify and atomically put `asset` in place; returns its new status."""
     root = writable_home()
     (root / "assets").mkdir(exist_ok=True)
     staging_root = root / "staging"
@@ -131,7 +130,7 @@ def install(asset: Asset, log: Callable[[str], None] | None = None) -> Status:
             started = time.monotonic()
             archives = [fetch.download(asset.name, pkg, staging / f"pkg{i}")
                         for i, pkg in enumerate(asset.packages)]
-            say(f"  {asset.name}: extracting")
+            log.info(f"  {asset.name}: extracting")
             asset.build(archives, build_dir, scratch)
             files = hash_files(build_dir, asset.name)
             digest = tree_digest(files)

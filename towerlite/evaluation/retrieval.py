@@ -45,8 +45,7 @@ def topk_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
         np.fill_diagonal(s, -np.inf)
         return np.argsort(-s, axis=1)[:, :k]
 
-    na, nb = neighbours(a), neighbours(b)
-    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(na, nb)]))
+    return float(top_k_overlap(neighbours(a), neighbours(b)).mean())
 
 
 def agreement(teacher: np.ndarray, student: np.ndarray, groups: list[str]) -> dict:
