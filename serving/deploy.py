@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ import pandas as pd
 from towerlite.data.catalog import prepare_items
 from towerlite.errors import TowerliteError
 from towerlite.files import replace_dir
+from towerlite.machine import package_versions
 from towerlite.runtime import VARIANT_FILES
 
 from . import catalog as cat
@@ -185,16 +185,8 @@ def _write_history(staging: Path, history, prepared, info: dict) -> None:
 def software_versions() -> dict:
     """Python's and the serving packages' versions, recorded by every deploy report and catalog
     version."""
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for dist in ("onnxruntime", "tokenizers", "numpy", "tritonclient", "nvidia-pytriton",
-                 "faiss-cpu"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
+    return package_versions("onnxruntime", "tokenizers", "numpy", "tritonclient",
+                            "nvidia-pytriton", "faiss-cpu")
 
 
 @dataclass(frozen=True)

@@ -55,3 +55,15 @@ def test_this_machine():
                                                            if f.startswith("amx")}
     if os.path.exists("/proc/cpuinfo") and "avx2" in open("/proc/cpuinfo").read():
         assert "avx2" in info["cpu_flags"]
+
+
+def test_package_versions_name_installed_and_missing_packages():
+    import platform
+
+    import numpy
+
+    from towerlite.machine import package_versions
+
+    got = package_versions("numpy", "no-such-distribution-towerlite")
+    assert got == {"python": platform.python_version(), "numpy": numpy.__version__,
+                   "no-such-distribution-towerlite": None}

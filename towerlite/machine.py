@@ -73,3 +73,17 @@ def nvidia_smi(query: str) -> str | None:
                               capture_output=True, text=True, timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def package_versions(*packages: str) -> dict[str, str | None]:
+    """Python's and each installed distribution's version (None when it is not installed): the
+    software half of every report's provenance, beside cpu_info."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for package in packages:
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = None
+    return out

@@ -5,9 +5,8 @@ of speed, and the goal line."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 
-from towerlite.machine import cpu_info, load_average, usable_cores
+from towerlite.machine import cpu_info, load_average, package_versions, usable_cores
 
 from .peer import PEER_NAME
 
@@ -40,14 +39,8 @@ def flags_text(machine: dict) -> str:
 
 
 def versions() -> dict:
-    out = {}
-    for pkg in ("torch", "transformers", "tokenizers", "onnx", "onnxruntime", "optimum",
-                "optimum-onnx", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
+    return package_versions("torch", "transformers", "tokenizers", "onnx", "onnxruntime",
+                            "optimum", "optimum-onnx", "numpy")
 
 
 def table(rows: list[Row]) -> str:

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> dict:
              f"cores, load average {machine['loadavg_start']}")
     log.info("loading held-out mixed texts")
     texts, per_source = mixed_texts(args.texts)
-    B, L, R = args.batch_size, args.max_length, args.repeats
+    batch, max_len, repeats = args.batch_size, args.max_length, args.repeats
     rows: list[Row] = []
 
     def add(row: Row) -> Row:
@@ -105,17 +105,17 @@ def run(args: argparse.Namespace) -> dict:
 
     log.info(f"teacher PyTorch fp32 ({args.teacher})")
     teacher = SentenceEncoder(args.teacher)
-    sps, _ = measure(torch_encoder(teacher, L, B, True), texts, R)
+    sps, _ = measure(torch_encoder(teacher, max_len, batch, True), texts, repeats)
     teacher_row = add(Row("teacher PyTorch fp32", "teacher", "sorted", sps,
                           weights_mb(teacher.source)))
-    sps, _ = measure(torch_encoder(teacher, L, B, False), texts, R)
+    sps, _ = measure(torch_encoder(teacher, max_len, batch, False), texts, repeats)
     add(Row("teacher PyTorch fp32", "teacher", "input", sps, teacher_row.mb))
     del teacher
 
     log.info(f"student PyTorch fp32 ({spec})")
     student = SentenceEncoder(spec)
     student_params = param_count(student)
-    sps, student_ref = measure(torch_encoder(student, L, B, True), texts, R)
+    sps, student_ref = measure(torch_encoder(student, max_len, batch, True), texts, repeats)
     add(Row("student PyTorch fp32", "student", "sorted", sps, weights_mb(student.source)))
 
     minilm_folder = resolve_model("student-start")
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> dict:
         log.info("peer PyTorch fp32 (all-MiniLM-L6-v2), the peer's parity reference")
         minilm = SentenceEncoder("student-start")
         peer_params = param_count(minilm)
-        sps, minilm_ref = measure(torch_encoder(minilm, L, B, True), texts, R)
+        sps, minilm_ref = measure(torch_encoder(minilm, max_len, batch, True), texts, repeats)
         add(Row("peer PyTorch fp32 (all-MiniLM-L6-v2)", "peer", "sorted", sps,
                 weights_mb(minilm.source)))
         del minilm
@@ -135,9 +135,9 @@ def run(args: argparse.Namespace) -> dict:
     encoders = {}
     for name, path in variants:
         log.info(f"student ONNX {name} ({path.name})")
-        enc = OnnxEncoder(path, max_length=L, threads=args.threads)
+        enc = OnnxEncoder(path, max_length=max_len, threads=args.threads)
         encoders[name] = enc
-        sps, emb = measure(lambda t, e=enc: e.encode(t, B, sort_by_length=True), texts, R)
+        sps, emb = measure(lambda t, e=enc: e.encode(t, batch, sort_by_length=True), texts, repeats)
         add(Row(f"student ONNX {name}", "variant", "sorted", sps,
                 round(path.stat().st_size / 1e6, 1), parity(student_ref, emb),
                 "student PyTorch fp32"))
@@ -146,10 +146,10 @@ def run(args: argparse.Namespace) -> dict:
     recipe = build_peer(minilm_folder, peer_dir)
     peer_model, peer_tok = load_peer(peer_dir, args.threads)
     peer_mb = round((peer_dir / PEER_FILE).stat().st_size / 1e6, 1)
-    sps, emb = measure(peer_encoder(peer_model, peer_tok, L, B, True), texts, R)
+    sps, emb = measure(peer_encoder(peer_model, peer_tok, max_len, batch, True), texts, repeats)
     peer_row = add(Row("peer: " + PEER_NAME, "peer", "sorted", sps, peer_mb,
                        parity(minilm_ref, emb), "all-MiniLM-L6-v2 PyTorch fp32"))
-    sps, _ = measure(peer_encoder(peer_model, peer_tok, L, B, False), texts, R)
+    sps, _ = measure(peer_encoder(peer_model, peer_tok, max_len, batch, False), texts, repeats)
     add(Row(peer_row.name, "peer", "input", sps, peer_mb, peer_row.parity, peer_row.parity_ref))
 
     candidates = [r for r in rows if r.kind == "variant"]
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> dict:
     if best:
         log.info(f"best student variant: {best.name}; measuring it in input order")
         enc = encoders[best.name.removeprefix("student ONNX ")]
-        sps, _ = measure(lambda t: enc.encode(t, B, sort_by_length=False), texts, R)
+        sps, _ = measure(lambda t: enc.encode(t, batch, sort_by_length=False), texts, repeats)
         add(Row(best.name, "variant", "input", sps, best.mb, best.parity, best.parity_ref))
 
     for r in rows:

@@ -8,13 +8,11 @@ import csv
 import io
 import os
 import platform
-import sys
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from towerlite.errors import TowerliteError
 from towerlite.files import write_json_atomic, write_text_atomic
-from towerlite.machine import cpu_info, usable_cores
+from towerlite.machine import cpu_info, package_versions, usable_cores
 
 SCHEMA = "towerlite-bench/1"
 LATENCY_KEYS = ("mean", "min", "p50", "p90", "p95", "p99", "max")
@@ -32,13 +30,7 @@ def machine() -> dict:
 
 
 def versions() -> dict:
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("towerlite", "tritonclient", "grpcio", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
+    return package_versions("towerlite", "tritonclient", "grpcio", "numpy")
 
 
 def validate(report: dict) -> dict:
