@@ -95,12 +95,17 @@ class Client:
         from tritonclient.utils import InferenceServerException
 
         wanted = [self._tc.InferRequestedOutput(o) for o in outputs]
+        # the deadline goes to the server too (µs): a request still queued when it expires is
+        # rejected there instead of run for a caller that has given up (the configs' queue policy)
+        server_timeout_us = max(1, int(self.timeout_s * 1e6))
         try:
             if self.protocol == "grpc":
                 result = self._client.infer(model, inputs, outputs=wanted,
+                                            timeout=server_timeout_us,
                                             client_timeout=self.timeout_s)
             else:
-                result = self._client.infer(model, inputs, outputs=wanted)
+                result = self._client.infer(model, inputs, outputs=wanted,
+                                            timeout=server_timeout_us)
         except InferenceServerException as exc:
             message = self._explain(model, exc)
             reached = not message.startswith("cannot reach")
@@ -123,7 +128,8 @@ class Client:
         prefix = f"in ensemble '{model}', "
         msg = msg[len(prefix):] if msg.startswith(prefix) else msg
         low = msg.lower()
-        if "deadline exceeded" in low or "timed out" in low:
+        # "Request timeout expired": the server's queue policy dropped it (gRPC UNAVAILABLE)
+        if any(s in low for s in ("deadline exceeded", "timed out", "timeout expired")):
             # the server may be up and busy: not "cannot reach" (bench faults, deadline)
             return (f"{model}: no answer within the client's deadline of {self.timeout_s:g} s "
                     f"({msg}): the server is busy, or the deadline is shorter than the service "

@@ -102,6 +102,15 @@ def test_every_config_parses_as_model_config(flavor, spec_name):
         assert list(fused.output) == list(ensemble.output)
     scorer = parsed["scorer"]
     assert {i.name for i in scorer.input if i.optional} == {"K", "DOMAIN", "EXCLUDE", "MIN_SCORE"}
+    # every model that queues (all but the ensembles) drops requests whose timeout expired there
+    queued = {n: c for n, c in parsed.items() if c.platform != "ensemble"}
+    assert {"tokenizer", "user_encoder", "scorer"} <= set(queued)
+    for name, cfg in queued.items():
+        policy = cfg.dynamic_batching.default_queue_policy
+        assert cfg.HasField("dynamic_batching"), name
+        assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT, name
+        assert policy.allow_timeout_override, name
+        assert policy.default_timeout_microseconds == spec.queue_timeout_us, name
     assert parsed["recommend"].platform == "ensemble"
     steps = [s.model_name for s in parsed["embed_items"].ensemble_scheduling.step]
     assert steps == ["item_tokenizer" if spec.item_tokenizer else "tokenizer", "item_encoder"]
@@ -574,6 +583,59 @@ def test_a_deadline_shorter_than_the_service_is_not_called_unreachable(server, p
         assert time.perf_counter() - t0 < 2.0  # fails fast, no hang
     with Client(server.grpc_url) as c:
         assert len(c.recommend("[movie] Heat (1995)", k=2)) == 2
+
+
+def _inference_count(url: str, model: str, at_least: int = 0, wait_s: float = 10.0) -> int:
+    """`model`'s inference count once it has settled (see _user_encoder_counts)."""
+    import tritonclient.grpc as grpcclient
+
+    def read():
+        stats = grpcclient.InferenceServerClient(url).get_inference_statistics(
+            model, as_json=True)["model_stats"][0]
+        return int(stats.get("inference_count", 0))
+
+    deadline, last = time.monotonic() + wait_s, read()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = read()
+        if now == last and now >= at_least:
+            break
+        last = now
+    return last
+
+
+@pytest.mark.parametrize("model", ["tokenizer", "recommend", "recommend_fused"])
+def test_a_request_whose_timeout_expires_in_the_queue_is_rejected_not_run(server, model):
+    """The queue policy: a request whose `timeout` (µs; Client sends its deadline) expires
+    before an instance takes it is rejected by the server, not run for a caller who has given
+    up; a request without one runs (the default is a 30 s ceiling)."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    raw = grpcclient.InferenceServerClient(server.grpc_url)
+    text = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
+    text.set_data_from_numpy(np.array([[b"[movie] Heat (1995). Action|Crime|Thriller"]],
+                                      dtype=np.object_))
+    # counted where a request that got through must have run: for the ensemble, its last step
+    counted = "scorer" if model == "recommend" else model
+    before = _inference_count(server.grpc_url, counted)
+    outcomes = []
+    for _ in range(8):
+        try:
+            raw.infer(model, [text], timeout=1)  # 1 µs: expired before an instance takes it
+            outcomes.append(None)
+        except InferenceServerException as exc:
+            outcomes.append(exc)
+    rejected = [e for e in outcomes if e is not None]
+    assert rejected, "no request with a 1 µs timeout was rejected"
+    assert all("timeout expired" in (e.message() or "").lower() for e in rejected), rejected[0]
+    assert raw.infer(model, [text]).get_response() is not None  # no timeout: it runs
+    served = outcomes.count(None) + 1
+    assert _inference_count(server.grpc_url, counted, at_least=before + served) - before == served
+    # the client calls it a deadline: not a missing server, not the caller's mistake
+    with Client(server.grpc_url) as c:
+        message = c._explain(model, rejected[0])
+    assert "deadline" in message and "cannot reach" not in message, message
 
 
 def test_server_down_is_one_clear_line():

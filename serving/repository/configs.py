@@ -27,9 +27,16 @@ def _params(values: dict[str, object]) -> str:
                      for k, v in values.items())
 
 
-def _dynamic(delay_us: int, preferred: list[int]) -> str:
+def _dynamic(spec: RepositorySpec, delay_us: int, preferred: list[int]) -> str:
     pref = f"\n  preferred_batch_size: [ {', '.join(map(str, preferred))} ]" if preferred else ""
-    return f"dynamic_batching {{{pref}\n  max_queue_delay_microseconds: {delay_us}\n}}"
+    # a request still queued when its timeout expires is rejected, not run: a request's own
+    # `timeout` (the client sends its deadline) may only shorten the default, so the default is
+    # the ceiling for requests that send none (towerlite bench faults, deadline)
+    policy = ("\n  # drop work whose caller has given up: the request's timeout (µs), at most "
+              "the default\n  default_queue_policy {\n    timeout_action: REJECT\n"
+              f"    default_timeout_microseconds: {spec.queue_timeout_us}\n"
+              "    allow_timeout_override: true\n  }")
+    return (f"dynamic_batching {{{pref}\n  max_queue_delay_microseconds: {delay_us}{policy}\n}}")
 
 
 def _instances(count: int, kind: str = "KIND_CPU") -> str:
@@ -38,7 +45,7 @@ def _instances(count: int, kind: str = "KIND_CPU") -> str:
 
 def _header(name: str, what: str, backend: str | None = None, platform: str | None = None,
             max_batch_size: int = 0) -> str:
-    lines = [f"# {name}: {what}", "# written by `towerlite deploy` (serving/repository.py); "
+    lines = [f"# {name}: {what}", "# written by `towerlite deploy` (serving/repository/); "
              "edit the spec there, not this file", f"name: \"{name}\""]
     if backend:
         lines.append(f"backend: \"{backend}\"")
@@ -63,7 +70,7 @@ def tokenizer_config(spec: RepositorySpec, name: str = "tokenizer",
         _block("input", [_io("input", "TEXT", "TYPE_STRING", [1], comment="UTF-8 text")]),
         _block("output", [_io("output", "input_ids", "TYPE_INT64", [-1]),
                           _io("output", "attention_mask", "TYPE_INT64", [-1])]),
-        _dynamic(0, []),
+        _dynamic(spec, 0, []),
         _instances(spec.tokenizer_instances),
         _params({"MAX_LENGTH": spec.max_length,
                  "BUCKETS": ",".join(map(str, _buckets(spec, flavor))),
@@ -96,7 +103,7 @@ def encoder_config(spec: RepositorySpec, name: str, flavor: str) -> str:
             _header(name, f"{tower} tower: exported ONNX encoder run by onnxruntime inside a "
                     "python model (portable flavor)", backend="python",
                     max_batch_size=spec.max_batch_size),
-            *io, _dynamic(delay, preferred), _instances(instances),
+            *io, _dynamic(spec, delay, preferred), _instances(instances),
             _params({"THREADS": threads, "DEVICE": _device(spec)}), _warmup(spec, flavor)]) + "\n"
     trt_params = (f"parameters {{ key: \"precision_mode\" value: \"{spec.tensorrt_precision}\" }}\n"
                   "        parameters { key: \"max_workspace_size_bytes\" value: \"1073741824\" }\n"
@@ -119,12 +126,13 @@ def encoder_config(spec: RepositorySpec, name: str, flavor: str) -> str:
         # (2 × 1 user, 1 × 2 item on 2 cores), one inter-op thread and sequential execution (a
         # transformer is a chain: parallel execution only adds threads that spin), the arena on
         return "\n".join([
-            *header, *io, _dynamic(delay, preferred), _instances(instances, "KIND_CPU"),
+            *header, *io, _dynamic(spec, delay, preferred), _instances(instances, "KIND_CPU"),
             _params({"intra_op_thread_count": threads, "inter_op_thread_count": 1,
                      "execution_mode": 0, "enable_mem_arena": 1}),
             _warmup(spec, flavor)]) + "\n"
     return "\n".join([
-        *header, *io, _dynamic(delay, preferred), _instances(spec.gpu_instances, "KIND_GPU"), trt,
+        *header, *io, _dynamic(spec, delay, preferred),
+        _instances(spec.gpu_instances, "KIND_GPU"), trt,
         _warmup(spec, flavor)]) + "\n"
 
 
@@ -162,6 +170,8 @@ def scorer_config(spec: RepositorySpec, name: str = "scorer") -> str:
         _block("output", [_io("output", "ITEM_IDS", "TYPE_STRING", [-1]),
                           _io("output", "SCORES", "TYPE_FP32", [-1]),
                           _io("output", "DOMAINS", "TYPE_STRING", [-1])]),
+        # no waiting for a batch (each request is scored alone); here for the queue policy
+        _dynamic(spec, 0, []),
         _instances(spec.history_instances if name == "history_scorer" else spec.scorer_instances),
         # `towerlite catalog update` writes the catalog as the scorer's next version folder:
         # Triton serves only the newest (the old one answers until the new one is ready, then
@@ -187,7 +197,7 @@ def fused_config(spec: RepositorySpec) -> str:
         _header(FUSED, "user text → top-k item ids, scores, domains: the `recommend` "
                 "ensemble's three models in one python model (one backend crossing, not three)",
                 backend="python", max_batch_size=spec.max_batch_size),
-        *_recommend_io(spec), _dynamic(spec.user_queue_delay_us, []),
+        *_recommend_io(spec), _dynamic(spec, spec.user_queue_delay_us, []),
         _instances(spec.fused_instances),
         "version_policy: { latest: { num_versions: 1 } }",
         _params({"MAX_LENGTH": spec.max_length,
@@ -279,6 +289,8 @@ def history_encoder_config(spec: RepositorySpec) -> str:
                 comment="the known history ids and EXCLUDE: left out by the scorer"),
             _io("output", "SKIPPED", "TYPE_STRING", [-1],
                 comment="history ids not in the catalog (skipped, not an error)")]),
+        # requests queued together are encoded in one onnxruntime call; no waiting for more
+        _dynamic(spec, 0, []),
         _instances(spec.history_instances),
         "version_policy: { latest: { num_versions: 1 } }",
         _params({"MAX_LEN": spec.history_max_len, "MAX_HISTORY": spec.history_max_ids,
@@ -303,7 +315,7 @@ def history_fused_config(spec: RepositorySpec) -> str:
         _header(HISTORY_FUSED, "liked item ids → top-k item ids, scores, domains: the "
                 "`recommend_history` ensemble's two models in one python model (one backend "
                 "crossing, not two)", backend="python", max_batch_size=spec.max_batch_size),
-        *_recommend_history_io(), _dynamic(spec.user_queue_delay_us, []),
+        *_recommend_history_io(), _dynamic(spec, spec.user_queue_delay_us, []),
         _instances(spec.history_instances),
         "version_policy: { latest: { num_versions: 1 } }",
         _params({"PATH": "history", "MAX_LEN": spec.history_max_len,

@@ -64,6 +64,9 @@ class RepositorySpec:
     # dynamic batching: the user path waits little (latency), the item path longer (throughput)
     user_queue_delay_us: int = 100
     item_queue_delay_us: int = 2000
+    # batched models reject a request still queued after this long (µs); a request's own
+    # timeout (the client's deadline) can only be shorter
+    queue_timeout_us: int = 30_000_000
     # native flavor: encoders on GPU instances (fp16 by default), or CPU instances (a CPU-only
     # node running the stock container; the portable flavor's variant, instances and threads)
     native_kind: str = "gpu"
