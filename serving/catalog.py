@@ -76,12 +76,18 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
 
 
 def embed_catalog(texts: Sequence[str], encoder, cache_dir: Path | None = None,
-                  batch_size: int = 64, progress: bool = True) -> np.ndarray:
+                  batch_size: int = 64, progress: bool = True, workers: int = 1,
+                  chunk: int | None = None) -> np.ndarray:
     """(n, dim) float32 embeddings of `texts` by `encoder` (a towerlite.runtime.OnnxEncoder),
-    chunk by chunk with a progress bar; chunks and the result are cached in `cache_dir`."""
+    chunk by chunk with a progress bar; chunks and the result are cached in `cache_dir`.
+
+    `workers` > 1: the missing chunks are encoded by that many processes, each with its own
+    onnxruntime session over the encoder's files and the encoder's threads split between them
+    (chunks are the same either way, so are the vectors); each writes its chunks into the cache
+    as they finish, so a killed run resumes at the chunks still missing, with any worker count."""
     from tqdm import tqdm
 
-    n = len(texts)
+    n, chunk = len(texts), chunk or CHUNK
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         final = cache_dir / "embeddings.npy"
@@ -92,23 +98,68 @@ def embed_catalog(texts: Sequence[str], encoder, cache_dir: Path | None = None,
     out = np.zeros((n, encoder.dim), dtype=np.float32)
     bar = tqdm(total=n, unit="item", desc="embedding catalog", disable=not progress,
                dynamic_ncols=True)
-    for c, start in enumerate(range(0, n, CHUNK)):
-        stop = min(start + CHUNK, n)
+    todo = []
+    for c, start in enumerate(range(0, n, chunk)):
+        stop = min(start + chunk, n)
         chunk_file = cache_dir / f"chunk-{c:05d}.npy" if cache_dir is not None else None
         if chunk_file is not None and chunk_file.is_file():
-            part = np.load(chunk_file)
+            out[start:stop] = np.load(chunk_file)
+            bar.update(stop - start)
         else:
-            part = encoder.encode(list(texts[start:stop]), batch_size=batch_size)
-            if chunk_file is not None:
-                _save_atomic(chunk_file, part)
-        out[start:stop] = part
-        bar.update(stop - start)
+            todo.append((start, stop, chunk_file))
+    if workers > 1 and len(todo) > 1:
+        for start, stop, part in _encode_in_processes(texts, todo, encoder, batch_size, workers):
+            out[start:stop] = part
+            bar.update(stop - start)
+    else:
+        for start, stop, chunk_file in todo:
+            out[start:stop] = _encode_chunk(encoder, texts[start:stop], batch_size, chunk_file)
+            bar.update(stop - start)
     bar.close()
     if cache_dir is not None:
         _save_atomic(cache_dir / "embeddings.npy", out)
         for chunk_file in cache_dir.glob("chunk-*.npy"):
             chunk_file.unlink(missing_ok=True)
     return out
+
+
+def _encode_chunk(encoder, texts: Sequence[str], batch_size: int,
+                  chunk_file: Path | None) -> np.ndarray:
+    part = encoder.encode(list(texts), batch_size=batch_size)
+    if chunk_file is not None:
+        _save_atomic(chunk_file, part)
+    return part
+
+
+_WORKER_ENCODER = None  # the encoder of a worker process (_encode_in_processes)
+
+
+def _start_worker(onnx: str, tokenizer_json: str, max_length: int, threads: int) -> None:
+    from towerlite.runtime import OnnxEncoder
+
+    global _WORKER_ENCODER
+    _WORKER_ENCODER = OnnxEncoder(onnx, tokenizer_json, max_length=max_length, threads=threads)
+
+
+def _worker_chunk(start: int, stop: int, texts: list[str], batch_size: int,
+                  chunk_file: Path | None) -> tuple[int, int, np.ndarray]:
+    return start, stop, _encode_chunk(_WORKER_ENCODER, texts, batch_size, chunk_file)
+
+
+def _encode_in_processes(texts, todo, encoder, batch_size: int, workers: int):
+    """(start, stop, vectors) of each chunk in `todo` as worker processes finish them. Spawned,
+    not forked: the parent's onnxruntime threads must not be copied mid-state."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, getattr(encoder, "threads", workers) // workers)
+    args = (str(encoder.path), str(encoder.tokenizer_json), encoder.max_length, threads)
+    with ProcessPoolExecutor(min(workers, len(todo)), multiprocessing.get_context("spawn"),
+                             initializer=_start_worker, initargs=args) as pool:
+        futures = [pool.submit(_worker_chunk, start, stop, list(texts[start:stop]), batch_size,
+                               chunk_file) for start, stop, chunk_file in todo]
+        for future in as_completed(futures):
+            yield future.result()
 
 
 def cache_dir_for(model_sha: str, texts: Sequence[str], max_length: int) -> Path:

@@ -13,6 +13,7 @@ from towerlite.entry import run
 from towerlite.errors import TowerliteError
 
 from .deploy import VARIANT_FILES
+from .index import INDEX_KINDS
 from .repository import FLAVORS
 
 DEPLOY_DESCRIPTION = (
@@ -75,13 +76,17 @@ def add_deploy_arguments(p: argparse.ArgumentParser) -> None:
                    help="native flavor: encoder instances on the GPU (default; fp16 where the "
                         "export has it) or the CPU (a CPU-only node; the portable variant, "
                         "instances and threads)")
-    p.add_argument("--index", default="auto", choices=["auto", "exact", "ivf"],
-                   help="scorer search: exact, ivf (FAISS IVF-Flat beside the exact matrix; "
-                        "recall@10 vs exact is measured and recorded) or auto (ivf from 100k "
-                        "items; default)")
+    p.add_argument("--index", default="auto", choices=INDEX_KINDS,
+                   help="scorer search: exact, ivf (FAISS IVF-Flat beside the exact matrix), "
+                        "ivf_sq8 / ivf_pq (8-bit / product-quantized codes, candidates re-scored "
+                        "exactly; ¼ / 1/32 the size), or auto (by catalog size, default; "
+                        "docs/serving.md, Scale). recall@10 vs exact is measured and recorded")
     p.add_argument("--nprobe", type=int, help="IVF lists visited per query (default 32)")
     p.add_argument("--threads", type=int, default=2,
                    help="onnxruntime threads for embedding the catalog (default 2)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes embedding the catalog, the threads split between them "
+                        "(default 1; resumable with any count; docs/serving.md, scale)")
     p.add_argument("--history-model", type=Path, metavar="FOLDER",
                    help="a `towerlite history` folder: also serve `recommend_history` (liked item "
                         "ids → top-k, no tokenizer) over the same catalog")
@@ -128,7 +133,8 @@ def deploy_command(args: argparse.Namespace) -> int:
         args.user_model, args.out, item_model=args.item_model, variant=args.variant,
         item_variant=args.item_variant, native_variant=args.native_variant,
         catalog=args.catalog, limit=args.limit, flavors=flavors, spec=spec, index=args.index,
-        nprobe=args.nprobe, threads=args.threads, history_model=args.history_model))
+        nprobe=args.nprobe, threads=args.threads, workers=args.workers,
+        history_model=args.history_model))
     c = report["catalog"]
     print(f"deployed {c['count']:,} items ({c['dim']}-d) to "
           f"{', '.join(report['repositories'].values())} in {report['seconds']} s")
@@ -238,9 +244,9 @@ def add_catalog_arguments(p: argparse.ArgumentParser) -> None:
                         "year, genres, author, publisher)")
     u.add_argument("--remove", type=Path, metavar="IDS_FILE",
                    help="file of item ids to remove, one a line")
-    u.add_argument("--index", default="keep", choices=["keep", "auto", "exact", "ivf"],
-                   help="search of the new version: keep (what the current one has, an IVF index "
-                        "rebuilt; default), exact, ivf, or auto (ivf from 100k items)")
+    u.add_argument("--index", default="keep", choices=["keep", *INDEX_KINDS],
+                   help="search of the new version: keep (what the current one has, its index "
+                        "rebuilt; default), or as deploy's --index")
     u.add_argument("--nprobe", type=int, help="IVF lists visited per query (default: as before)")
     u.add_argument("--threads", type=int, default=2,
                    help="onnxruntime threads for encoding the items (default 2)")
@@ -261,28 +267,35 @@ def add_catalog_arguments(p: argparse.ArgumentParser) -> None:
 def _repository_and_server(p: argparse.ArgumentParser, url_required: bool = False) -> None:
     p.add_argument("--repository", type=Path, required=True,
                    help="a flavor folder written by deploy, e.g. OUT/portable")
-    p.add_argument("--url", required=url_required, metavar="HOST:PORT",
-                   help="a running server on that repository: load the new version there "
-                        "(the gRPC port, or the HTTP port with --protocol http)")
+    where = p.add_mutually_exclusive_group(required=url_required)
+    where.add_argument("--url", action="append", metavar="HOST:PORT",
+                       help="a running server on that repository: load the new version there "
+                            "(the gRPC port, or the HTTP port with --protocol http); repeat it "
+                            "for replicas sharing the repository (loaded in turn)")
+    where.add_argument("--each-address-of", metavar="HOST:PORT",
+                       help="every address HOST resolves to: the replicas behind a headless "
+                            "Kubernetes service (the Helm chart's <release>-towerlite-replicas)")
     p.add_argument("--protocol", default="grpc", choices=["grpc", "http"],
                    help="protocol of --url (default grpc)")
 
 
 def catalog_command(args: argparse.Namespace) -> int:
-    from .catalog_update import load_version, update
+    from .catalog_update import load_on_replicas, replica_urls, update
 
+    urls = replica_urls(args.each_address_of) if args.each_address_of else (args.url or [])
+    shown = ", ".join(urls)
     # progress goes to the loggers (stderr); stdout stays the summary
     if args.action == "load":
-        loaded = load_version(args.repository, args.url, args.protocol,
-                              keep_versions=args.keep_versions)
-        print(f"serving scorer version(s) {', '.join(loaded['served_versions'])} on {args.url}")
+        loaded = load_on_replicas(args.repository, urls, args.protocol,
+                                  keep_versions=args.keep_versions)
+        print(f"serving scorer version(s) {', '.join(loaded[-1]['served_versions'])} on {shown}")
         return 0
     if args.items is None and args.remove is None:
         raise TowerliteError("give --items FILE (new or changed items) and/or --remove IDS_FILE")
-    r = update(args.repository, args.items, args.remove, url=args.url, protocol=args.protocol,
+    r = update(args.repository, args.items, args.remove, url=urls, protocol=args.protocol,
                index=args.index, nprobe=args.nprobe, threads=args.threads,
                keep_versions=args.keep_versions)
-    where = f"loaded on {args.url}" if args.url else \
+    where = f"loaded on {shown}" if urls else \
         f"not loaded (next: towerlite catalog load --repository {args.repository} --url HOST:PORT)"
     print(f"catalog version {r['version']}: {r['count']:,} items (+{r['added']} added, "
           f"{r['changed']} changed, -{r['removed']} removed) in {r['seconds']} s; {where}")

@@ -195,7 +195,8 @@ class DeployRequest:
 
     `items` (an items frame with the loaders' ITEM_COLUMNS) replaces the named `catalog`;
     `limit` keeps the first N items of each named dataset. `index`: exact, ivf (a FAISS
-    IVF-Flat index beside the matrix) or auto (ivf from 100k items). `history_model`: a
+    IVF-Flat index beside the matrix), ivf_sq8 / ivf_pq (compressed, re-scored) or auto (by
+    catalog size, `index.choose`). `history_model`: a
     `towerlite history` folder, served as `recommend_history` over the same catalog."""
 
     user_model: str | Path
@@ -212,8 +213,15 @@ class DeployRequest:
     index: str = "auto"
     nprobe: int | None = None
     threads: int = 2
+    workers: int = 1  # processes embedding the catalog (threads split between them)
     history_model: str | Path | None = None
     progress: bool = True
+
+    def __post_init__(self):
+        for name in ("threads", "workers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise TowerliteError(f"{name} is a whole number of at least 1, not {value!r}")
 
 
 def deploy(user_model: str | Path, out: str | Path, **settings) -> dict:
@@ -325,7 +333,8 @@ def prepare_catalog(request: DeployRequest, towers: Towers) -> EmbeddedCatalog:
     cache = cat.cache_dir_for(item_sha, texts, spec.max_length)
     cached = (cache / "embeddings.npy").is_file()
     t_embed = time.perf_counter()
-    embeddings = cat.embed_catalog(texts, encoder, cache_dir=cache, progress=request.progress)
+    embeddings = cat.embed_catalog(texts, encoder, cache_dir=cache, progress=request.progress,
+                                   workers=request.workers)
     embed_s = time.perf_counter() - t_embed
     log.info(f"catalog embeddings: {'cache hit' if cached else f'{embed_s:.1f} s'} ({cache})")
     info = {"item_model": item.describe(), "max_length": spec.max_length,
@@ -378,9 +387,10 @@ def _write_catalog(folder: Path, catalog: EmbeddedCatalog, index: str,
                    nprobe: int | None) -> dict:
     """scorer/1/catalog/, with an IVF index where `index` chooses one; returns catalog.json."""
     meta = cat.write_catalog(folder, catalog.items, catalog.embeddings, catalog.info)
-    if ix.choose(index, len(catalog.items)) == "ivf":
+    kind = ix.choose(index, len(catalog.items))
+    if kind != "exact":
         meta = ix.write_catalog_index(folder, catalog.embeddings, meta,
-                                      nprobe or ix.DEFAULT_NPROBE)
+                                      nprobe or ix.DEFAULT_NPROBE, kind)
     return meta
 
 

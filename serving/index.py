@@ -1,10 +1,14 @@
-"""Approximate search for large catalogs: a FAISS IVF-Flat index (inner product) next to the
-exact matrix, chosen per catalog size. Exact search stays the reference: `recall_at_k` compares
-the index against it, and deploy records the measurement in catalog.json and deploy_report.json.
+"""Approximate search for large catalogs: a FAISS IVF index (inner product) next to the exact
+matrix, chosen per catalog size. Exact search stays the reference: `recall_at_k` compares the
+index against it, and deploy records the measurement in catalog.json and deploy_report.json.
 
-IVF-Flat stores the full float32 vectors in its lists, so the scores it returns are the exact
-dot products of the items it visits: recall is the only thing it trades. nlist ≈ 4·√n lists,
-`nprobe` of them visited per query.
+Kinds (`--index`), nlist ≈ 4·√n lists, `nprobe` of them visited per query:
+    ivf      IVF-Flat: full float32 vectors in the lists, so its scores are the exact dot
+             products of the items it visits: recall is the only thing it trades
+    ivf_sq8  IVF with 8-bit scalar-quantized vectors (¼ the size): its top k·RESCORE
+             candidates are re-scored exactly from the catalog matrix
+    ivf_pq   IVF with product-quantized vectors (dim/8 bytes an item, 1/32 the size),
+             re-scored the same way
 """
 
 from __future__ import annotations
@@ -18,8 +22,17 @@ import numpy as np
 
 from towerlite.errors import TowerliteError
 
-INDEX_KINDS = ("exact", "ivf", "auto")
-AUTO_MIN_ITEMS = 100_000  # below this exact search is fast enough (≈3 ms at 100k × 384 here)
+SEARCH_KINDS = ("exact", "ivf", "ivf_sq8", "ivf_pq")
+INDEX_KINDS = (*SEARCH_KINDS, "auto")
+META_KIND = {"ivf": "ivf_flat", "ivf_sq8": "ivf_sq8", "ivf_pq": "ivf_pq"}  # catalog.json's name
+# candidates fetched per result wanted, re-scored exactly (compressed kinds only)
+RESCORE = {"ivf_sq8": 4, "ivf_pq": 10}
+# auto: exact below AUTO_MIN_ITEMS (≈3 ms at 100k × 384 here), then IVF-SQ8: on the real 275k
+# catalog and real user queries it has IVF-Flat's recall (0.928 at nprobe 32, re-scored) at
+# the same 1.2 ms a query in a quarter of the memory (`towerlite bench index`, docs/serving.md
+# Scale); IVF-PQ from AUTO_PQ_MIN_ITEMS, where SQ8's codes (dim bytes an item) stop fitting
+AUTO_MIN_ITEMS = 100_000
+AUTO_PQ_MIN_ITEMS = 5_000_000
 DEFAULT_NPROBE = 32
 
 log = logging.getLogger(__name__)
@@ -38,7 +51,9 @@ def choose(kind: str, count: int) -> str:
     if kind not in INDEX_KINDS:
         raise TowerliteError(f"unknown index {kind!r}; choose from {', '.join(INDEX_KINDS)}")
     if kind == "auto":
-        return "ivf" if count >= AUTO_MIN_ITEMS else "exact"
+        if count < AUTO_MIN_ITEMS:
+            return "exact"
+        return "ivf_pq" if count >= AUTO_PQ_MIN_ITEMS else "ivf_sq8"
     return kind
 
 
@@ -46,18 +61,78 @@ def nlist_for(count: int) -> int:
     return int(max(1, min(count // 39, 2 ** round(np.log2(4 * np.sqrt(count))))))
 
 
-def build_ivf(embeddings: np.ndarray, nlist: int | None = None, seed: int = 0):
-    """An IVF-Flat inner-product index over the rows (ids = row positions)."""
+def _pq_m(dim: int) -> int:
+    """Sub-quantizers for PQ: about one per 8 dimensions, dividing `dim`."""
+    return max(m for m in range(1, max(1, dim // 8) + 1) if dim % m == 0)
+
+
+def factory_string(kind: str, dim: int, nlist: int) -> str:
+    return {"ivf": f"IVF{nlist},Flat", "ivf_sq8": f"IVF{nlist},SQ8",
+            "ivf_pq": f"IVF{nlist},PQ{_pq_m(dim)}x8"}[kind]
+
+
+def build_index(kind: str, embeddings: np.ndarray, nlist: int | None = None, seed: int = 0):
+    """An inner-product IVF index of `kind` over the rows (ids = row positions), added in
+    chunks (a memory-mapped matrix larger than RAM works)."""
     faiss = _faiss()
     n, dim = embeddings.shape
+    if kind == "ivf_pq" and n < 10_000:
+        raise TowerliteError(f"ivf_pq needs at least 10,000 items to train its 256-entry "
+                             f"codebooks ({n:,} here): use ivf, ivf_sq8 or exact")
     nlist = nlist or nlist_for(n)
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.index_factory(dim, factory_string(kind, dim, nlist), faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(seed)
-    sample = embeddings[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
-    index.train(np.ascontiguousarray(sample, dtype=np.float32))
-    index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
+    sample = np.sort(rng.choice(n, size=min(n, max(64 * nlist, 10_000)), replace=False))
+    index.train(np.ascontiguousarray(embeddings[sample], dtype=np.float32))
+    for start in range(0, n, 262_144):
+        index.add(np.ascontiguousarray(embeddings[start:start + 262_144], dtype=np.float32))
     return index
+
+
+def build_ivf(embeddings: np.ndarray, nlist: int | None = None, seed: int = 0):
+    """An IVF-Flat inner-product index over the rows (ids = row positions)."""
+    return build_index("ivf", embeddings, nlist, seed)
+
+
+def faiss_ivf(index):
+    return _faiss().extract_index_ivf(index)
+
+
+def read_index(path: Path, mmap: bool = False):
+    """The index from its file; `mmap`: its lists stay in the file, shared through the page
+    cache by every process that maps it (each scorer instance), instead of one copy each.
+    IO_FLAG_MMAP_IFC maps the lists in place and searches as fast as a copy in memory
+    (2.2 against 2.3 ms a query, IVF-Flat 200k × 384, nprobe 32); the older IO_FLAG_MMAP
+    took 7.7 ms (measured 2026-12-01). In a served scorer IVF-SQ8 maps in place; the deploy's
+    IVF-Flat index still took 414 MB of anonymous memory there (docs/serving.md, Scale)."""
+    faiss = _faiss()
+    return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
+
+
+def exact_top_k_t(matrix_t: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
+    """Top-k rows of one query against the (dim, n) matrix, as the scorer searches exactly."""
+    scores = query @ matrix_t
+    part = np.argpartition(-scores, k - 1)[:k]
+    return part[np.argsort(-scores[part])]
+
+
+class Searcher:
+    """One query's top-k as the scorer finds it with an index: `k·rescore` candidates from the
+    index, re-scored exactly from the (dim, n) matrix when `rescore` (compressed kinds)."""
+
+    def __init__(self, index, matrix_t: np.ndarray, nprobe: int, rescore: int = 0):
+        self.index, self.matrix_t, self.rescore = index, matrix_t, rescore
+        self.params = _faiss().SearchParametersIVF(nprobe=nprobe)
+
+    def top_k(self, query: np.ndarray, k: int) -> np.ndarray:
+        fetch = k * self.rescore if self.rescore else k
+        _, rows = self.index.search(np.ascontiguousarray(query[None, :], dtype=np.float32),
+                                    fetch, params=self.params)
+        rows = rows[0][rows[0] >= 0]
+        if not self.rescore:
+            return rows[:k]
+        exact = query @ self.matrix_t[:, rows]
+        return rows[np.argsort(-exact, kind="stable")[:k]]
 
 
 def exact_top_k(embeddings: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -68,23 +143,21 @@ def exact_top_k(embeddings: np.ndarray, queries: np.ndarray, k: int) -> np.ndarr
 
 
 def recall_at_k(index, embeddings: np.ndarray, queries: np.ndarray, k: int = 10,
-                nprobe: int = DEFAULT_NPROBE) -> dict:
-    """recall@k of the index against exact search, and per-query latency of both (batch 1)."""
-    index.nprobe = nprobe
+                nprobe: int = DEFAULT_NPROBE, rescore: int = 0) -> dict:
+    """recall@k of the index (re-scored as the scorer does when `rescore`) against exact
+    search, and per-query latency of both (batch 1)."""
     truth = exact_top_k(embeddings, queries, k)
     matrix_t = np.ascontiguousarray(embeddings.T)
     t0 = time.perf_counter()
     for q in queries:
-        s = q @ matrix_t
-        np.argpartition(-s, k - 1)[:k]
+        exact_top_k_t(matrix_t, q, k)
     exact_ms = (time.perf_counter() - t0) / len(queries) * 1e3
-    found = []
+    searcher = Searcher(index, matrix_t, nprobe, rescore)
     t0 = time.perf_counter()
-    for q in queries:
-        found.append(index.search(q[None, :], k)[1][0])
+    found = [searcher.top_k(q, k) for q in queries]
     ivf_ms = (time.perf_counter() - t0) / len(queries) * 1e3
     hits = sum(len(set(f) & set(t)) for f, t in zip(found, truth))
-    return {"k": k, "nprobe": nprobe, "queries": int(len(queries)),
+    return {"k": k, "nprobe": nprobe, "rescore": rescore, "queries": int(len(queries)),
             "recall": round(hits / (k * len(queries)), 4),
             "exact_ms_per_query": round(exact_ms, 3), "ivf_ms_per_query": round(ivf_ms, 3)}
 
@@ -96,25 +169,38 @@ def write_index(index, path: Path) -> None:
     tmp.replace(path)
 
 
-def write_catalog_index(folder: Path, embeddings: np.ndarray, meta: dict, nprobe: int) -> dict:
+def write_catalog_index(folder: Path, embeddings: np.ndarray, meta: dict, nprobe: int,
+                        kind: str = "ivf") -> dict:
     """catalog/index.faiss beside a written catalog, and its recall against exact search,
     recorded in catalog.json (deploy's version 1 and every `catalog update` version). Returns
     the catalog's meta with the index."""
     t0 = time.perf_counter()
-    index = build_ivf(embeddings)
+    index = build_index(kind, embeddings)
     build_s = time.perf_counter() - t0
     write_index(index, folder / "index.faiss")
     rng = np.random.default_rng(0)
     queries = embeddings[rng.choice(len(embeddings), size=min(200, len(embeddings)),
                                     replace=False)]
-    measured = recall_at_k(index, embeddings, queries, k=10, nprobe=nprobe)
-    meta = {**meta, "index": {"kind": "ivf_flat", "file": "index.faiss", "nlist": index.nlist,
-                              "nprobe": nprobe, "build_seconds": round(build_s, 2),
+    rescore = RESCORE.get(kind, 0)
+    measured = recall_at_k(index, embeddings, queries, k=10, nprobe=nprobe, rescore=rescore)
+    nlist = faiss_ivf(index).nlist
+    meta = {**meta, "index": {"kind": META_KIND[kind], "file": "index.faiss", "nlist": nlist,
+                              "nprobe": nprobe, "rescore": rescore,
+                              "factory": factory_string(kind, embeddings.shape[1], nlist),
+                              "build_seconds": round(build_s, 2),
                               "recall_vs_exact": {**measured, "queries_from": "catalog items"}}}
     tmp = folder / ".catalog.json.tmp"
     tmp.write_text(json.dumps(meta, indent=1))
     tmp.replace(folder / "catalog.json")
-    log.info(f"ivf index: nlist {index.nlist}, nprobe {nprobe}, recall@10 {measured['recall']} "
+    log.info(f"{kind} index: nlist {nlist}, nprobe {nprobe}, recall@10 {measured['recall']} "
              f"vs exact; {measured['ivf_ms_per_query']} ms vs {measured['exact_ms_per_query']} "
              "ms a query")
     return meta
+
+
+def kind_of(meta: dict) -> str:
+    """The `--index` kind of a written catalog (catalog.json), "exact" without an index."""
+    written = (meta.get("index") or {}).get("kind")
+    if not written:
+        return "exact"
+    return {v: k for k, v in META_KIND.items()}.get(written, "ivf")

@@ -89,6 +89,7 @@ def test_every_bench_subcommand_is_there_and_the_old_form_says_where_it_went(cap
     leaves = [["serving"], ["compare", "a.json", "b.json"], ["encoders", "--export-dir", "x"],
               ["sweep", "--repository", "r", "--out", "o", "--variant", "v:"],
               ["memory", "r"], ["faults", "--repository", "r"], ["soak", "r"],
+              ["embedding", "m"],
               ["gpu-encoders", "pack", "--model", "m=x.onnx", "--out", "o"],
               ["gpu-encoders", "run", "--dir", "d"], ["gpu-serving", "texts", "--out", "t"],
               ["gpu-serving", "run", "--repository", "r", "--texts", "t", "--perf-analyzer", "p"]]
@@ -255,6 +256,23 @@ def test_a_server_that_is_down_is_one_line_and_exit_1(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # perf_analyzer
+
+def test_embedding_bench_runs_each_worker_count_on_catalog_texts(cache, tiny_export, capsys,
+                                                                 tmp_path):
+    """`bench embedding`: real catalog texts, one and two worker processes, the same vectors."""
+    out = tmp_path / "embedding"
+    code, stdout, err = bench(capsys, "embedding", str(tiny_export), "--variant", "fp32",
+                              "--items", "40", "--chunk", "16", "--configs", "1x1,2x1",
+                              "--repeats", "1", "--max-length", "32", "--out", str(out))
+    assert code == 0, err
+    report = json.loads((out / "embedding.json").read_text())
+    assert [r["config"] for r in report["rows"]] == ["1x1", "2x1"] and report["items"] == 40
+    assert all(r["items_per_s_median"] > 0 for r in report["rows"])
+    assert report["rows"][1]["max_abs_diff_from_first"] <= 1e-5
+    assert "2x1" in stdout
+    code, _, err = bench(capsys, "embedding", str(tiny_export), "--configs", "2-1")
+    assert code == 1 and "WORKERSxTHREADS" in err
+
 
 def test_soak_runs_windows_samples_memory_and_plots(server, capsys, tmp_path):
     """`bench soak` starts its own server on the repository: two 3-second windows at

@@ -286,6 +286,46 @@ def test_a_version_the_server_cannot_load_is_refused_and_the_old_one_serves(repo
     assert scorer_versions(repo) == [1, 2]  # nothing deleted after a failed load
 
 
+def test_update_loads_on_every_replica_and_names_the_ones_it_missed(repo, data, tmp_path):
+    """Replicas sharing one repository (Kubernetes, the Helm chart): each loads the new version
+    in turn, old versions are pruned after the last; a replica that is down is named, with the
+    ones already serving the new version."""
+    from towerlite.serving.triton import free_port, start_server
+
+    movies, books = data
+    gone, later = movies["item_id"][20], movies["item_id"][21]
+    with start_server(repo, log_path=tmp_path / "a.log") as a, \
+            start_server(repo, log_path=tmp_path / "b.log") as b:
+        report = update(repo, books.head(2), remove=[gone], url=[a.grpc_url, b.grpc_url],
+                        progress=False)
+        assert [r["url"] for r in report["loads"]] == [a.grpc_url, b.grpc_url]
+        assert [r["pruned"] for r in report["loads"]] == [[], []]  # keep 2: versions 1 and 2
+        for server in (a, b):
+            with Client(server.grpc_url) as c:
+                with pytest.raises(ServingError, match="not in the catalog"):
+                    c.recommend("x", exclude=[gone])
+        down = f"127.0.0.1:{free_port()}"
+        with pytest.raises(LoadError) as err:
+            update(repo, remove=[later], url=[a.grpc_url, down, b.grpc_url], progress=False)
+        message = str(err.value)
+        assert f"replicas serving the new version: {a.grpc_url}; not loaded on {down} " \
+               "(nor on the 1 after it)" in message
+        assert "cannot reach Triton" in message
+        with Client(b.grpc_url) as c:  # b was not reached: still version 2
+            assert len(c.recommend("x", k=2, exclude=[later])) == 2
+    assert scorer_versions(repo) == [1, 2, 3]  # nothing pruned after a failed load
+
+
+def test_replica_urls_are_every_address_of_a_name():
+    from towerlite.serving.catalog_update import replica_urls
+
+    assert "127.0.0.1:8001" in replica_urls("localhost:8001")
+    with pytest.raises(TowerliteError, match="give HOST:PORT"):
+        replica_urls("rec-towerlite-replicas")
+    with pytest.raises(TowerliteError, match="cannot resolve no-such-host.invalid"):
+        replica_urls("no-such-host.invalid:8001")
+
+
 def test_server_without_explicit_model_control_is_explained(repo, data, tmp_path):
     from towerlite.serving.triton import start_server
 
@@ -361,16 +401,18 @@ def test_repository_root_and_a_foreign_item_tower_are_refused(repo, data, tmp_pa
     assert scorer_versions(repo) == [1]
 
 
-def test_ivf_index_is_rebuilt_or_dropped(exported, data, tmp_path):
-    """A catalog deployed with an IVF index gets a new index over the merged catalog (JSON Lines
-    input here); `--index exact` drops it."""
+@pytest.mark.parametrize("kind", ["ivf", "ivf_sq8"])
+def test_ivf_index_is_rebuilt_or_dropped(exported, data, tmp_path, kind):
+    """A catalog deployed with an IVF index gets a new index of the same kind over the merged
+    catalog (JSON Lines input here); `--index exact` drops it. (ivf_pq needs 10k items: its
+    rebuild is the same call, tested in test_serving on synthetic vectors.)"""
     import faiss
 
     from towerlite.serving.deploy import deploy
 
     movies, books = data
     deploy(exported, tmp_path, variant="fp32", items=movies, flavors=("portable",),
-           index="ivf", nprobe=4, progress=False)
+           index=kind, nprobe=4, progress=False)
     repo = tmp_path / "portable"
     lines = [json.dumps({**r, "genres": ["Fiction"], "year": int(r["year"])})
              for r in books[list(ITEM_COLUMNS)].to_dict("records")]
@@ -378,7 +420,8 @@ def test_ivf_index_is_rebuilt_or_dropped(exported, data, tmp_path):
     report = update(repo, tmp_path / "books.jsonl", progress=False)
     folder = repo / "scorer" / "2" / "catalog"
     meta = json.loads((folder / "catalog.json").read_text())
-    assert report["index"] == "ivf" and meta["index"]["nprobe"] == 4
+    assert report["index"] == kind and meta["index"]["nprobe"] == 4
+    assert meta["index"]["kind"] == {"ivf": "ivf_flat", "ivf_sq8": "ivf_sq8"}[kind]
     assert meta["index"]["recall_vs_exact"]["recall"] > 0.5
     assert faiss.read_index(str(folder / "index.faiss")).ntotal == N_MOVIES + N_BOOKS
     report = update(repo, remove=[books["item_id"][0]], index="exact", progress=False)
@@ -404,3 +447,13 @@ def test_cli_update_writes_the_next_version_and_errors_are_one_line(repo, data, 
     assert done.stderr.strip().splitlines() == [
         f"towerlite: error: {tmp_path / 'missing.csv'}: no such items file"]
     assert scorer_versions(repo) == [1, 2]
+    # every replica behind a name: one that resolves to nothing is one line, nothing loaded
+    done = run_cli("catalog", "load", "--repository", str(repo), "--each-address-of",
+                   "no-such-host.invalid:8001")
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()  # the resolver's reason follows: it varies
+    assert len(lines) == 1 and lines[0].startswith(
+        "towerlite: error: cannot resolve no-such-host.invalid: "), lines
+    done = run_cli("catalog", "load", "--repository", str(repo), "--url", "a:1",
+                   "--each-address-of", "b:1")
+    assert done.returncode == 2 and "not allowed with argument" in done.stderr

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_sentences
 
 from towerlite.data.catalog import prepare_items
 from towerlite.errors import TowerliteError
@@ -224,6 +225,40 @@ def test_catalog_embeddings_are_cached_per_chunk_and_resume(tmp_path, monkeypatc
     resumed = cat.embed_catalog(texts, enc, cache_dir=tmp_path, progress=False)
     assert enc.calls == 4
     np.testing.assert_array_equal(first, resumed)
+
+
+def test_catalog_embedding_in_worker_processes_resumes_and_equals_one_process(tiny_export,
+                                                                              tmp_path):
+    """`workers`: the same vectors as one process, chunk by chunk; chunks already in the cache
+    (a killed run) are kept, not encoded again, whatever the worker count."""
+    from towerlite.runtime import OnnxEncoder
+
+    texts = tiny_sentences(50, seed=3)
+    encoder = OnnxEncoder(tiny_export / "model.onnx", max_length=32, threads=2)
+    one = cat.embed_catalog(texts, encoder, cache_dir=tmp_path / "one", progress=False, chunk=8)
+    two = cat.embed_catalog(texts, encoder, cache_dir=tmp_path / "two", progress=False, chunk=8,
+                            workers=2)
+    np.testing.assert_allclose(two, one, rtol=0, atol=1e-6)
+    # a run killed after two chunks: marked rows show they are read back, not recomputed
+    folder = tmp_path / "resumed"
+    folder.mkdir()
+    marked = np.full((8, one.shape[1]), 0.5, dtype=np.float32)
+    np.save(folder / "chunk-00000.npy", marked)
+    np.save(folder / "chunk-00003.npy", marked)
+    resumed = cat.embed_catalog(texts, encoder, cache_dir=folder, progress=False, chunk=8,
+                                workers=2)
+    assert (resumed[0:8] == 0.5).all() and (resumed[24:32] == 0.5).all()
+    rest = np.r_[8:24, 32:50]
+    np.testing.assert_allclose(resumed[rest], one[rest], rtol=0, atol=1e-6)
+    assert (folder / "embeddings.npy").is_file() and not list(folder.glob("chunk-*"))
+
+
+def test_deploy_refuses_a_worker_count_below_one(tmp_path):
+    from towerlite.serving.deploy import DeployRequest
+
+    for bad in (0, -2, 1.5):
+        with pytest.raises(TowerliteError, match="workers is a whole number of at least 1"):
+            DeployRequest("model", tmp_path, workers=bad)
 
 
 @pytest.fixture(scope="module")
@@ -964,23 +999,66 @@ def test_ivf_index_recall_against_exact():
     assert full["recall"] == 1.0  # every list visited: exact
     some = ix.recall_at_k(index, emb, queries, k=10, nprobe=8)
     assert 0.2 < some["recall"] < 1.0 and some["queries"] == 50
-    assert ix.choose("auto", 99_999) == "exact" and ix.choose("auto", 100_000) == "ivf"
+    assert ix.choose("auto", 99_999) == "exact" and ix.choose("auto", 100_000) == "ivf_sq8"
+    assert ix.choose("auto", ix.AUTO_PQ_MIN_ITEMS) == "ivf_pq" and ix.choose("ivf", 10) == "ivf"
     with pytest.raises(TowerliteError, match="unknown index"):
         ix.choose("hnsw", 10)
 
 
+@pytest.mark.parametrize("kind", ["ivf_sq8", "ivf_pq"])
+def test_compressed_index_rescored_answers_like_exact_and_maps_in_place(kind, tmp_path):
+    """SQ8 / PQ codes find candidates; re-scored exactly from the matrix, the top-10 is the
+    exact one when every list is visited (the candidates hold it) and the scores are exact. The
+    memory-mapped read answers the same and costs a reading process almost no memory."""
+    from towerlite.serving import index as ix
+
+    rng = np.random.default_rng(2)
+    # clustered, as item embeddings are (PQ codebooks learn the clusters; i.i.d. Gaussian
+    # vectors are PQ's worst case and no catalog's shape)
+    centers = rng.normal(size=(300, 32))
+    emb = (centers[rng.integers(0, 300, 12_000)] + 0.5 * rng.normal(size=(12_000, 32)))
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+    queries = emb[:40] + 0.1 * rng.normal(size=(40, 32)).astype(np.float32)
+    index = ix.build_index(kind, emb)
+    nlist = ix.faiss_ivf(index).nlist
+    full = ix.recall_at_k(index, emb, queries, k=10, nprobe=nlist, rescore=ix.RESCORE[kind])
+    assert full["recall"] >= 0.99, full
+    # the codes' own scores rank worse (PQ: 0.58 measured): re-scoring is what makes it exact
+    raw = ix.recall_at_k(index, emb, queries, k=10, nprobe=nlist, rescore=0)
+    assert raw["recall"] <= full["recall"]
+    if kind == "ivf_pq":
+        assert raw["recall"] < 0.9, raw
+    ix.write_index(index, tmp_path / "index.faiss")
+    mapped = ix.read_index(tmp_path / "index.faiss", mmap=True)
+    matrix_t = np.ascontiguousarray(emb.T)
+    a = ix.Searcher(index, matrix_t, 8, ix.RESCORE[kind])
+    b = ix.Searcher(mapped, matrix_t, 8, ix.RESCORE[kind])
+    for q in queries[:10]:
+        np.testing.assert_array_equal(a.top_k(q, 10), b.top_k(q, 10))
+    assert ix.kind_of({"index": {"kind": kind}}) == kind and ix.kind_of({}) == "exact"
+    assert ix.kind_of({"index": {"kind": "ivf_flat"}}) == "ivf"
+    if kind == "ivf_pq":
+        with pytest.raises(TowerliteError, match="ivf_pq needs at least 10,000 items"):
+            ix.build_index(kind, emb[:5000])
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivf_sq8"])
 def test_served_ivf_index_answers_like_exact_when_it_visits_every_list(
-        exported, items, reference, users, tmp_path):
-    """deploy --index ivf on the same slice; with nprobe = nlist the index must return exactly
-    the exact top-k (also with a one-domain selector and exclusions)."""
+        exported, items, reference, users, tmp_path, kind):
+    """deploy --index ivf / ivf_sq8 on the same slice; with nprobe = nlist the index (SQ8's
+    candidates re-scored exactly) must return exactly the exact top-k (also with a one-domain
+    selector and exclusions), memory-mapped by the scorer (INDEX_LOAD mmap, the default)."""
     from towerlite.serving.deploy import deploy
     from towerlite.serving.triton import start_server
 
     frame, _ = items
     report = deploy(exported, tmp_path, variant="int8_dynamic", item_variant="fp32", items=frame,
-                    flavors=("portable",), index="ivf", nprobe=12, progress=False)
+                    flavors=("portable",), index=kind, nprobe=12, progress=False)
     meta = report["catalog"]["index"]
-    assert meta["kind"] == "ivf_flat" and meta["nlist"] == 12
+    assert meta["kind"] == {"ivf": "ivf_flat", "ivf_sq8": "ivf_sq8"}[kind] and meta["nlist"] == 12
+    assert meta["rescore"] == {"ivf": 0, "ivf_sq8": 4}[kind]
+    config = (tmp_path / "portable" / "scorer" / "config.pbtxt").read_text()
+    assert 'key: "INDEX_LOAD" value: { string_value: "mmap" }' in config
     assert meta["recall_vs_exact"]["recall"] == 1.0
     assert (tmp_path / "portable" / "scorer" / "1" / "catalog" / "index.faiss").is_file()
     with start_server(tmp_path / "portable", log_path=tmp_path / "triton.log") as srv:

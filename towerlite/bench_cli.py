@@ -9,6 +9,8 @@ module only puts them in a tree (towerlite.cli registers it, entry.run runs the 
     memory         towerlite.serving.bench.memory
     faults         towerlite.serving.bench.faults
     soak           towerlite.serving.bench.soak
+    embedding      towerlite.serving.bench.catalog_embedding
+    index          towerlite.serving.bench.index
     gpu-encoders   pack: towerlite.serving.bench.gpu_pack
                    run:  towerlite.serving.bench.gpu_encoders
     gpu-serving    texts: towerlite.serving.bench.saved_texts
@@ -35,11 +37,13 @@ def _tree() -> list[tuple]:
     """(name, help, module or [(name, help, module, aliases)], aliases) in --help order."""
     from towerlite.export.benchmark import run as encoders
     from towerlite.serving.bench import (
+        catalog_embedding,
         compare,
         faults,
         gpu_encoders,
         gpu_pack,
         gpu_serving,
+        index,
         latency,
         memory,
         saved_texts,
@@ -61,6 +65,10 @@ def _tree() -> list[tuple]:
         ("faults", "stub kill, server restart and short deadlines under load", faults, ()),
         ("soak", "a fresh server under steady load for minutes: failures, memory growth, "
                  "latency drift", soak, ()),
+        ("embedding", "catalog embedding items/s by worker processes x threads (deploy "
+                      "--workers)", catalog_embedding, ()),
+        ("index", "search kinds (exact, IVF-Flat/SQ8/PQ) at growing catalog sizes: recall, "
+                  "latency, memory", index, ()),
         ("gpu-encoders", "exported encoders on onnxruntime's CUDA/TensorRT providers (pack here, "
                          "run there)",
          [("pack", "models, token ids and references for the GPU machine", gpu_pack, ()),

@@ -70,7 +70,9 @@ class OnnxEncoder:
                 raise TowerliteError(f"{path}: no such file (an exported encoder needs the .onnx "
                                      "file and tokenizer.json beside it)")
 
-        self.path = onnx_path
+        # what a worker process needs to build the same encoder (serving.catalog.embed_catalog)
+        self.path, self.tokenizer_json = onnx_path, tokenizer_json
+        self.max_length, self.threads = max_length, threads
         self.tokenizer, self.pad_id = load_tokenizer(tokenizer_json, max_length)
         self.session = session(onnx_path, threads, providers)
         self.inputs = [i.name for i in self.session.get_inputs()]

@@ -33,12 +33,12 @@ disk), `merge` (old rows + new rows in scorer order), `write` (version N+1, atom
 from .items_file import ITEM_COLUMNS, read_ids, read_items
 from .merge import merge, row_domains
 from .server import LoadError, load_on_server
-from .update import load_version, update
+from .update import load_on_replicas, load_version, replica_urls, update
 from .versions import flavor_folder, newest_version, prune, scorer_versions
 from .write import write_version
 
 __all__ = [
-    "ITEM_COLUMNS", "LoadError", "flavor_folder", "load_on_server", "load_version", "merge",
-    "newest_version", "prune", "read_ids", "read_items", "row_domains", "scorer_versions",
-    "update", "write_version",
+    "ITEM_COLUMNS", "LoadError", "flavor_folder", "load_on_replicas", "load_on_server",
+    "load_version", "merge", "newest_version", "prune", "read_ids", "read_items",
+    "replica_urls", "row_domains", "scorer_versions", "update", "write_version",
 ]

@@ -34,15 +34,18 @@ log = logging.getLogger(__name__)
 
 
 def update(repository: str | Path, items: str | Path | pd.DataFrame | None = None,
-           remove: str | Path | Sequence[str] | None = None, *, url: str | None = None,
+           remove: str | Path | Sequence[str] | None = None, *,
+           url: str | Sequence[str] | None = None,
            protocol: str = "grpc", index: str = "keep", nprobe: int | None = None,
            threads: int = 2, keep_versions: int = 2, progress: bool = True) -> dict:
-    """Write the scorer's next catalog version and, with `url`, load it on that server.
+    """Write the scorer's next catalog version and, with `url`, load it on that server (or on
+    each of several replicas serving the same repository, e.g. `replica_urls(...)`).
 
     `items`: a CSV/JSONL file (or an ITEM_COLUMNS frame); an existing id replaces that item, a
     new one is added. `remove`: a file of ids (one a line) or a list. `index`: keep (what the
-    current version has, rebuilt), exact, ivf or auto (ivf from 100k items). After a successful
-    load, the newest `keep_versions` versions stay on disk. Returns the update's record."""
+    current version has, rebuilt), exact, ivf, ivf_sq8, ivf_pq or auto (by size,
+    `index.choose`). After a successful load, the newest `keep_versions` versions stay on disk.
+    Returns the update's record."""
     t0 = time.perf_counter()
     if index not in INDEX_CHOICES:
         raise TowerliteError(f"unknown index {index!r}; choose from {', '.join(INDEX_CHOICES)}")
@@ -52,9 +55,12 @@ def update(repository: str | Path, items: str | Path | pd.DataFrame | None = Non
     base = newest_version(repo)
     frame, removed, source = read_inputs(items, remove)
     record = _write_next(repo, base, frame, removed, source, index, nprobe, threads, progress)
-    if url:
-        record["load"] = load_version(repo, url, protocol, version=base + 1,
+    urls = [url] if isinstance(url, str) else list(url or [])
+    if len(urls) == 1:
+        record["load"] = load_version(repo, urls[0], protocol, version=base + 1,
                                       keep_versions=keep_versions)
+    elif urls:
+        record["loads"] = load_on_replicas(repo, urls, protocol, base + 1, keep_versions)
     record["seconds"] = round(time.perf_counter() - t0, 2)
     return record
 
@@ -82,8 +88,7 @@ def _write_next(repo: Path, base: int, frame: pd.DataFrame, removed: list[str], 
                              new_emb, set(removed), domain_order)
     added = [i for i in new["item_id"] if i not in known]
     changed = [i for i in new["item_id"] if i in known]
-    kind = ("ivf" if old_meta.get("index") else "exact") if index == "keep" \
-        else ix.choose(index, len(merged))
+    kind = ix.kind_of(old_meta) if index == "keep" else ix.choose(index, len(merged))
     record = {
         "version": base + 1, "from_version": base,
         "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **source,
@@ -131,8 +136,43 @@ def _encode_items(repo: Path, frame: pd.DataFrame, old_meta: dict, domain_order:
     return new, new_emb
 
 
+def replica_urls(host_port: str) -> list[str]:
+    """HOST:PORT → one HOST:PORT per address HOST resolves to: every replica behind a headless
+    Kubernetes service (the Helm chart's `<release>-towerlite-replicas`), in a stable order."""
+    import socket
+
+    host, sep, port = host_port.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise TowerliteError(f"{host_port!r}: give HOST:PORT (e.g. rec-towerlite-replicas:8001)")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise TowerliteError(f"cannot resolve {host}: {exc.strerror}") from None
+    addresses = sorted({info[4][0] for info in infos})
+    return [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in addresses]
+
+
+def load_on_replicas(repository: str | Path, urls: Sequence[str], protocol: str = "grpc",
+                     version: int | None = None, keep_versions: int = 2) -> list[dict]:
+    """`load_version` on each server in turn, old versions pruned after the last. A failure
+    names the replicas that already serve the new version and those that do not."""
+    loaded = []
+    for number, url in enumerate(urls):
+        last = number == len(urls) - 1
+        try:
+            loaded.append({"url": url, **load_version(repository, url, protocol, version,
+                                                      keep_versions, prune_after=last)})
+        except LoadError as exc:
+            done = ", ".join(r["url"] for r in loaded) or "none"
+            raise LoadError(f"replicas serving the new version: {done}; not loaded on {url} "
+                            f"(nor on the {len(urls) - number - 1} after it): {exc}",
+                            exc.next_step) from None
+    return loaded
+
+
 def load_version(repository: str | Path, url: str, protocol: str = "grpc",
-                 version: int | None = None, keep_versions: int = 2) -> dict:
+                 version: int | None = None, keep_versions: int = 2,
+                 prune_after: bool = True) -> dict:
     """Load the newest written scorer version on the server at `url` and check it is served
     (also the retry after a failed load); then prune versions older than `keep_versions`."""
     repo = flavor_folder(repository)
@@ -159,7 +199,8 @@ def load_version(repository: str | Path, url: str, protocol: str = "grpc",
         raise LoadError(f"scorer version {version} is written completely ({folder}) but was not "
                         f"loaded: {exc}. Nothing is half-written; {then}",
                         exc.next_step) from None
-    loaded["pruned"] = prune(repo, keep_versions)
+    # several replicas: only after the last one loaded (the others may still serve an old one)
+    loaded["pruned"] = prune(repo, keep_versions) if prune_after else []
     log.info(f"loaded scorer version {version} on {url} in {loaded['load_seconds']} s "
              f"(checked {loaded['checked_present']} added/changed and "
              f"{loaded['checked_absent']} removed ids)"

@@ -29,8 +29,8 @@ def write_version(repo: Path, base: int, frame: pd.DataFrame, matrix_t: np.ndarr
         folder = staging / "catalog"
         embeddings = matrix_t.T  # a view; write_catalog stores it transposed again, no copy
         meta = cat.write_catalog(folder, frame, embeddings, info)
-        if index_kind == "ivf":
-            meta = ix.write_catalog_index(folder, embeddings, meta, nprobe)
+        if index_kind != "exact":
+            meta = ix.write_catalog_index(folder, embeddings, meta, nprobe, index_kind)
         _read_back(folder, frame, matrix_t)
         try:
             staging.rename(final)

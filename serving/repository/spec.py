@@ -60,6 +60,9 @@ class RepositorySpec:
     # GPU 0; the pip-installed Triton's python backend with onnxruntime-gpu, no NGC container)
     encoder_device: str = "cpu"
     scorer_index: str = "auto"
+    # scorer / recommend_fused: the catalog's IVF index memory-mapped, one copy in the page
+    # cache for every instance ("mmap"), or read into each instance ("memory")
+    index_load: str = "mmap"
     tokenizer_instances: int = 1
     # dynamic batching: the user path waits little (latency), the item path longer (throughput)
     user_queue_delay_us: int = 100

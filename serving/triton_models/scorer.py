@@ -9,13 +9,15 @@ written by `towerlite deploy`:
                                than (n, dim) at 100k items, measured)
     catalog/item_ids.npy       the catalog's own ids as UTF-8 bytes (n,), sorted within a domain
     catalog/catalog.json       count, dim, domain ranges [start, stop), the model that encoded it
-    catalog/index.faiss        optional FAISS IVF-Flat index (large catalogs): used for top-k
-                               over all domains or one domain (IDSelectorRange); exact search
-                               answers MIN_SCORE requests, several-domain filters, and any query
-                               the index returns too few results for after exclusion
+    catalog/index.faiss        optional FAISS IVF index (large catalogs; IVF-Flat, or IVF-SQ8 /
+                               IVF-PQ whose k·rescore candidates are re-scored exactly from the
+                               matrix): used for top-k over all domains or one domain
+                               (IDSelectorRange); exact search answers MIN_SCORE requests,
+                               several-domain filters, and any query the index returns too few
+                               results for after exclusion
 
-Both .npy files are memory-mapped: every scorer (and recommend_fused) instance, each its own
-process, shares one copy in the page cache. The index is read into each instance's memory.
+The .npy files and (INDEX_LOAD "mmap", the default) the index are memory-mapped: every scorer
+(and recommend_fused) instance, each its own process, shares one copy in the page cache.
 
 Inputs: EMBEDDING float32 [dim]; optional K int32 [1] (default DEFAULT_K), DOMAIN bytes [1]
 (a domain name, or several joined by ","), EXCLUDE bytes [-1] (item ids to leave out, e.g. the
@@ -93,11 +95,17 @@ class TritonPythonModel:
             import faiss  # only when the catalog ships an index
 
             self.faiss = faiss
-            # read into this process's memory: memory-mapped (IO_FLAG_MMAP) it answers the same
-            # but searched 4x slower (1.8 vs 0.46 ms a query, measured), so each scorer and
-            # recommend_fused instance holds its own copy
-            self.index = faiss.read_index(index_file)
+            # INDEX_LOAD "mmap": the lists stay in the file, one copy in the page cache for
+            # every scorer and recommend_fused instance of the server; "memory": each instance
+            # reads its own copy (towerlite bench index measures both)
+            # (IO_FLAG_MMAP_IFC maps the lists in place and searches as fast as a copy; the
+            # older IO_FLAG_MMAP searched 3.4x slower, measured)
+            mmap = params.get("INDEX_LOAD", "mmap") == "mmap" \
+                and hasattr(faiss, "IO_FLAG_MMAP_IFC")
+            self.index = faiss.read_index(index_file, faiss.IO_FLAG_MMAP_IFC if mmap else 0)
             self.nprobe = int(params.get("NPROBE", self.meta["index"].get("nprobe", 32)))
+            # compressed kinds (ivf_sq8, ivf_pq): k·rescore candidates, re-scored exactly
+            self.rescore = int(self.meta["index"].get("rescore", 0))
 
     # -- options --------------------------------------------------------------------------
     def _ranges(self, domain):
@@ -171,7 +179,8 @@ class TritonPythonModel:
         if not everything and len(ranges) > 1:
             return None
         skip = set() if excluded is None else set(excluded.tolist())
-        fetch = min(max(ks) + len(skip), sum(b - a for a, b in ranges))
+        wanted = max(ks) * max(1, self.rescore)
+        fetch = min(wanted + len(skip), sum(b - a for a, b in ranges))
         options = {"nprobe": self.nprobe}
         if not everything:
             options["sel"] = self.faiss.IDSelectorRange(ranges[0][0], ranges[0][1])
@@ -179,10 +188,16 @@ class TritonPythonModel:
                                          params=self.faiss.SearchParametersIVF(**options))
         out = []
         for r, k in enumerate(ks):
-            keep = [i for i, row in enumerate(rows[r]) if row >= 0 and int(row) not in skip][:k]
+            keep = [i for i, row in enumerate(rows[r]) if row >= 0 and int(row) not in skip]
             if len(keep) < k:
                 return None
-            out.append((rows[r, keep].astype(np.int64), scores[r, keep]))
+            found = rows[r, keep].astype(np.int64)
+            if self.rescore:  # approximate scores: the exact ones of the candidates decide
+                exact = emb[r] @ self.matrix[:, found]
+                best = np.argsort(-exact, kind="stable")[:k]
+                out.append((found[best], exact[best].astype(np.float32)))
+            else:
+                out.append((found[:k], scores[r, keep[:k]]))
         return out
 
     def _run(self, request):

@@ -1,0 +1,222 @@
+"""`towerlite bench index`: the scorer's search kinds at growing catalog sizes, on real user
+queries — recall@10 against exact search, per-query latency as the scorer searches (batch 1,
+compressed kinds re-scored exactly from the (dim, n) matrix), build time, file size, and the
+memory one more scorer instance costs (index read into the process, or memory-mapped and
+shared through the page cache).
+
+    towerlite bench index REPOSITORY --sizes 275262,1000000 --kinds exact,ivf,ivf_sq8,ivf_pq
+
+REPOSITORY: a portable flavor folder written by deploy: its newest scorer catalog gives the
+real item vectors, its user encoder and tokenizer the queries (held-out MovieLens and
+Book-Crossing users' texts). Sizes beyond the real catalog are SYNTHETIC: each extra item is a
+real item's vector plus seeded Gaussian noise (`--noise`, cosine ≈ 1/√(1+noise²) to its source),
+renormalized — the same clusters, denser — so the figures say how search scales, not how a
+real 10M catalog ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from towerlite.errors import TowerliteError
+from towerlite.files import write_json_atomic
+from towerlite.machine import cpu_info, load_average, package_versions
+from towerlite.serving import index as ix
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = ("The scorer's search kinds (exact, ivf, ivf_sq8, ivf_pq) at growing catalog "
+               "sizes on real user queries: recall@10 vs exact, p50/p99 per query, build time, "
+               "size, memory per instance; sizes past the real catalog are synthetic (real "
+               "vectors plus seeded noise). Prints a table, writes OUT/index.json.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repository", type=Path, help="a portable flavor folder with a catalog")
+    p.add_argument("--sizes", default="0", help="catalog sizes, comma-separated; 0 = the real "
+                                                "catalog (default)")
+    p.add_argument("--kinds", default="exact,ivf,ivf_sq8,ivf_pq",
+                   help=f"search kinds (of {', '.join(ix.SEARCH_KINDS)})")
+    p.add_argument("--queries", type=int, default=400, help="held-out users (half each dataset)")
+    p.add_argument("--nprobe", default=str(ix.DEFAULT_NPROBE),
+                   help=f"lists visited per query, comma-separated (default {ix.DEFAULT_NPROBE})")
+    p.add_argument("--noise", type=float, default=0.35, help="synthetic items' noise scale")
+    p.add_argument("--out", type=Path, default=Path("runs/bench-index"))
+
+
+def _queries(repository: Path, count: int) -> np.ndarray:
+    import json
+
+    from towerlite.runtime import OnnxEncoder
+
+    from .inputs import held_out_texts
+
+    spec = json.loads((repository.parent / "deploy_report.json").read_text())["spec"]
+    encoder = OnnxEncoder(repository / "user_encoder" / "1" / "model.onnx",
+                          repository / "tokenizer" / "1" / "tokenizer.json",
+                          max_length=spec["max_length"], threads=2)
+    texts = [t for d in ("movielens", "bookcrossing")
+             for t, _ in held_out_texts(d, (count + 1) // 2)]
+    return encoder.encode(texts[:count])
+
+
+def synthetic(base: np.ndarray, size: int, noise: float, seed: int = 0) -> np.ndarray:
+    """`size` rows: the real ones, then real rows (drawn with replacement) plus noise."""
+    if size <= len(base):
+        return base[:size]
+    out = np.empty((size, base.shape[1]), dtype=np.float32)
+    out[:len(base)] = base
+    rng = np.random.default_rng(seed)
+    scale = noise / np.sqrt(base.shape[1])
+    for start in range(len(base), size, 500_000):
+        stop = min(start + 500_000, size)
+        rows = base[rng.integers(0, len(base), stop - start)]
+        rows = rows + rng.normal(0, scale, rows.shape).astype(np.float32)
+        out[start:stop] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    return out
+
+
+def _exact_truth(matrix_t: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    top = []
+    for start in range(0, len(queries), 64):
+        scores = queries[start:start + 64] @ matrix_t
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        order = np.take_along_axis(scores, part, 1).argsort(axis=1)[:, ::-1]
+        top.append(np.take_along_axis(part, order, 1))
+    return np.concatenate(top)
+
+
+def _latencies(search, queries: np.ndarray) -> tuple[list[np.ndarray], np.ndarray,
+                                                      np.ndarray]:
+    """(results, ms a query on the first pass, ms on a second pass). The first pass pays for
+    the pages a memory-mapped index has not touched yet in this process; a server that has
+    answered for a while runs like the second."""
+    runs = []
+    for _ in range(2):
+        found, times = [], []
+        for q in queries:
+            t0 = time.perf_counter()
+            found.append(search(q))
+            times.append(time.perf_counter() - t0)
+        runs.append(np.array(times) * 1e3)
+    return found, runs[0], runs[1]
+
+
+_INSTANCE_MB = """
+import sys, faiss
+def anon():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("RssAnon:")) / 1e3
+before = anon()
+index = faiss.read_index(sys.argv[1], faiss.IO_FLAG_MMAP_IFC if sys.argv[2] == "mmap" else 0)
+print(anon() - before)
+"""
+
+
+def _instance_mb(path: Path, load: str) -> float:
+    """Private (anonymous) memory one more scorer instance adds by reading the index, in a
+    fresh process: a memory-mapped index's pages are the page cache's, one copy for every
+    process that maps the file (RSS counts them in each; PSS splits them)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _INSTANCE_MB, str(path), load], check=True,
+                         capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def _row(kind: str, load: str, found, cold, warm, truth, k: int, **extra) -> dict:
+    recall = float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth)]))
+    return {"kind": kind, "load": load, "recall_at_10": recall,
+            "p50_ms": float(np.percentile(warm, 50)), "p99_ms": float(np.percentile(warm, 99)),
+            "first_pass_p50_ms": float(np.percentile(cold, 50)),
+            "first_pass_p99_ms": float(np.percentile(cold, 99)), **extra}
+
+
+def measure(kind: str, matrix: np.ndarray, matrix_t: np.ndarray, queries: np.ndarray,
+            truth: np.ndarray, nprobes: list[int], scratch: Path, k: int = 10) -> list[dict]:
+    """Rows for one kind at one size: exact, or the index read and memory-mapped at each
+    nprobe."""
+    if kind == "exact":
+        found, cold, warm = _latencies(partial(ix.exact_top_k_t, matrix_t, k=k), queries)
+        return [_row("exact", "-", found, cold, warm, truth, k, build_s=0.0,
+                     file_mb=matrix.nbytes / 1e6, instance_mb=0.0)]
+    t0 = time.perf_counter()
+    index = ix.build_index(kind, matrix)
+    build_s = time.perf_counter() - t0
+    path = scratch / f"{kind}.faiss"
+    ix.write_index(index, path)
+    nlist = int(ix.faiss_ivf(index).nlist)
+    del index
+    gc.collect()
+    rows = []
+    for load in ("memory", "mmap"):
+        index = ix.read_index(path, mmap=load == "mmap")
+        instance_mb = _instance_mb(path, load)
+        for nprobe in nprobes:
+            searcher = ix.Searcher(index, matrix_t, nprobe, ix.RESCORE.get(kind, 0))
+            found, cold, warm = _latencies(partial(searcher.top_k, k=k), queries)
+            rows.append(_row(kind, load, found, cold, warm, truth, k, build_s=build_s,
+                             file_mb=path.stat().st_size / 1e6, instance_mb=instance_mb,
+                             nlist=nlist, nprobe=nprobe, rescore=ix.RESCORE.get(kind, 0)))
+        del index
+        gc.collect()
+    return rows
+
+
+def command(args: argparse.Namespace) -> int:
+    from towerlite.serving.catalog import read_catalog
+    from towerlite.serving.catalog_update import newest_version
+
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in ix.SEARCH_KINDS]
+    if unknown or not kinds:
+        raise TowerliteError(f"--kinds: unknown {unknown}; choose from {ix.SEARCH_KINDS}")
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+        nprobes = [int(s) for s in args.nprobe.split(",")]
+    except ValueError:
+        raise TowerliteError("--sizes and --nprobe: whole numbers, comma-separated") from None
+    folder = args.repository / "scorer" / str(newest_version(args.repository)) / "catalog"
+    emb, _, _ = read_catalog(folder)
+    base = np.ascontiguousarray(emb, dtype=np.float32)
+    queries = _queries(args.repository, args.queries)
+    log.info(f"{len(base):,} real items, {len(queries)} real user queries")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="towerlite-index-") as scratch:
+        for size in sizes:
+            size = size or len(base)
+            matrix = synthetic(base, size, args.noise)
+            matrix_t = np.ascontiguousarray(matrix.T)
+            truth = _exact_truth(matrix_t, queries, 10)
+            for kind in kinds:
+                log.info(f"{size:,} items: {kind} …")
+                for row in measure(kind, matrix, matrix_t, queries, truth, nprobes,
+                                   Path(scratch)):
+                    rows.append({"items": size, "synthetic": max(0, size - len(base)), **row})
+                    log.info(str(rows[-1]))
+            del matrix, matrix_t
+            gc.collect()
+    report = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "repository": str(args.repository),
+              "real_items": len(base), "queries": len(queries), "noise": args.noise,
+              "machine": cpu_info(), "load_average": load_average(),
+              "versions": package_versions("faiss-cpu", "numpy"), "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out / "index.json", report)
+    print(f"{'items':>10} {'kind':<8} {'load':<6} {'nprobe':>6} {'recall@10':>9} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'1st p50':>7} {'build s':>7} {'file MB':>8} {'+MB/inst':>8}")
+    for r in rows:
+        print(f"{r['items']:>10,} {r['kind']:<8} {r['load']:<6} {r.get('nprobe', '-'):>6} "
+              f"{r['recall_at_10']:>9.3f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} "
+              f"{r['first_pass_p50_ms']:>7.2f} {r['build_s']:>7.1f} {r['file_mb']:>8.0f} "
+              f"{r['instance_mb']:>8.0f}")
+    print(f"report: {args.out / 'index.json'}")
+    return 0
