@@ -274,6 +274,35 @@ def test_embedding_bench_runs_each_worker_count_on_catalog_texts(cache, tiny_exp
     assert code == 1 and "WORKERSxTHREADS" in err
 
 
+def test_index_bench_measures_each_kind_on_real_queries_and_synthetic_sizes(server, capsys,
+                                                                           tmp_path):
+    """`bench index`: the deployed catalog and a synthetic 12k one, exact and IVF-SQ8 (read and
+    memory-mapped), queries from the deploy's own user tower."""
+    out = tmp_path / "index"
+    code, stdout, err = bench(capsys, "index", str(server.repository), "--sizes", "0,12000",
+                              "--kinds", "exact,ivf_sq8", "--queries", "20", "--nprobe", "4",
+                              "--out", str(out))
+    assert code == 0, err
+    report = json.loads((out / "index.json").read_text())
+    real = report["real_items"]
+    assert report["queries"] == 20 and real == N_MOVIES + N_BOOKS
+    assert [(r["items"], r["kind"], r["load"]) for r in report["rows"]] == [
+        (size, kind, load) for size in (real, 12000)
+        for kind, load in (("exact", "-"), ("ivf_sq8", "memory"), ("ivf_sq8", "mmap"))]
+    for r in report["rows"]:
+        assert r["synthetic"] == (0 if r["items"] == real else 12000 - real)
+        assert r["p50_ms"] <= r["p99_ms"] and 0 <= r["recall_at_10"] <= 1
+    exact = [r for r in report["rows"] if r["kind"] == "exact"]
+    assert all(r["recall_at_10"] == 1.0 for r in exact)
+    # memory-mapped and read answer alike; the mapped one costs a reader no private copy
+    for size in (real, 12000):
+        read, mapped = [r for r in report["rows"] if r["items"] == size and r["kind"] != "exact"]
+        assert read["recall_at_10"] == mapped["recall_at_10"]
+        assert mapped["instance_mb"] < max(1.0, read["instance_mb"])
+    code, _, err = bench(capsys, "index", str(server.repository), "--kinds", "hnsw")
+    assert code == 1 and "--kinds: unknown ['hnsw']" in err
+
+
 def test_soak_runs_windows_samples_memory_and_plots(server, capsys, tmp_path):
     """`bench soak` starts its own server on the repository: two 3-second windows at
     concurrency 4, memory sampled each second; nothing fails and the server's memory is read."""

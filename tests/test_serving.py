@@ -992,7 +992,7 @@ def test_ivf_index_recall_against_exact():
     rng = np.random.default_rng(1)
     emb = rng.normal(size=(4000, 32)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    index = ix.build_ivf(emb)
+    index = ix.build_index("ivf", emb)
     assert index.nlist == ix.nlist_for(4000) == 102  # 4·√n, at least 39 points a list
     queries = emb[:50] + 0.1 * rng.normal(size=(50, 32)).astype(np.float32)
     full = ix.recall_at_k(index, emb, queries, k=10, nprobe=index.nlist)

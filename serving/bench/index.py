@@ -84,16 +84,6 @@ def synthetic(base: np.ndarray, size: int, noise: float, seed: int = 0) -> np.nd
     return out
 
 
-def _exact_truth(matrix_t: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    top = []
-    for start in range(0, len(queries), 64):
-        scores = queries[start:start + 64] @ matrix_t
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        order = np.take_along_axis(scores, part, 1).argsort(axis=1)[:, ::-1]
-        top.append(np.take_along_axis(part, order, 1))
-    return np.concatenate(top)
-
-
 def _latencies(search, queries: np.ndarray) -> tuple[list[np.ndarray], np.ndarray,
                                                       np.ndarray]:
     """(results, ms a query on the first pass, ms on a second pass). The first pass pays for
@@ -111,12 +101,15 @@ def _latencies(search, queries: np.ndarray) -> tuple[list[np.ndarray], np.ndarra
 
 
 _INSTANCE_MB = """
-import sys, faiss
+import sys
+from pathlib import Path
+import faiss  # noqa: F401  (the library's own memory is not the index's)
+from towerlite.serving.index import read_index
 def anon():
     with open("/proc/self/status") as f:
         return next(int(l.split()[1]) for l in f if l.startswith("RssAnon:")) / 1e3
 before = anon()
-index = faiss.read_index(sys.argv[1], faiss.IO_FLAG_MMAP_IFC if sys.argv[2] == "mmap" else 0)
+index = read_index(Path(sys.argv[1]), mmap=sys.argv[2] == "mmap")
 print(anon() - before)
 """
 
@@ -196,7 +189,7 @@ def command(args: argparse.Namespace) -> int:
             size = size or len(base)
             matrix = synthetic(base, size, args.noise)
             matrix_t = np.ascontiguousarray(matrix.T)
-            truth = _exact_truth(matrix_t, queries, 10)
+            truth = ix.exact_top_k(matrix, queries, 10)
             for kind in kinds:
                 log.info(f"{size:,} items: {kind} …")
                 for row in measure(kind, matrix, matrix_t, queries, truth, nprobes,

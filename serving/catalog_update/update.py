@@ -56,11 +56,9 @@ def update(repository: str | Path, items: str | Path | pd.DataFrame | None = Non
     frame, removed, source = read_inputs(items, remove)
     record = _write_next(repo, base, frame, removed, source, index, nprobe, threads, progress)
     urls = [url] if isinstance(url, str) else list(url or [])
-    if len(urls) == 1:
-        record["load"] = load_version(repo, urls[0], protocol, version=base + 1,
-                                      keep_versions=keep_versions)
-    elif urls:
+    if urls:
         record["loads"] = load_on_replicas(repo, urls, protocol, base + 1, keep_versions)
+        record["load"] = record["loads"][-1]
     record["seconds"] = round(time.perf_counter() - t0, 2)
     return record
 
@@ -163,6 +161,8 @@ def load_on_replicas(repository: str | Path, urls: Sequence[str], protocol: str 
             loaded.append({"url": url, **load_version(repository, url, protocol, version,
                                                       keep_versions, prune_after=last)})
         except LoadError as exc:
+            if len(urls) == 1:
+                raise
             done = ", ".join(r["url"] for r in loaded) or "none"
             raise LoadError(f"replicas serving the new version: {done}; not loaded on {url} "
                             f"(nor on the {len(urls) - number - 1} after it): {exc}",
