@@ -3,6 +3,7 @@
     client = Client("127.0.0.1:8001")                       # gRPC; protocol="http" for HTTP
     recs = client.recommend(user_text, k=10, domain="book", exclude=history_ids)
     recs.item_ids, recs.scores, recs.domains                 # best first
+    recs.release                                             # the release that answered
     Client(url, model="recommend_fused")                     # the same, one python model
     vectors = client.embed_items(["[movie] Heat (1995). Action|Crime|Thriller"])
 
@@ -42,6 +43,7 @@ class Recommendations:
     scores: np.ndarray
     domains: list[str]
     skipped: list[str] = field(default_factory=list)  # recommend_history: unknown history ids
+    release: int | None = None  # the release that answered (towerlite release)
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -50,6 +52,11 @@ class Recommendations:
 def _strings(values: Sequence[str] | Sequence[bytes]) -> np.ndarray:
     return np.array([v if isinstance(v, bytes) else str(v).encode("utf-8") for v in values],
                     dtype=np.object_)
+
+
+def _release(result) -> int | None:
+    value = result.as_numpy("RELEASE")
+    return int(value.reshape(-1)[0]) if value is not None and value.size else None
 
 
 def _decode(values: np.ndarray) -> list[str]:
@@ -179,12 +186,13 @@ class Client:
         text = user_text if isinstance(user_text, bytes) else str(user_text).encode("utf-8")
         inputs = [self._input("TEXT", np.array([[text]], dtype=np.object_), "BYTES"),
                   *self._options(k, domain, exclude, min_score)]
-        result = self._call(self.model, inputs, ["ITEM_IDS", "SCORES", "DOMAINS"])
+        result = self._call(self.model, inputs, ["ITEM_IDS", "SCORES", "DOMAINS", "RELEASE"])
         ids = _decode(result.as_numpy("ITEM_IDS")[0])
         scores = result.as_numpy("SCORES")[0]
         domains = _decode(result.as_numpy("DOMAINS")[0])
         keep = [i for i, v in enumerate(ids) if v]  # rows of a batch are padded with ""
-        return Recommendations([ids[i] for i in keep], scores[keep], [domains[i] for i in keep])
+        return Recommendations([ids[i] for i in keep], scores[keep], [domains[i] for i in keep],
+                               release=_release(result))
 
     def recommend_history(self, history: Sequence[str], k: int | None = 10,
                           domain: str | None = None, exclude: Sequence[str] | None = None,
@@ -197,7 +205,8 @@ class Client:
             raise TypeError("recommend_history takes a list of item ids")
         inputs = [self._input("HISTORY", _strings(list(history)).reshape(1, -1), "BYTES"),
                   *self._options(k, domain, exclude, min_score)]
-        result = self._call(model, inputs, ["ITEM_IDS", "SCORES", "DOMAINS", "SKIPPED"])
+        result = self._call(model, inputs, ["ITEM_IDS", "SCORES", "DOMAINS", "SKIPPED",
+                                            "RELEASE"])
         ids = _decode(result.as_numpy("ITEM_IDS")[0])
         scores = result.as_numpy("SCORES")[0]
         domains = _decode(result.as_numpy("DOMAINS")[0])
@@ -205,7 +214,7 @@ class Client:
         skipped = [s for s in _decode(skipped_raw.reshape(-1))] if skipped_raw is not None else []
         keep = [i for i, v in enumerate(ids) if v]
         return Recommendations([ids[i] for i in keep], scores[keep], [domains[i] for i in keep],
-                               [s for s in skipped if s])
+                               [s for s in skipped if s], _release(result))
 
     def embed_items(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """(n, dim) float32 item-tower embeddings of `texts`, in order."""

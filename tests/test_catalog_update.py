@@ -189,6 +189,9 @@ def test_update_under_concurrent_requests_loses_none(served, data, exported, tmp
     assert (report["added"], report["changed"], report["removed"]) == (N_BOOKS, 1, len(REMOVED))
     assert meta["updates"][-1]["version"] == 2 and meta["item_model"]["variant"] == "fp32"
     assert report["load"]["served_versions"] == ["2"] and report["load"]["pruned"] == []
+    # release 2 is version 2 of every model: the unchanged ones hard-linked, not copied
+    onnx = [repo / "user_encoder" / v / "model.onnx" for v in ("1", "2")]
+    assert onnx[0].stat().st_ino == onnx[1].stat().st_ino
 
     # the same catalog a redeploy would write: ids in prepare_items' order, kept rows copied,
     # the 21 encoded rows equal to the item tower's embeddings of their texts
@@ -270,19 +273,26 @@ def test_server_down_leaves_a_complete_version_and_says_how_to_retry(repo, data,
 
 def test_a_version_the_server_cannot_load_is_refused_and_the_old_one_serves(repo, tmp_path):
     from towerlite.serving.catalog_update import load_version
+    from towerlite.serving.release import current_release, store
+    from towerlite.serving.release.switch import point_disk
     from towerlite.serving.triton import start_server
 
     with start_server(repo, log_path=tmp_path / "triton.log") as server:
         broken = repo / "scorer" / "2"
         shutil.copytree(repo / "scorer" / "1", broken)
         (broken / "catalog" / "item_ids.npy").unlink()
+        store.carry(repo, 1, 2)  # release 2: the broken catalog, every other model as in 1
+        point_disk(repo, 2)
         with pytest.raises(LoadError) as err:
             load_version(repo, server.grpc_url)
         message = str(err.value)
-        assert "tried and refused it, and keeps serving the previous version" in message
+        assert "tried and refused it, and keeps serving the previous release" in message
         assert "item_ids.npy is missing" in message and f"remove {broken}" in message
         with Client(server.grpc_url) as c:
-            assert len(c.recommend("x", k=2)) == 2
+            got = c.recommend("x", k=2)
+            assert len(got) == 2 and got.release == 1
+        # the configs name the serving release again: a restart would not try the broken one
+        assert current_release(repo) == 1
     assert scorer_versions(repo) == [1, 2]  # nothing deleted after a failed load
 
 

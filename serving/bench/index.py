@@ -167,7 +167,7 @@ def measure(kind: str, matrix: np.ndarray, matrix_t: np.ndarray, queries: np.nda
 
 def command(args: argparse.Namespace) -> int:
     from towerlite.serving.catalog import read_catalog
-    from towerlite.serving.catalog_update import newest_version
+    from towerlite.serving.catalog_update import serving_version
 
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in ix.SEARCH_KINDS]
@@ -178,7 +178,7 @@ def command(args: argparse.Namespace) -> int:
         nprobes = [int(s) for s in args.nprobe.split(",")]
     except ValueError:
         raise TowerliteError("--sizes and --nprobe: whole numbers, comma-separated") from None
-    folder = args.repository / "scorer" / str(newest_version(args.repository)) / "catalog"
+    folder = args.repository / "scorer" / str(serving_version(args.repository)) / "catalog"
     emb, _, _ = read_catalog(folder)
     base = np.ascontiguousarray(emb, dtype=np.float32)
     queries = _queries(args.repository, args.queries)

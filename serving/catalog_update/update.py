@@ -21,10 +21,12 @@ from .. import catalog as cat
 from .. import history_update as history
 from .. import index as ix
 from ..deploy import software_versions
+from ..release import store
+from ..release.switch import point_disk
 from .items_file import preview, read_inputs
 from .merge import merge, row_domains
 from .server import LoadError, load_on_server
-from .versions import flavor_folder, item_tower, newest_version, prune
+from .versions import flavor_folder, item_tower, serving_version
 from .write import write_version
 
 INDEX_CHOICES = ("keep", *ix.INDEX_KINDS)
@@ -38,8 +40,11 @@ def update(repository: str | Path, items: str | Path | pd.DataFrame | None = Non
            url: str | Sequence[str] | None = None,
            protocol: str = "grpc", index: str = "keep", nprobe: int | None = None,
            threads: int = 2, keep_versions: int = 2, progress: bool = True) -> dict:
-    """Write the scorer's next catalog version and, with `url`, load it on that server (or on
-    each of several replicas serving the same repository, e.g. `replica_urls(...)`).
+    """Write the scorer's next catalog version — the repository's next release, its other
+    models carried unchanged — and, with `url`, switch that server to it (or each of several
+    replicas serving the same repository, e.g. `replica_urls(...)`). Without `url`, the configs
+    on disk name the new release: a server started later serves it, `catalog load` switches a
+    running one.
 
     `items`: a CSV/JSONL file (or an ITEM_COLUMNS frame); an existing id replaces that item, a
     new one is added. `remove`: a file of ids (one a line) or a list. `index`: keep (what the
@@ -52,22 +57,32 @@ def update(repository: str | Path, items: str | Path | pd.DataFrame | None = Non
     if keep_versions < 1:
         raise TowerliteError("keep_versions must be at least 1 (the version just loaded)")
     repo = flavor_folder(repository)
-    base = newest_version(repo)
+    base = serving_version(repo)
     frame, removed, source = read_inputs(items, remove)
-    record = _write_next(repo, base, frame, removed, source, index, nprobe, threads, progress)
+    version = store.next_release(repo)
+    try:
+        record = _write_next(repo, base, version, frame, removed, source, index, nprobe,
+                             threads, progress)
+    except BaseException:
+        store.remove(repo, version)
+        raise
+    point_disk(repo, version)
+    store.log_release(repo, {"release": version, "from": base, "kind": "catalog update"})
     urls = [url] if isinstance(url, str) else list(url or [])
     if urls:
-        record["loads"] = load_on_replicas(repo, urls, protocol, base + 1, keep_versions)
+        record["loads"] = load_on_replicas(repo, urls, protocol, version, keep_versions)
         record["load"] = record["loads"][-1]
     record["seconds"] = round(time.perf_counter() - t0, 2)
     return record
 
 
-def _write_next(repo: Path, base: int, frame: pd.DataFrame, removed: list[str], source: dict,
-                index: str, nprobe: int | None, threads: int, progress: bool) -> dict:
-    """Version base+1 of the scorer (and of the history models, where deployed): version
-    `base` with `frame`'s items encoded and merged in and `removed` dropped. Returns the
-    update's record (also appended to the new catalog.json)."""
+def _write_next(repo: Path, base: int, version: int, frame: pd.DataFrame, removed: list[str],
+                source: dict, index: str, nprobe: int | None, threads: int,
+                progress: bool) -> dict:
+    """Release `version`: the scorer's catalog (and the history models' table, where deployed)
+    of release `base` with `frame`'s items encoded and merged in and `removed` dropped, every
+    other model's folder carried. Returns the update's record (also appended to the new
+    catalog.json)."""
     old_emb, old_ids, old_meta = cat.read_catalog(repo / "scorer" / str(base) / "catalog")
     known = set(old_ids.tolist())
     unknown = [i for i in removed if i not in known]
@@ -88,7 +103,7 @@ def _write_next(repo: Path, base: int, frame: pd.DataFrame, removed: list[str], 
     changed = [i for i in new["item_id"] if i in known]
     kind = ix.kind_of(old_meta) if index == "keep" else ix.choose(index, len(merged))
     record = {
-        "version": base + 1, "from_version": base,
+        "version": version, "from_version": base,
         "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **source,
         "added": len(added), "changed": len(changed), "removed": len(removed),
         "count_before": len(old_ids), "count": len(merged), "encoded": len(new),
@@ -103,15 +118,16 @@ def _write_next(repo: Path, base: int, frame: pd.DataFrame, removed: list[str], 
     t_write = time.perf_counter()
     folder, meta = write_version(repo, base, merged, matrix_t, info, kind,
                                  nprobe or (old_meta.get("index") or {}).get("nprobe")
-                                 or ix.DEFAULT_NPROBE)
+                                 or ix.DEFAULT_NPROBE, version=version)
     record = {**record, "path": str(folder), "domains": meta["domains"],
               "write_seconds": round(time.perf_counter() - t_write, 2)}
-    log.info(f"wrote scorer version {base + 1}: {len(merged):,} items (+{len(added)} added, "
+    log.info(f"wrote scorer version {version}: {len(merged):,} items (+{len(added)} added, "
              f"{len(changed)} changed, -{len(removed)} removed; {len(new)} encoded in "
              f"{encode_s:.1f} s) at {folder}")
     if history.deployed(repo):
-        record["history"] = history.write_versions(repo, base + 1, new, new_emb, set(removed),
-                                                   domain_order)
+        record["history"] = history.write_versions(repo, base, version, new, new_emb,
+                                                   set(removed), domain_order)
+    record["carried"] = store.carry(repo, base, version)
     return record
 
 
@@ -152,7 +168,7 @@ def replica_urls(host_port: str) -> list[str]:
 
 def load_on_replicas(repository: str | Path, urls: Sequence[str], protocol: str = "grpc",
                      version: int | None = None, keep_versions: int = 2) -> list[dict]:
-    """`load_version` on each server in turn, old versions pruned after the last. A failure
+    """`load_version` on each server in turn, old releases pruned after the last. A failure
     names the replicas that already serve the new version and those that do not."""
     loaded = []
     for number, url in enumerate(urls):
@@ -173,16 +189,17 @@ def load_on_replicas(repository: str | Path, urls: Sequence[str], protocol: str 
 def load_version(repository: str | Path, url: str, protocol: str = "grpc",
                  version: int | None = None, keep_versions: int = 2,
                  prune_after: bool = True) -> dict:
-    """Load the newest written scorer version on the server at `url` and check it is served
-    (also the retry after a failed load); then prune versions older than `keep_versions`."""
+    """Switch the server at `url` to the release the configs name (the newest written by
+    `catalog update`), check its catalog is served (also the retry after a failed load); then
+    prune all but the newest `keep_versions` releases."""
     repo = flavor_folder(repository)
-    version = version or newest_version(repo)
+    version = version or serving_version(repo)
     meta = json.loads((repo / "scorer" / str(version) / "catalog" / "catalog.json").read_text())
     check = ((meta.get("updates") or [{}])[-1]).get("check") or {}
     if ((meta.get("updates") or [{}])[-1]).get("version") != version:
         check = {}  # a deploy's version 1: nothing recorded to check beyond readiness
     try:
-        loaded = load_on_server(url, protocol, version, check.get("present", ()),
+        loaded = load_on_server(repo, url, protocol, version, check.get("present", ()),
                                 check.get("absent", ()))
     except LoadError as exc:
         folder = repo / "scorer" / str(version)
@@ -191,7 +208,8 @@ def load_version(repository: str | Path, url: str, protocol: str = "grpc",
                      f"--repository {repo} --url {url}` once the server runs (a server started "
                      "later serves the newest version anyway)",
             "restart": "restart the server to serve it (it loads the newest version)",
-            "rejected": f"remove {folder}, or a restart will try it again and fail",
+            "rejected": f"the configs name the serving release again; remove {folder}, or "
+                        "fix it and run `towerlite catalog load` again",
             "elsewhere": f"is {url} the server of {repo}? (a server started on it serves the "
                          "newest version)",
             "log": "the server's log says more",
@@ -200,7 +218,7 @@ def load_version(repository: str | Path, url: str, protocol: str = "grpc",
                         f"loaded: {exc}. Nothing is half-written; {then}",
                         exc.next_step) from None
     # several replicas: only after the last one loaded (the others may still serve an old one)
-    loaded["pruned"] = prune(repo, keep_versions) if prune_after else []
+    loaded["pruned"] = store.prune(repo, keep_versions, version) if prune_after else []
     log.info(f"loaded scorer version {version} on {url} in {loaded['load_seconds']} s "
              f"(checked {loaded['checked_present']} added/changed and "
              f"{loaded['checked_absent']} removed ids)"

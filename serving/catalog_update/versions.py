@@ -1,15 +1,13 @@
-"""The version store: a flavor folder's numbered scorer versions on disk (the newest, the item
-tower that encoded its catalog, pruning the old ones)."""
+"""The scorer's versions on disk: the one the configs serve, the item tower that encoded its
+catalog (releases as a whole: serving/release/store.py)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from towerlite.errors import TowerliteError
 
 from .. import catalog as cat
-from .. import history_update as history
 
 
 def flavor_folder(repository: str | Path) -> Path:
@@ -32,16 +30,16 @@ def scorer_versions(repo: Path) -> list[int]:
                   if p.is_dir() and p.name.isdigit())
 
 
-def newest_version(repo: Path) -> int:
-    """The newest scorer version, refused unless its catalog is complete."""
-    versions = scorer_versions(repo)
-    if not versions:
-        raise TowerliteError(f"{repo / 'scorer'} has no version folder (run `towerlite deploy`)")
-    newest = versions[-1]
-    if not (repo / "scorer" / str(newest) / "catalog" / "catalog.json").is_file():
-        raise TowerliteError(f"{repo / 'scorer' / str(newest)} has no catalog/catalog.json: an "
+def serving_version(repo: Path) -> int:
+    """The scorer version (= release) the configs serve, refused unless its catalog is
+    complete."""
+    from ..release.store import current_release
+
+    version = current_release(repo)
+    if not (repo / "scorer" / str(version) / "catalog" / "catalog.json").is_file():
+        raise TowerliteError(f"{repo / 'scorer' / str(version)} has no catalog/catalog.json: an "
                              "incomplete version; remove that folder or redeploy")
-    return newest
+    return version
 
 
 def item_tower(repo: Path, meta: dict) -> tuple[Path, Path]:
@@ -63,15 +61,3 @@ def item_tower(repo: Path, meta: dict) -> tuple[Path, Path]:
     raise TowerliteError(f"the item tower that encoded this catalog ({model.get('variant', '?')}, "
                          f"sha256 {str(model.get('sha256'))[:12]}…) is neither {looked}: new "
                          "items must be encoded by the same model as the rest; redeploy instead")
-
-
-def prune(repo: Path, keep: int) -> list[int]:
-    """Delete all but the newest `keep` scorer versions (after the newest is loaded: the one
-    before it stays for a rollback). Returns the versions deleted."""
-    versions = scorer_versions(repo)
-    gone = versions[:-keep] if keep >= 1 else []
-    for v in gone:
-        shutil.rmtree(repo / "scorer" / str(v))
-    if history.deployed(repo):
-        history.prune(repo, keep)
-    return gone

@@ -1,4 +1,4 @@
-"""Writing a version: REPO/scorer/<N+1>/ built beside the others under a name Triton ignores,
+"""Writing a version: REPO/scorer/<R>/ built beside the others under a name Triton ignores,
 read back, then renamed into place."""
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from .. import index as ix
 
 
 def write_version(repo: Path, base: int, frame: pd.DataFrame, matrix_t: np.ndarray, info: dict,
-                  index_kind: str, nprobe: int) -> tuple[Path, dict]:
-    """REPO/scorer/<base+1>/ built beside the others under a name Triton ignores, read back,
-    then renamed into place: a reader (or a crash) sees the whole version or none of it."""
+                  index_kind: str, nprobe: int, version: int | None = None) -> tuple[Path, dict]:
+    """REPO/scorer/<version>/ (default base+1; the code of version `base`) built beside the
+    others under a name Triton ignores, read back, then renamed into place: a reader (or a
+    crash) sees the whole version or none of it."""
     scorer = repo / "scorer"
-    version = base + 1
+    version = version or base + 1
     staging = scorer / f".staging-{version}"
     final = scorer / str(version)
     shutil.rmtree(staging, ignore_errors=True)

@@ -39,6 +39,19 @@ def _dynamic(spec: RepositorySpec, delay_us: int, preferred: list[int]) -> str:
     return (f"dynamic_batching {{{pref}\n  max_queue_delay_microseconds: {delay_us}{policy}\n}}")
 
 
+# the release a repository serves: every versioned model (tokenizers, encoders, scorers,
+# history models) holds its files of release R in version folder R and serves only the versions
+# its policy names; the ensembles and fused models name R too. `towerlite release` and
+# `towerlite catalog update` write R+1 and rewrite these lines (serving/release/), so a server
+# (re)started on the folder serves one release, never the newest folder of each model
+FIRST_RELEASE = 1
+
+
+def version_policy(versions: tuple[int, ...] = (FIRST_RELEASE,)) -> str:
+    return ("# the release(s) served (towerlite release rewrites this line)\n"
+            f"version_policy: {{ specific: {{ versions: [ {', '.join(map(str, versions))} ] }} }}")
+
+
 def _instances(count: int, kind: str = "KIND_CPU") -> str:
     return f"instance_group [ {{ count: {count}, kind: {kind} }} ]"
 
@@ -72,6 +85,7 @@ def tokenizer_config(spec: RepositorySpec, name: str = "tokenizer",
                           _io("output", "attention_mask", "TYPE_INT64", [-1])]),
         _dynamic(spec, 0, []),
         _instances(spec.tokenizer_instances),
+        version_policy(),
         _params({"MAX_LENGTH": spec.max_length,
                  "BUCKETS": ",".join(map(str, _buckets(spec, flavor))),
                  "MAX_TEXT_BYTES": spec.max_text_bytes}),
@@ -103,7 +117,7 @@ def encoder_config(spec: RepositorySpec, name: str, flavor: str) -> str:
             _header(name, f"{tower} tower: exported ONNX encoder run by onnxruntime inside a "
                     "python model (portable flavor)", backend="python",
                     max_batch_size=spec.max_batch_size),
-            *io, _dynamic(spec, delay, preferred), _instances(instances),
+            *io, _dynamic(spec, delay, preferred), _instances(instances), version_policy(),
             _params({"THREADS": threads, "DEVICE": _device(spec)}), _warmup(spec, flavor)]) + "\n"
     trt_params = (f"parameters {{ key: \"precision_mode\" value: \"{spec.tensorrt_precision}\" }}\n"
                   "        parameters { key: \"max_workspace_size_bytes\" value: \"1073741824\" }\n"
@@ -127,12 +141,13 @@ def encoder_config(spec: RepositorySpec, name: str, flavor: str) -> str:
         # transformer is a chain: parallel execution only adds threads that spin), the arena on
         return "\n".join([
             *header, *io, _dynamic(spec, delay, preferred), _instances(instances, "KIND_CPU"),
+            version_policy(),
             _params({"intra_op_thread_count": threads, "inter_op_thread_count": 1,
                      "execution_mode": 0, "enable_mem_arena": 1}),
             _warmup(spec, flavor)]) + "\n"
     return "\n".join([
         *header, *io, _dynamic(spec, delay, preferred),
-        _instances(spec.gpu_instances, "KIND_GPU"), trt,
+        _instances(spec.gpu_instances, "KIND_GPU"), version_policy(), trt,
         _warmup(spec, flavor)]) + "\n"
 
 
@@ -175,15 +190,11 @@ def scorer_config(spec: RepositorySpec, name: str = "scorer") -> str:
         ]),
         _block("output", [_io("output", "ITEM_IDS", "TYPE_STRING", [-1]),
                           _io("output", "SCORES", "TYPE_FP32", [-1]),
-                          _io("output", "DOMAINS", "TYPE_STRING", [-1])]),
+                          _io("output", "DOMAINS", "TYPE_STRING", [-1]), _release_output()]),
         # no waiting for a batch (each request is scored alone); here for the queue policy
         _dynamic(spec, 0, []),
         _instances(spec.history_instances if name == "history_scorer" else spec.scorer_instances),
-        # `towerlite catalog update` writes the catalog as the scorer's next version folder:
-        # Triton serves only the newest (the old one answers until the new one is ready, then
-        # unloads); the ensemble asks for version -1, the latest
-        ("# the newest catalog version only (towerlite catalog update writes the next one)\n"
-         "version_policy: { latest: { num_versions: 1 } }"),
+        version_policy(),
         # INDEX "auto": use catalog/index.faiss when deploy built one (large catalogs);
         # "exact": always the exact matrix product. INDEX_LOAD "mmap": one copy of the index
         # in the page cache for every instance of the server (as fast as a copy each: 2.2
@@ -207,8 +218,7 @@ def fused_config(spec: RepositorySpec) -> str:
                 backend="python", max_batch_size=spec.max_batch_size),
         *_recommend_io(spec), _dynamic(spec, spec.user_queue_delay_us, []),
         _instances(spec.fused_instances),
-        "version_policy: { latest: { num_versions: 1 } }",
-        _params({"MAX_LENGTH": spec.max_length,
+        _params({"RELEASE": FIRST_RELEASE, "MAX_LENGTH": spec.max_length,
                  "BUCKETS": ",".join(map(str, _buckets(spec, "portable"))),
                  "MAX_TEXT_BYTES": spec.max_text_bytes, "THREADS": spec.fused_threads,
                  "DEVICE": _device(spec),
@@ -221,10 +231,15 @@ def fused_config(spec: RepositorySpec) -> str:
     ]) + "\n"
 
 
+def _release_output() -> str:
+    return _io("output", "RELEASE", "TYPE_INT64", [1],
+               comment="the release that answered (every step of one release: never mixed)")
+
+
 def _step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
     maps = [f"      input_map {{ key: \"{k}\" value: \"{v}\" }}" for k, v in inputs.items()]
     maps += [f"      output_map {{ key: \"{k}\" value: \"{v}\" }}" for k, v in outputs.items()]
-    return "    {\n" + f"      model_name: \"{model}\"\n      model_version: -1\n" + \
+    return "    {\n" + f"      model_name: \"{model}\"\n      model_version: {FIRST_RELEASE}\n" + \
         "\n".join(maps) + "\n    }"
 
 
@@ -244,7 +259,7 @@ def _recommend_io(spec: RepositorySpec) -> list[str]:
             *_option_inputs()]),
         _block("output", [_io("output", "ITEM_IDS", "TYPE_STRING", [-1]),
                           _io("output", "SCORES", "TYPE_FP32", [-1]),
-                          _io("output", "DOMAINS", "TYPE_STRING", [-1])])]
+                          _io("output", "DOMAINS", "TYPE_STRING", [-1]), _release_output()])]
 
 
 def recommend_config(spec: RepositorySpec) -> str:
@@ -261,7 +276,8 @@ def recommend_config(spec: RepositorySpec) -> str:
                   {"sentence_embedding": "user_embedding"}),
             _step("scorer", {"EMBEDDING": "user_embedding", "K": "K", "DOMAIN": "DOMAIN",
                              "EXCLUDE": "EXCLUDE", "MIN_SCORE": "MIN_SCORE"},
-                  {"ITEM_IDS": "ITEM_IDS", "SCORES": "SCORES", "DOMAINS": "DOMAINS"}),
+                  {"ITEM_IDS": "ITEM_IDS", "SCORES": "SCORES", "DOMAINS": "DOMAINS",
+                   "RELEASE": "RELEASE"}),
         ]) + "\n  ]\n}",
     ]) + "\n"
 
@@ -300,7 +316,7 @@ def history_encoder_config(spec: RepositorySpec) -> str:
         # requests queued together are encoded in one onnxruntime call; no waiting for more
         _dynamic(spec, 0, []),
         _instances(spec.history_instances),
-        "version_policy: { latest: { num_versions: 1 } }",
+        version_policy(),
         _params({"MAX_LEN": spec.history_max_len, "MAX_HISTORY": spec.history_max_ids,
                  "THREADS": 1}),
     ]) + "\n"
@@ -315,7 +331,7 @@ def _recommend_history_io() -> list[str]:
         _block("output", [_io("output", "ITEM_IDS", "TYPE_STRING", [-1]),
                           _io("output", "SCORES", "TYPE_FP32", [-1]),
                           _io("output", "DOMAINS", "TYPE_STRING", [-1]),
-                          _io("output", "SKIPPED", "TYPE_STRING", [-1])])]
+                          _io("output", "SKIPPED", "TYPE_STRING", [-1]), _release_output()])]
 
 
 def history_fused_config(spec: RepositorySpec) -> str:
@@ -325,8 +341,7 @@ def history_fused_config(spec: RepositorySpec) -> str:
                 "crossing, not two)", backend="python", max_batch_size=spec.max_batch_size),
         *_recommend_history_io(), _dynamic(spec, spec.user_queue_delay_us, []),
         _instances(spec.history_instances),
-        "version_policy: { latest: { num_versions: 1 } }",
-        _params({"PATH": "history", "MAX_LEN": spec.history_max_len,
+        _params({"RELEASE": FIRST_RELEASE, "PATH": "history", "MAX_LEN": spec.history_max_len,
                  "MAX_HISTORY": spec.history_max_ids, "THREADS": 1, "CATALOG_DIR": "catalog",
                  "DEFAULT_K": spec.default_k, "MAX_K": spec.max_k, "INDEX": spec.scorer_index,
                  "INDEX_LOAD": _index_load(spec),
@@ -347,7 +362,8 @@ def recommend_history_config(spec: RepositorySpec) -> str:
             _step("history_scorer", {"EMBEDDING": "history_embedding", "K": "K",
                                      "DOMAIN": "DOMAIN", "EXCLUDE": "history_exclude",
                                      "MIN_SCORE": "MIN_SCORE"},
-                  {"ITEM_IDS": "ITEM_IDS", "SCORES": "SCORES", "DOMAINS": "DOMAINS"}),
+                  {"ITEM_IDS": "ITEM_IDS", "SCORES": "SCORES", "DOMAINS": "DOMAINS",
+                   "RELEASE": "RELEASE"}),
         ]) + "\n  ]\n}",
     ]) + "\n"
 

@@ -9,14 +9,13 @@ times. The PATH parameter says which:
 Runs inside Triton's python backend: imports only numpy and triton_python_backend_utils here,
 and the repository's own model.py files of those steps, loaded from their folders beside this
 one (the same code, the same tokenizer.json, model.onnx, catalog and item-table files: nothing
-is copied). The catalog is the scorer's version SCORER_VERSION (text) or the history models'
-version HISTORY_VERSION (history), or the newest version folder when the parameter is absent;
-`towerlite catalog update` reloads this model after the steps with the parameter set to the new
-version.
+is copied). Every step is read at version RELEASE, the release this model serves (version
+folders are releases); `towerlite release` and `towerlite catalog update` reload this model with
+RELEASE set to the new one, after loading its steps' new versions.
 
-Parameters (config.pbtxt): the steps' own (MAX_LENGTH, BUCKETS, MAX_TEXT_BYTES, THREADS,
-DEVICE, CATALOG_DIR, DEFAULT_K, MAX_K, INDEX; MAX_LEN, MAX_HISTORY, UNKNOWN_EXCLUDE). Inputs and
-outputs: those of the ensemble it stands for.
+Parameters (config.pbtxt): RELEASE, and the steps' own (MAX_LENGTH, BUCKETS, MAX_TEXT_BYTES,
+THREADS, DEVICE, CATALOG_DIR, DEFAULT_K, MAX_K, INDEX; MAX_LEN, MAX_HISTORY, UNKNOWN_EXCLUDE).
+Inputs and outputs: those of the ensemble it stands for.
 """
 
 import importlib.util
@@ -27,18 +26,13 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
-def _newest_version(folder):
-    versions = [int(v) for v in os.listdir(folder) if v.isdigit()
-                and os.path.isfile(os.path.join(folder, v, "model.py"))]
-    if not versions:
-        raise FileNotFoundError(f"{folder} has no version folder with a model.py")
-    return str(max(versions))
-
-
-def _load(root, name, config, version=None):
-    """The TritonPythonModel of the repository's model `name`, initialized with `config`."""
+def _load(root, name, config, version):
+    """The TritonPythonModel of the repository's model `name` at `version`, initialized with
+    `config`."""
     folder = os.path.join(root, name)
-    version = version or _newest_version(folder)
+    if not os.path.isfile(os.path.join(folder, version, "model.py")):
+        raise FileNotFoundError(f"{os.path.join(folder, version)} has no model.py: release "
+                                f"{version} is not (or no longer) in the repository")
     spec = importlib.util.spec_from_file_location(f"towerlite_fused_{name}",
                                                   os.path.join(folder, version, "model.py"))
     module = importlib.util.module_from_spec(spec)
@@ -56,16 +50,16 @@ class TritonPythonModel:
         own = {"parameters": config.get("parameters", {})}
         param = lambda name: own["parameters"].get(name, {}).get("string_value")  # noqa: E731
         self.history = param("PATH") == "history"
+        version = param("RELEASE") or "1"
         if self.history:
-            version = param("HISTORY_VERSION")
             self.encoder, encoder_module = _load(root, "history_encoder", own, version)
             self.scorer, scorer_module = _load(root, "history_scorer", own, version)
             self.encoder_error = encoder_module.RequestError
         else:
-            self.tokenizer, _ = _load(root, "tokenizer", own, "1")
+            self.tokenizer, _ = _load(root, "tokenizer", own, version)
             self.encoder, _ = _load(root, "user_encoder", {
-                **own, "output": [{"name": "sentence_embedding"}]}, "1")
-            self.scorer, scorer_module = _load(root, "scorer", own, param("SCORER_VERSION"))
+                **own, "output": [{"name": "sentence_embedding"}]}, version)
+            self.scorer, scorer_module = _load(root, "scorer", own, version)
         self.request_options = scorer_module.request_options
         self.request_error = scorer_module.RequestError
         self.caller_error = scorer_module.caller_error  # INVALID_ARGUMENT / 400, as the steps'

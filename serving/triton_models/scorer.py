@@ -76,6 +76,8 @@ class TritonPythonModel:
         self.matrix = np.load(os.path.join(folder, "embeddings_t.npy"), mmap_mode="r")
         self.ids = np.load(os.path.join(folder, "item_ids.npy"), mmap_mode="r")
         self.dim, self.count = self.matrix.shape
+        # the version folder is the release (towerlite release): every answer names it
+        self.release = int(args["model_version"])
         self.domains = {d["name"]: (d["start"], d["stop"]) for d in self.meta["domains"]}
         self.domain_names = np.array([d["name"].encode() for d in self.meta["domains"]],
                                      dtype=object)
@@ -260,7 +262,8 @@ class TritonPythonModel:
             doms[r, :len(ix)] = self.domain_names[
                 np.searchsorted(self.domain_starts, ix, side="right") - 1]
         return [pb_utils.Tensor("ITEM_IDS", ids), pb_utils.Tensor("SCORES", out),
-                pb_utils.Tensor("DOMAINS", doms)]
+                pb_utils.Tensor("DOMAINS", doms),
+                pb_utils.Tensor("RELEASE", np.full((len(rows), 1), self.release, np.int64))]
 
     def execute(self, requests):
         responses = []
