@@ -1,5 +1,5 @@
 """`towerlite deploy`, `serve` and `catalog` (also `python -m towerlite.serving
-deploy|serve|catalog`)."""
+deploy|serve|catalog|release`; `release` lives in release/cli.py)."""
 
 from __future__ import annotations
 
@@ -314,5 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("catalog", description=CATALOG_DESCRIPTION)
     add_catalog_arguments(p)
     p.set_defaults(func=catalog_command)
+    from .release import cli as release_cli
+
+    p = sub.add_parser("release", description=release_cli.DESCRIPTION)
+    release_cli.add_arguments(p)
+    p.set_defaults(func=release_cli.command)
     args = parser.parse_args(argv)
     return run(args.func, args)

@@ -166,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     serving_cli.add_catalog_arguments(p)
     p.set_defaults(func=serving_cli.catalog_command)
 
+    from towerlite.serving.release import cli as release_cli
+
+    p = sub.add_parser("release", help="serve new towers as one release, switched without "
+                                       "mixing (and --rollback)",
+                       description=release_cli.DESCRIPTION)
+    release_cli.add_arguments(p)
+    p.set_defaults(func=release_cli.command)
+
     p = sub.add_parser(
         "demo", help="the whole chain on the embedded default, one summary",
         description="Run prepare, distill (preset demo), finetune (preset demo), export (fp32, "
