@@ -129,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description=history_cli.DESCRIPTION)
     history_cli.add_arguments(p)
     p.set_defaults(func=history_cli.command)
+    from towerlite.distill import fold_in as fold_in_cli
+
+    p = sub.add_parser("fold-in", help="fine-tune the history tower on new feedback (a file of "
+                                       "interactions), from the one it serves",
+                       description=fold_in_cli.DESCRIPTION)
+    fold_in_cli.add_arguments(p)
+    p.set_defaults(func=fold_in_cli.command)
 
     from towerlite.export import cli as export_cli
 

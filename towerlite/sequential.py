@@ -210,17 +210,24 @@ def _save_checkpoint(path: Path, model, opt, state: TrainState) -> None:
 
 
 def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np.ndarray | None,
-          checkpoint: Path | None = None, progress: bool = True):
+          checkpoint: Path | None = None, progress: bool = True, start: Path | None = None,
+          counts: np.ndarray | None = None):
     """Train on `sequences` (catalog rows, oldest → newest; training users only). Resumes from
-    `checkpoint` when it exists (written after every epoch). Returns (model, TrainState)."""
+    `checkpoint` when it exists (written after every epoch). `start`: a saved tower's weights
+    (WEIGHTS_FILE) to fine-tune from instead of a fresh start (`towerlite fold-in`); `counts`:
+    each item's training likes, which decide the items with an ID vector (default: counted in
+    `sequences`). Returns (model, TrainState)."""
     torch = _torch()
     from tqdm.auto import tqdm
 
     torch.manual_seed(cfg.seed)
-    counts = np.bincount(np.concatenate([np.asarray(s, np.int64) for s in sequences if s]),
-                         minlength=n_items)
+    if counts is None:
+        counts = np.bincount(np.concatenate([np.asarray(s, np.int64) for s in sequences if s]),
+                             minlength=n_items)
     warm = counts >= cfg.id_min_likes
     model = build_model(cfg, n_items, text if cfg.use_text else None, warm)
+    if start is not None:
+        load_weights(model, start)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = TrainState(0, 0.0, [])
     if checkpoint is not None and checkpoint.is_file():
@@ -268,6 +275,25 @@ def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np
     return model, state
 
 
+WEIGHTS_FILE = "weights.pt"
+# recomputed when a tower is built (from the item tower's vectors and the likes counted)
+DERIVED = ("warm", "text_white")
+
+
+def load_weights(model, path: Path) -> None:
+    """A saved tower's trained weights into `model` (built for the same catalog and settings;
+    its `warm` items may be more: an item newly warm starts from its initial ID vector)."""
+    from .errors import TowerliteError
+
+    torch = _torch()
+    saved = torch.load(path, weights_only=True)
+    missing, unexpected = model.load_state_dict(saved, strict=False)
+    wrong = [k for k in missing if k not in DERIVED] + list(unexpected)
+    if wrong:
+        raise TowerliteError(f"{path} does not fit this tower (settings or catalog differ): "
+                             f"{', '.join(wrong[:5])}")
+
+
 def user_vectors(model, histories: list[list[int]], max_len: int, batch: int = 512) -> np.ndarray:
     """(users, dim) float32 user vectors from the model in torch, newest max_len items read."""
     torch = _torch()
@@ -294,10 +320,10 @@ ONNX_FILE = "history_encoder.onnx"
 def save(folder: Path, model, cfg: HistoryConfig, item_ids: list[str], item_model: str,
          report: dict) -> Path:
     """A tower folder: history_encoder.onnx (item vectors (B, L, dim) + mask (B, L) → user
-    vector), adapter.npz (whitening mean and matrix, linear weight and bias; text settings),
-    id_vectors.npy + id_items.json (warm items' ID vectors, by item id), item_ids.json (the
-    training catalog), config.json, history_report.json. Written into a staging folder and
-    moved into place whole."""
+    vector), weights.pt (the torch weights, to fine-tune from), adapter.npz (whitening mean
+    and matrix, linear weight and bias; text settings), id_vectors.npy + id_items.json (warm
+    items' ID vectors, by item id), item_ids.json (the training catalog), config.json,
+    history_report.json. Written into a staging folder and moved into place whole."""
     import shutil
 
     torch = _torch()
@@ -328,6 +354,10 @@ def save(folder: Path, model, cfg: HistoryConfig, item_ids: list[str], item_mode
             warm_ids = [item for item, is_warm in zip(item_ids, warm) if is_warm]
             (staging / "id_items.json").write_text(json.dumps(warm_ids))
 
+        # the trained weights, for `towerlite fold-in` to continue from (not the derived buffers:
+        # the whitened item vectors alone would be the catalog's size × the text width)
+        torch.save({k: v for k, v in model.state_dict().items() if k not in DERIVED},
+                   staging / WEIGHTS_FILE)
     (staging / "item_ids.json").write_text(json.dumps(list(item_ids)))
     (staging / "config.json").write_text(json.dumps({**asdict(cfg), "item_model": item_model},
                                                     indent=2))

@@ -1,0 +1,123 @@
+"""The feedback file: what users did with their recommendations, folded into the next model
+(`towerlite fold-in`). CSV (a header row) or JSON Lines, one interaction a line:
+
+    user_id     the user's id (any string; the dataset's own ids for its users)
+    item_id     an item of the served catalog
+    event       like | rating | click | skip   (like counts; rating counts when ≥ the dataset's
+                positive threshold, 4 of 5 for MovieLens; click and skip are kept, not trained)
+    rating      a number, for event rating (empty otherwise)
+    timestamp   when: Unix seconds, or ISO 8601 (2000-12-24T18:00:00Z); orders each user's likes
+
+Read whole and checked before anything is trained: an empty file, a missing column, an unknown
+event, a rating event without a number, a timestamp that does not parse or is in the future, an
+item the catalog does not hold — each a TowerliteError naming the first offending lines.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from towerlite.errors import TowerliteError
+
+COLUMNS = ("user_id", "item_id", "event", "rating", "timestamp")
+EVENTS = ("like", "rating", "click", "skip")
+SHOWN = 5  # offending lines named in an error
+
+
+def _lines(rows: pd.DataFrame, mask) -> str:
+    bad = rows.index[mask].tolist()
+    more = f" (and {len(bad) - SHOWN} more)" if len(bad) > SHOWN else ""
+    return ", ".join(str(i) for i in bad[:SHOWN]) + more
+
+
+def _read(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise TowerliteError(f"{path}: no such feedback file")
+    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        records = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TowerliteError(f"{path}:{number}: not JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise TowerliteError(f"{path}:{number}: each line is one JSON object")
+            records.append({**record, "_line": number})
+        frame = pd.DataFrame.from_records(records)
+    else:
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except pd.errors.EmptyDataError:
+            frame = pd.DataFrame()
+        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise TowerliteError(f"{path}: not a readable CSV file ({exc})") from None
+        frame["_line"] = range(2, len(frame) + 2)  # line 1 is the header
+    if frame.empty:
+        raise TowerliteError(f"{path}: no interactions (an empty feedback file)")
+    return frame.set_index("_line")
+
+
+def read_feedback(path: str | Path, catalog: Collection[str],
+                  positive_threshold: float = 4.0) -> pd.DataFrame:
+    """The file's interactions, checked: columns user_id, item_id, event, rating (float, NaN
+    when none), timestamp (Unix seconds, int), like (bool: what trains), indexed by line."""
+    path = Path(path)
+    rows = _read(path)
+    missing = [c for c in COLUMNS if c not in rows.columns and c != "rating"]
+    if missing:
+        raise TowerliteError(f"{path}: missing column(s) {', '.join(missing)} (a feedback file "
+                             f"has {', '.join(COLUMNS)})")
+    if "rating" not in rows.columns:
+        rows["rating"] = ""
+    out = pd.DataFrame(index=rows.index)
+    for column in ("user_id", "item_id", "event"):
+        out[column] = rows[column].astype(str).str.strip()
+        empty = out[column].isin(["", "nan", "None"])
+        if empty.any():
+            raise TowerliteError(f"{path}: empty {column} on line(s) {_lines(rows, empty)}")
+    out["event"] = out["event"].str.lower()
+    unknown = ~out["event"].isin(EVENTS)
+    if unknown.any():
+        raise TowerliteError(f"{path}: unknown event on line(s) {_lines(rows, unknown)} (events: "
+                             f"{', '.join(EVENTS)})")
+    rating = pd.to_numeric(rows["rating"].replace("", None), errors="coerce")
+    no_number = (out["event"] == "rating") & rating.isna()
+    if no_number.any():
+        raise TowerliteError(f"{path}: event rating without a numeric rating on line(s) "
+                             f"{_lines(rows, no_number)}")
+    out["rating"] = rating.astype(float)
+    out["timestamp"] = _timestamps(path, rows)
+    not_in_catalog = ~out["item_id"].isin(set(catalog))
+    if not_in_catalog.any():
+        names = ", ".join(dict.fromkeys(out["item_id"][not_in_catalog]))
+        raise TowerliteError(
+            f"{path}: {int(not_in_catalog.sum())} interaction(s) with items the catalog does not "
+            f"hold on line(s) {_lines(rows, not_in_catalog)} ({names[:200]}); add them with "
+            "`towerlite catalog update` and a tower trained on that catalog first")
+    out["like"] = (out["event"] == "like") | \
+        ((out["event"] == "rating") & (out["rating"] >= positive_threshold))
+    return out
+
+
+def _timestamps(path: Path, rows: pd.DataFrame) -> pd.Series:
+    raw = rows["timestamp"].astype(str).str.strip()
+    numeric = pd.to_numeric(raw, errors="coerce")
+    parsed = pd.to_datetime(raw.where(numeric.isna()), errors="coerce", utc=True, format="ISO8601")
+    seconds = numeric.where(numeric.notna(), parsed.astype("int64") // 10**9)
+    seconds = seconds.where(numeric.notna() | parsed.notna())
+    bad = seconds.isna() | (seconds < 0)
+    if bad.any():
+        raise TowerliteError(f"{path}: timestamp not Unix seconds or ISO 8601 on line(s) "
+                             f"{_lines(rows, bad)}")
+    now = datetime.now(timezone.utc).timestamp()
+    future = seconds > now + 86_400
+    if future.any():
+        raise TowerliteError(f"{path}: timestamp in the future on line(s) {_lines(rows, future)}")
+    return seconds.astype("int64")
