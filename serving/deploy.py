@@ -145,7 +145,7 @@ def _same_item_vectors(trained_with: str, item: EncoderExport) -> bool:
         return False
 
 
-def _history_table(folder, prepared, embeddings, item: EncoderExport):
+def history_table(folder, prepared, embeddings, item: EncoderExport):
     """(the saved tower, its item table over this catalog): every item by the deployed item
     tower's text embedding through the tower's adapter, plus its ID vector where it has one."""
     from towerlite.sequential import SavedTower
@@ -162,20 +162,23 @@ def _history_table(folder, prepared, embeddings, item: EncoderExport):
     return tower, table
 
 
-def _write_history(staging: Path, history, prepared, info: dict) -> None:
-    """history_encoder/1/history/ (graph, item table, ids) and history_scorer/1/catalog/."""
+def write_history(scorer: Path, encoder: Path, history, prepared, info: dict) -> None:
+    """A history release's files: SCORER/catalog/ (the item table as the history_scorer's
+    catalog) and ENCODER/history/ (graph, item table, ids), where SCORER and ENCODER are the
+    version folders of history_scorer and history_encoder (deploy: version 1; release: R)."""
     tower, table = history
-    meta = cat.write_catalog(staging / "history_scorer" / "1" / "catalog", prepared, table,
+    meta = cat.write_catalog(scorer / "catalog", prepared, table,
                              {**info, "history_tower": str(tower.folder)})
-    folder = staging / "history_encoder" / "1" / "history"
+    folder = encoder / "history"
     folder.mkdir(parents=True, exist_ok=True)
-    # the whole tower (graph, adapter, ID vectors: small) travels with the version, so
-    # `towerlite catalog update` can give a new item its row from its text embedding alone
+    # the whole tower (graph, adapter, ID vectors, weights: small) travels with the version, so
+    # `towerlite catalog update` can give a new item its row from its text embedding alone, and
+    # `towerlite fold-in` can continue from the served tower
     for f in tower.folder.iterdir():
         if f.is_file():
             _place(f, folder / f.name)
     np.save(folder / "item_table.npy", np.ascontiguousarray(table, dtype=np.float32))
-    _place(staging / "history_scorer" / "1" / "catalog" / "item_ids.npy", folder / "item_ids.npy")
+    _place(scorer / "catalog" / "item_ids.npy", folder / "item_ids.npy")
     (folder / "history.json").write_text(json.dumps(
         {"count": meta["count"], "dim": meta["dim"], "domains": meta["domains"],
          "max_len": tower.config.max_len, "kind": tower.config.kind,
@@ -240,7 +243,7 @@ def run_deploy(request: DeployRequest) -> dict:
     catalog = prepare_catalog(request, towers)
     spec, history = towers.spec, None
     if request.history_model:
-        history = _history_table(request.history_model, catalog.items, catalog.embeddings,
+        history = history_table(request.history_model, catalog.items, catalog.embeddings,
                                  towers.item)
         spec = replace(spec, history_dim=history[0].config.dim,
                        history_max_len=history[0].config.max_len)
@@ -363,7 +366,8 @@ def write_flavors(request: DeployRequest, towers: Towers, spec: RepositorySpec,
             for f in first_catalog.iterdir():
                 _place(f, catalog_dir / f.name)
         if history is not None:
-            _write_history(staging, history, catalog.items, catalog.info)
+            write_history(staging / "history_scorer" / "1", staging / "history_encoder" / "1",
+                          history, catalog.items, catalog.info)
         validate_repository(staging)
         final = replace_dir(staging, out / flavor)
         first_catalog = final / "scorer" / "1" / "catalog"

@@ -270,7 +270,7 @@ def test_a_server_without_explicit_model_control_is_explained(repo, towers, tmp_
 
 @pytest.mark.parametrize("case", ["nothing", "item_without_items", "items_without_item",
                                   "keep", "width", "tokenizer", "history", "no_rollback",
-                                  "missing_release", "missing_export"])
+                                  "missing_release", "missing_export", "no_history"])
 def test_bad_release_requests_are_clear_errors_and_write_nothing(repo, exported, tiny_export,
                                                                  movies, tmp_path, case):
     before = sorted(p.relative_to(repo) for p in repo.rglob("*"))
@@ -300,6 +300,8 @@ def test_bad_release_requests_are_clear_errors_and_write_nothing(repo, exported,
                     "needs a history tower trained on its vectors"),
         "no_rollback": (lambda: rollback(repo), "no release before 1"),
         "missing_release": (lambda: rollback(repo, to=7), "release 7 is not"),
+        "no_history": (lambda: release(ReleaseRequest(repo, history_model=tmp_path)),
+                       "serves no history tower"),
         "missing_export": (lambda: release(ReleaseRequest(repo, user_model=tmp_path / "nope",
                                                           progress=False)),
                            "no such export folder"),

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 DESCRIPTION = (
-    "Serve a new user tower and/or a new item tower as one release. Release R is version "
+    "Serve a new user tower, item tower and/or history tower as one release. Release R is version "
     "folder R of every model in REPO (a model the release does not change is hard-linked from "
     "the serving release); the configs name one release, so a server (re)started on REPO never "
     "mixes a user tower of one release with a catalog of another. A new item tower re-embeds "
@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--item-model", type=Path, metavar="EXPORT_DIR",
                    help="the new item tower (re-embeds the catalog: --items or --catalog)")
     p.add_argument("--item-variant", help="ONNX variant of the new item tower (default --variant)")
+    p.add_argument("--history-model", type=Path, metavar="TOWER_DIR",
+                   help="the new history tower (`towerlite history` or `towerlite fold-in` "
+                        "output), its item table built over the release's catalog")
     items = p.add_mutually_exclusive_group()
     items.add_argument("--items", type=Path,
                        help="CSV or JSON Lines file of the catalog's items, as catalog update's")
@@ -71,7 +74,8 @@ def command(args: argparse.Namespace) -> int:
     else:
         r = release(ReleaseRequest(
             args.repository, user_model=args.user_model, variant=args.variant,
-            item_model=args.item_model, item_variant=args.item_variant, items=args.items,
+            item_model=args.item_model, item_variant=args.item_variant,
+            history_model=args.history_model, items=args.items,
             catalog=args.catalog, note=args.note, urls=tuple(urls), protocol=args.protocol,
             keep=args.keep, threads=args.threads))
     where = f"serving on {', '.join(urls)}" if urls else \

@@ -44,16 +44,19 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ReleaseRequest:
     """What `towerlite release` changes. `user_model` / `item_model`: export folders (their
-    `variant` / `item_variant` file). A new item tower re-embeds the whole catalog: `items` (a
-    CSV/JSONL items file or an ITEM_COLUMNS frame) or `catalog` (a packaged one: movielens,
-    bookcrossing, both). `urls`: servers to switch (none: the configs on disk name the new
-    release, which a server started later serves). `keep`: releases kept on disk."""
+    `variant` / `item_variant` file); `history_model`: a history tower folder (`towerlite
+    history` or `towerlite fold-in` output), its item table built over the release's catalog.
+    A new item tower re-embeds the whole catalog: `items` (a CSV/JSONL items file or an
+    ITEM_COLUMNS frame) or `catalog` (a packaged one: movielens, bookcrossing, both). `urls`:
+    servers to switch (none: the configs on disk name the new release, which a server started
+    later serves). `keep`: releases kept on disk."""
 
     repository: str | Path
     user_model: str | Path | None = None
     variant: str = "int8_dynamic"
     item_model: str | Path | None = None
     item_variant: str | None = None
+    history_model: str | Path | None = None
     items: str | Path | pd.DataFrame | None = None
     catalog: str | None = None
     note: str = ""
@@ -64,9 +67,10 @@ class ReleaseRequest:
     progress: bool = True
 
     def __post_init__(self):
-        if self.user_model is None and self.item_model is None:
-            raise TowerliteError("nothing to release: give a new user tower (--user-model) "
-                                 "and/or a new item tower (--item-model)")
+        if self.user_model is None and self.item_model is None and self.history_model is None:
+            raise TowerliteError("nothing to release: give a new user tower (--user-model), "
+                                 "item tower (--item-model) and/or history tower "
+                                 "(--history-model)")
         if self.item_model is not None and self.items is None and self.catalog is None:
             raise TowerliteError("a new item tower needs its catalog embedded by it: give the "
                                  "catalog's items (--items FILE or --catalog NAME)")
@@ -159,12 +163,14 @@ def _write(repo: Path, request: ReleaseRequest, base: int, new: int) -> dict:
         user = load_export(request.user_model, request.variant)
         _check_dim(user, meta["dim"], "user")
         _check_tokenizer(repo, base, user, "tokenizer", shares_tokenizer, "user")
+    tower = _history_tower(repo, base, request.history_model) \
+        if request.history_model is not None else None
     if request.item_model is not None:
-        if history.deployed(repo):
+        if history.deployed(repo) and tower is None:
             raise TowerliteError(
                 "this repository serves the history tower, trained over the current item "
                 "tower's vectors: a new item tower needs a history tower trained on its vectors "
-                "(towerlite history --item-model …), then a redeploy")
+                "(towerlite history --item-model …), released with it (--history-model)")
         item = load_export(request.item_model, request.item_variant or request.variant)
         _check_dim(item, meta["dim"], "item")
         _check_tokenizer(repo, base, item, "item_tokenizer" if not shares_tokenizer
@@ -181,8 +187,51 @@ def _write(repo: Path, request: ReleaseRequest, base: int, new: int) -> dict:
         if not shares_tokenizer:
             _replace(repo, "item_tokenizer", base, new, {"tokenizer.json": item.tokenizer_json})
         changed["scorer"] = _reembed(repo, request, base, new, item, meta)
+    if tower is not None:
+        changed["history_encoder"] = _write_history(repo, base, new, tower,
+                                                    new if item is not None else base)
     store.carry(repo, base, new)
     return {"changed": changed}
+
+
+def _history_tower(repo: Path, base: int, folder: str | Path):
+    """The new history tower, refused unless the served one's width and length match (the
+    configs fix both)."""
+    import json
+
+    from towerlite.sequential import SavedTower
+
+    if not history.deployed(repo):
+        raise TowerliteError(f"{repo} serves no history tower (deploy --history-model adds "
+                             "`recommend_history`); nothing to release it into")
+    tower = SavedTower.load(folder)
+    served = json.loads((repo / "history_encoder" / str(base) / "history" / "history.json")
+                        .read_text())
+    if (tower.config.dim, tower.config.max_len) != (served["dim"], served["max_len"]):
+        raise TowerliteError(f"the history tower {folder} is {tower.config.dim}-d reading "
+                             f"{tower.config.max_len} items; the served one is {served['dim']}-d "
+                             f"reading {served['max_len']}: the configs fix both, redeploy")
+    return tower
+
+
+def _write_history(repo: Path, base: int, new: int, tower, catalog_release: int) -> dict:
+    """history_scorer/<new>/ and history_encoder/<new>/: the tower's item table over release
+    `catalog_release`'s catalog (its item vectors), code carried from release `base`."""
+    from ..catalog_update.merge import row_domains
+    from ..deploy import write_history
+
+    emb, ids, meta = cat.read_catalog(repo / "scorer" / str(catalog_release) / "catalog")
+    prepared = pd.DataFrame({"item_id": ids, "domain": row_domains(meta, len(ids))})
+    table = tower.item_table(list(ids), np.asarray(emb))
+    scorer = store.staged(repo, "history_scorer", base, new)
+    encoder = store.staged(repo, "history_encoder", base, new)
+    shutil.rmtree(scorer / "catalog")  # the links only: release `base` keeps its files
+    shutil.rmtree(encoder / "history")
+    info = {k: v for k, v in meta.items() if k not in ("count", "dim", "domains", "index")}
+    write_history(scorer, encoder, (tower, table), prepared, info)
+    store.publish(repo, "history_scorer", scorer, new)
+    store.publish(repo, "history_encoder", encoder, new)
+    return {"folder": str(tower.folder), "kind": tower.config.kind, "count": len(ids)}
 
 
 def _check_dim(export: EncoderExport, dim: int, tower: str) -> None:
