@@ -527,9 +527,9 @@ def test_a_new_history_tower_is_released_and_rolled_back(served_history, ml_case
     (release 3: its item table over release 2's catalog, nothing else changed) on the running
     server, every answer names the release, and each release ranks with its own table; then
     rolled back to release 2."""
-    from towerlite.serving import catalog as cat
     from towerlite.serving.client import Client
     from towerlite.serving.release import ReleaseRequest, release, rollback
+    from towerlite.serving.release.reference import ReleaseReference
 
     server, tower, text, repo = served_history
     flavor = repo / "portable"
@@ -539,17 +539,7 @@ def test_a_new_history_tower_is_released_and_rolled_back(served_history, ml_case
                   {})
     history = [ml_cases.item_ids[r] for r in ml_cases.seen[1]]
 
-    def expected(number: int) -> np.ndarray:
-        served = flavor / "history_encoder" / str(number) / "history"
-        table = np.load(served / "item_table.npy")
-        ids = [i.decode() for i in np.load(served / "item_ids.npy")]
-        rows = [ids.index(i) for i in history]
-        user = onnx_user_vectors(SavedTower.load(served).session(), table, [rows],
-                                 tower.config.max_len)[0]
-        emb, scorer_ids, _ = cat.read_catalog(flavor / "history_scorer" / str(number) / "catalog")
-        scores = np.asarray(emb) @ user
-        scores[[list(scorer_ids).index(i) for i in history]] = -np.inf
-        return np.sort(scores)[::-1][:10]
+    expected = ReleaseReference(flavor)  # each release's scores from its own files
 
     done = release(ReleaseRequest(flavor, history_model=folder, urls=(server.grpc_url,),
                                   progress=False))
@@ -558,12 +548,13 @@ def test_a_new_history_tower_is_released_and_rolled_back(served_history, ml_case
         for model_name in ("recommend_history", "recommend_history_fused"):
             got = client.recommend_history(history, k=10, model=model_name)
             assert got.release == 3
-            np.testing.assert_allclose(got.scores, expected(3), atol=1e-4)
-        assert not np.allclose(expected(3), expected(2), atol=1e-3)  # the towers differ
+            np.testing.assert_allclose(got.scores, expected.scores(3, history), atol=1e-4)
+        # the towers differ
+        assert not np.allclose(expected.scores(3, history), expected.scores(2, history), atol=1e-3)
         rollback(flavor, [server.grpc_url])
         got = client.recommend_history(history, k=10)
         assert got.release == 2
-        np.testing.assert_allclose(got.scores, expected(2), atol=1e-4)
+        np.testing.assert_allclose(got.scores, expected.scores(2, history), atol=1e-4)
     # the release's catalog is release 2's, shared
     shared = [flavor / "scorer" / v / "catalog" / "embeddings_t.npy" for v in ("2", "3")]
     assert shared[0].stat().st_ino == shared[1].stat().st_ino

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 from towerlite.errors import TowerliteError
-from towerlite.serving import catalog as cat
 from towerlite.serving.client import Client
 from towerlite.serving.release import (
     ReleaseRequest,
@@ -29,6 +28,7 @@ from towerlite.serving.release import (
     releases,
     rollback,
 )
+from towerlite.serving.release.reference import ReleaseReference
 from towerlite.serving.release.switch import LoadError
 
 pytestmark = pytest.mark.filterwarnings(
@@ -39,7 +39,6 @@ TEXTS = ["[movie] Heat (1995). Action|Crime|Thriller; [movie] Casino (1995). Dra
          "[movie] Toy Story (1995). Animation|Children's|Comedy",
          "funny animated films for children"]
 K = 10
-ATOL = 1e-4   # served fp32 against offline fp32 (padding to the tokenizer's buckets: ~1e-6)
 
 
 def perturbed_export(exported: Path, out: Path, seed: int) -> Path:
@@ -87,36 +86,6 @@ def repo(pristine, tmp_path):
     return Path(shutil.copytree(pristine, tmp_path / "portable", copy_function=os.link))
 
 
-class Expected:
-    """Each release's top-k scores for TEXTS, from its own files on disk (onnxruntime here)."""
-
-    def __init__(self, repo: Path):
-        self.repo, self.scores = repo, {}
-
-    def vectors(self, release_number: int) -> np.ndarray:
-        from towerlite.runtime import OnnxEncoder
-
-        folder = self.repo / "user_encoder" / str(release_number)
-        tok = self.repo / "tokenizer" / str(release_number) / "tokenizer.json"
-        return OnnxEncoder(folder / "model.onnx", tok, max_length=128).encode(TEXTS)
-
-    def catalog(self, release_number: int) -> np.ndarray:
-        emb, _, _ = cat.read_catalog(self.repo / "scorer" / str(release_number) / "catalog")
-        return np.asarray(emb)
-
-    def add(self, release_number: int) -> None:
-        self.scores[release_number] = self.top(self.vectors(release_number),
-                                               self.catalog(release_number))
-
-    @staticmethod
-    def top(users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        return -np.sort(-(users @ items.T), axis=1)[:, :K]
-
-    def matches(self, release_number: int, text: int, scores: np.ndarray) -> bool:
-        want = self.scores.get(release_number)
-        return want is not None and np.allclose(scores, want[text], atol=ATOL)
-
-
 class Traffic:
     """Threads sending `recommend` (ensemble) and `recommend_fused` over gRPC and HTTP until
     stopped; every answer is kept with its release and scores, every failure counted."""
@@ -159,17 +128,14 @@ class Traffic:
 def test_release_and_rollback_under_load_fail_none_and_mix_none(repo, movies, towers, tmp_path):
     from towerlite.serving.triton import start_server
 
-    expected = Expected(repo)
-    expected.add(1)
+    expected = ReleaseReference(repo)
     with start_server(repo, log_path=tmp_path / "triton.log") as server, \
             Traffic(server) as traffic:
         url = server.grpc_url
         two = release(ReleaseRequest(repo, user_model=towers["user_v2"], variant="fp32",
                                      note="new user tower", urls=(url,), progress=False))
-        expected.add(2)
         three = release(ReleaseRequest(repo, item_model=towers["item_v3"], variant="fp32",
                                        items=movies, urls=(url,), progress=False))
-        expected.add(3)
         back = rollback(repo, [url])
         forward = rollback(repo, [url], to=3)
     assert (two["release"], three["release"], back["release"], forward["release"]) == (2, 3, 2, 3)
@@ -180,15 +146,16 @@ def test_release_and_rollback_under_load_fail_none_and_mix_none(repo, movies, to
     # the check has teeth: a mixed answer — a user vector of release a scored by the catalog of
     # release b, tagged b by that scorer — does not pass as release b (wherever a's user tower
     # differs from b's: releases 2 and 3 share theirs)
-    users = {r: expected.vectors(r) for r in (1, 2, 3)}
-    for a in (1, 2, 3):
-        for b in (1, 2, 3):
-            if not np.array_equal(users[a], users[b]):
-                mixed = Expected.top(users[a], expected.catalog(b))
-                assert not np.allclose(mixed, expected.scores[b], atol=ATOL), (a, b)
+    for text in TEXTS:
+        users = {r: expected.user_vector(r, text) for r in (1, 2, 3)}
+        for a in (1, 2, 3):
+            for b in (1, 2, 3):
+                if not np.array_equal(users[a], users[b]):
+                    mixed = np.sort(expected.catalog("scorer", b)[0] @ users[a])[::-1][:K]
+                    assert not expected.matches(b, text, mixed), (a, b)
 
     by_release = {}
-    wrong = [a for a in traffic.answers if not expected.matches(a[2], a[1], a[3])]
+    wrong = [a for a in traffic.answers if not expected.matches(a[2], TEXTS[a[1]], a[3])]
     for model, _, number, _ in traffic.answers:
         by_release.setdefault((model, number), 0)
         by_release[(model, number)] += 1
@@ -217,8 +184,7 @@ def test_a_restarted_server_serves_the_release_the_configs_name(repo, towers, tm
     done = release(ReleaseRequest(repo, user_model=towers["user_v2"], variant="fp32",
                                   progress=False))
     assert done["release"] == 2 and done["switched"] == []
-    expected = Expected(repo)
-    expected.add(2)
+    expected = ReleaseReference(repo)
     # a stray newer folder (a half-written release by hand) is not served: the configs decide
     shutil.copytree(repo / "user_encoder" / "1", repo / "user_encoder" / "9",
                     copy_function=os.link)
@@ -226,7 +192,7 @@ def test_a_restarted_server_serves_the_release_the_configs_name(repo, towers, tm
         for model in ("recommend", "recommend_fused"):
             with Client(server.grpc_url, model=model) as client:
                 got = client.recommend(TEXTS[0], k=K)
-                assert got.release == 2 and expected.matches(2, 0, got.scores), model
+                assert got.release == 2 and expected.matches(2, TEXTS[0], got.scores), model
     rolled = rollback(repo)  # no server: the configs name release 1 again
     assert rolled["release"] == 1 and current_release(repo) == 1
 

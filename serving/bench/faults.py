@@ -14,6 +14,10 @@ request bounded by `--timeout` seconds):
     deadline        requests whose client deadline (`--deadline-ms`) is shorter than the
                     service time, at the same concurrency; then a normal request, to see
                     whether the server piled up the abandoned work
+    release         `towerlite release` of a new tower (--release-user-model /
+                    --release-history-model) and its rollback, on a hard-linked copy of the
+                    repository; every answer checked against the files of the release it names
+                    (serving/release/reference.py): failed and mixed answers counted
 
 Per fault: requests, errors, their messages, the longest request (a hang would show here), the
 time from the fault to the first success and to a clean stretch, and the server's view
@@ -46,8 +50,10 @@ DESCRIPTION = (
     "under --concurrency client threads (held-out MovieLens users over gRPC): stub_kill "
     "(SIGKILL one python-backend stub mid-load), server_restart (SIGKILL the server, start it "
     "again on the same ports), deadline (client deadlines below the service time, then a "
-    "normal request). Per fault: requests, errors and their messages, the longest request, "
-    "the time from the fault to the first success, the server's view. Writes OUT/faults.json "
+    "normal request), release (a release of --release-user-model / --release-history-model and "
+    "its rollback, every answer checked against its release's files). Per fault: requests, "
+    "errors and their messages, the longest request, the time from the fault to the first "
+    "success, the server's view. Writes OUT/faults.json "
     "and prints a table.")
 
 log = logging.getLogger(__name__)
@@ -56,10 +62,14 @@ log = logging.getLogger(__name__)
 class Load:
     """`threads` clients sending requests in a loop; every outcome recorded with its time."""
 
-    def __init__(self, url: str, model: str, requests: list, threads: int, timeout_s: float):
+    def __init__(self, url: str, model: str, requests: list, threads: int, timeout_s: float,
+                 keep_answers: bool = False):
         self.url, self.model, self.requests = url, model, requests
         self.timeout_s, self.threads = timeout_s, threads
         self.records: list[tuple[float, float, str | None]] = []  # (start, seconds, error)
+        # (request index, the RELEASE that answered, its scores), when kept
+        self.keep_answers = keep_answers
+        self.answers: list[tuple[int, int | None, object]] = []
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
         self.workers = [threading.Thread(target=self._run, args=(i,), daemon=True)
@@ -77,7 +87,10 @@ class Load:
             t0 = time.perf_counter()
             error = None
             try:
-                self._send(client, self.requests[i % len(self.requests)])
+                got = self._send(client, self.requests[i % len(self.requests)])
+                if self.keep_answers:
+                    with self.lock:
+                        self.answers.append((i % len(self.requests), got.release, got.scores))
             except ServingError as exc:
                 error = f"{exc.status or 'no answer'}: {str(exc)[:160]}"
                 client.close()
@@ -246,13 +259,65 @@ def deadline(args, requests) -> dict:
         server.stop()
 
 
+def release_switch(args, requests) -> dict:
+    """A release (--release-user-model and/or --release-history-model) and its rollback under
+    load, on a hard-linked copy of the repository (OUT/repo: the original is not touched);
+    every answer checked against the files of the release its RELEASE output names."""
+    import shutil
+
+    from towerlite.serving import catalog as cat
+    from towerlite.serving.release import ReleaseRequest, current_release, release, rollback
+    from towerlite.serving.release.reference import ReleaseReference
+
+    if not (args.release_user_model or args.release_history_model):
+        raise TowerliteError("the release fault needs a new tower: --release-user-model EXPORT "
+                             "and/or --release-history-model TOWER_DIR")
+    repo = args.out / "repo"
+    shutil.rmtree(repo, ignore_errors=True)
+    shutil.copytree(args.repository, repo, copy_function=os.link)  # configs are replaced, not
+    # written in place, and a release only adds folders: the original stays as it was
+    serving = current_release(repo)
+    if cat.read_catalog(repo / "scorer" / str(serving) / "catalog")[2].get("index"):
+        raise TowerliteError("the release fault checks every answer against exact search: "
+                             "deploy the repository with --index exact")
+    server = launch(repo, log_path=args.out / "triton-release.log")
+    try:
+        with Load(server.grpc_url, args.model, requests, args.concurrency, args.timeout,
+                  keep_answers=True) as load:
+            time.sleep(args.settle)
+            fault_at = time.perf_counter()
+            done = release(ReleaseRequest(
+                repo, user_model=args.release_user_model, variant=args.release_variant,
+                history_model=args.release_history_model, urls=(server.grpc_url,),
+                progress=False))
+            time.sleep(args.settle)
+            back = rollback(repo, [server.grpc_url])
+            time.sleep(args.settle)
+        reference = ReleaseReference(repo)
+        wrong = sum(not reference.matches(number, requests[i], scores)
+                    for i, number, scores in load.answers)
+        return {"fault": f"release {done['release']} ({', '.join(done['changed'])}) and its "
+                         f"rollback to {back['release']}, under load",
+                **load.summary(fault_at),
+                "answers_by_release": {str(k): v for k, v in
+                                       sorted(Counter(a[1] for a in load.answers).items(),
+                                              key=lambda kv: str(kv[0]))},
+                "answers_not_their_release": wrong,
+                "release_switch_s": done["switched"][0]["seconds"],
+                "rollback_switch_s": back["switched"][0]["seconds"]}
+    finally:
+        server.stop()
+
+
 def _p(values: list[float], q: int) -> float | None:
     if not values:
         return None
     return round(values[min(len(values) - 1, int(len(values) * q / 100))], 4)
 
 
-FAULTS = {"stub_kill": stub_kill, "server_restart": server_restart, "deadline": deadline}
+FAULTS = {"stub_kill": stub_kill, "server_restart": server_restart, "deadline": deadline,
+          "release": release_switch}
+DEFAULT_FAULTS = ("stub_kill", "server_restart", "deadline")  # release needs a new tower
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -261,8 +326,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the model under load (a HISTORY model or a TEXT one)")
     p.add_argument("--stub-model", default="history_scorer",
                    help="stub_kill: whose python stub to kill")
-    p.add_argument("--faults", default=",".join(FAULTS),
-                   help=f"comma-separated, in order (default {','.join(FAULTS)})")
+    p.add_argument("--faults", default=",".join(DEFAULT_FAULTS),
+                   help=f"comma-separated, in order: {', '.join(FAULTS)} (default "
+                        f"{','.join(DEFAULT_FAULTS)})")
+    p.add_argument("--release-user-model", type=Path, metavar="EXPORT_DIR",
+                   help="release: the new user tower (an export folder)")
+    p.add_argument("--release-variant", default="int8_dynamic",
+                   help="release: its ONNX variant (default int8_dynamic)")
+    p.add_argument("--release-history-model", type=Path, metavar="TOWER_DIR",
+                   help="release: the new history tower (towerlite history / fold-in output)")
     p.add_argument("--watch-stubs", action="store_true",
                    help="stub_kill: restart dead stubs as `towerlite serve` does (serving.triton."
                         "StubWatch); without it, what the bare server does")
@@ -297,5 +369,8 @@ def command(args: argparse.Namespace) -> int:
     for name, r in results.items():
         print(f"{name:<16} {r['requests']:>8} {r['errors']:>7} {r['longest_request_s']:>9} "
               f"{str(r.get('first_success_after_fault_s', '-')):>14}")
+        if "answers_not_their_release" in r:
+            print(f"{'':<16} answers by release {r['answers_by_release']}, not their release's "
+                  f"scores: {r['answers_not_their_release']}")
     print(f"report: {args.out / 'faults.json'}")
     return 0
