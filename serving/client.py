@@ -82,6 +82,7 @@ class Client:
         kwargs = {} if protocol == "grpc" else {"connection_timeout": timeout_s,
                                                  "network_timeout": timeout_s}
         self._client = tc.InferenceServerClient(url, **kwargs)
+        self._outputs: dict[str, set[str]] = {}  # model → its output names (_served_outputs)
 
     def close(self) -> None:
         self._client.close()
@@ -97,6 +98,19 @@ class Client:
         tensor = self._tc.InferInput(name, list(array.shape), dtype)
         tensor.set_data_from_numpy(array)
         return tensor
+
+    def _served_outputs(self, model: str, wanted: list[str]) -> list[str]:
+        """`wanted` less the outputs `model` lacks (RELEASE, in a repository deployed before
+        releases), asked of the server once per model."""
+        if model not in self._outputs:
+            try:
+                meta = self._client.get_model_metadata(model)
+                names = [o.name for o in meta.outputs] if self.protocol == "grpc" else \
+                    [o["name"] for o in meta.get("outputs", [])]
+            except Exception:  # noqa: BLE001  (the request itself will say what is wrong)
+                return wanted
+            self._outputs[model] = set(names)
+        return [o for o in wanted if o in self._outputs[model]]
 
     def _call(self, model: str, inputs: list, outputs: list[str]):
         from tritonclient.utils import InferenceServerException
@@ -186,7 +200,8 @@ class Client:
         text = user_text if isinstance(user_text, bytes) else str(user_text).encode("utf-8")
         inputs = [self._input("TEXT", np.array([[text]], dtype=np.object_), "BYTES"),
                   *self._options(k, domain, exclude, min_score)]
-        result = self._call(self.model, inputs, ["ITEM_IDS", "SCORES", "DOMAINS", "RELEASE"])
+        result = self._call(self.model, inputs, self._served_outputs(
+            self.model, ["ITEM_IDS", "SCORES", "DOMAINS", "RELEASE"]))
         ids = _decode(result.as_numpy("ITEM_IDS")[0])
         scores = result.as_numpy("SCORES")[0]
         domains = _decode(result.as_numpy("DOMAINS")[0])
@@ -205,8 +220,8 @@ class Client:
             raise TypeError("recommend_history takes a list of item ids")
         inputs = [self._input("HISTORY", _strings(list(history)).reshape(1, -1), "BYTES"),
                   *self._options(k, domain, exclude, min_score)]
-        result = self._call(model, inputs, ["ITEM_IDS", "SCORES", "DOMAINS", "SKIPPED",
-                                            "RELEASE"])
+        result = self._call(model, inputs, self._served_outputs(
+            model, ["ITEM_IDS", "SCORES", "DOMAINS", "SKIPPED", "RELEASE"]))
         ids = _decode(result.as_numpy("ITEM_IDS")[0])
         scores = result.as_numpy("SCORES")[0]
         domains = _decode(result.as_numpy("DOMAINS")[0])

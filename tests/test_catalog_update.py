@@ -274,7 +274,7 @@ def test_server_down_leaves_a_complete_version_and_says_how_to_retry(repo, data,
 def test_a_version_the_server_cannot_load_is_refused_and_the_old_one_serves(repo, tmp_path):
     from towerlite.serving.catalog_update import load_version
     from towerlite.serving.release import current_release, store
-    from towerlite.serving.release.switch import point_disk
+    from towerlite.serving.release.store import point_disk
     from towerlite.serving.triton import start_server
 
     with start_server(repo, log_path=tmp_path / "triton.log") as server:

@@ -295,3 +295,29 @@ def test_cli_release_list_and_one_line_errors(repo, towers):
     bad = run_cli("release", "--repository", str(repo), "--to", "5")
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
     assert "release 5 is not (or no longer) complete" in bad.stderr
+
+
+def test_a_repository_deployed_before_releases_is_adopted(repo):
+    """Configs as deploy wrote them before releases (ensembles on version -1, the scorer on the
+    newest version, no policy elsewhere) and a scorer version 2 from a catalog update: the next
+    release first makes version 2 a release of every model (hard links), pinned."""
+    import re
+
+    from towerlite.serving.release import store
+
+    for config in repo.glob("*/config.pbtxt"):
+        text = re.sub(r"model_version: \d+", "model_version: -1", config.read_text())
+        text = re.sub(r"^# the release\(s\) served.*\n", "", text, flags=re.M)
+        text = re.sub(r"^version_policy: .*$", "version_policy: { latest: { num_versions: 1 } }"
+                      if config.parent.name == "scorer" else "", text, flags=re.M)
+        text = re.sub(r'^parameters \{ key: "RELEASE".*\n', "", text, flags=re.M)
+        config.write_text(text)
+    shutil.copytree(repo / "scorer" / "1", repo / "scorer" / "2", copy_function=os.link)
+    assert current_release(repo) == 2  # what such a server serves: the newest scorer
+    assert store.adopt(repo) == 2 and store.adopt(repo) is None
+    assert current_release(repo) == 2 and store.complete(repo, 2)
+    onnx = [repo / "user_encoder" / v / "model.onnx" for v in ("1", "2")]
+    assert onnx[0].stat().st_ino == onnx[1].stat().st_ino
+    assert "versions: [ 2 ]" in (repo / "user_encoder" / "config.pbtxt").read_text()
+    assert 'key: "RELEASE" value: { string_value: "2" }' in \
+        (repo / "recommend_fused" / "config.pbtxt").read_text()

@@ -22,7 +22,6 @@ from .. import history_update as history
 from .. import index as ix
 from ..deploy import software_versions
 from ..release import store
-from ..release.switch import point_disk
 from .items_file import preview, read_inputs
 from .merge import merge, row_domains
 from .server import LoadError, load_on_server
@@ -57,6 +56,7 @@ def update(repository: str | Path, items: str | Path | pd.DataFrame | None = Non
     if keep_versions < 1:
         raise TowerliteError("keep_versions must be at least 1 (the version just loaded)")
     repo = flavor_folder(repository)
+    store.adopt(repo)
     base = serving_version(repo)
     frame, removed, source = read_inputs(items, remove)
     version = store.next_release(repo)
@@ -66,7 +66,7 @@ def update(repository: str | Path, items: str | Path | pd.DataFrame | None = Non
     except BaseException:
         store.remove(repo, version)
         raise
-    point_disk(repo, version)
+    store.point_disk(repo, version)
     store.log_release(repo, {"release": version, "from": base, "kind": "catalog update"})
     urls = [url] if isinstance(url, str) else list(url or [])
     if urls:

@@ -36,7 +36,8 @@ from ..catalog_update.versions import flavor_folder
 from ..catalog_update.write import write_version
 from ..deploy import EncoderExport, load_export, software_versions
 from . import store
-from .switch import LoadError, point_disk, switch
+from .store import point_disk
+from .switch import LoadError, switch
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def release(request: ReleaseRequest) -> dict:
     record (also appended to the flavor folder's releases.json)."""
     t0 = time.perf_counter()
     repo = flavor_folder(request.repository)
+    store.adopt(repo)
     base = store.current_release(repo)
     if not store.complete(repo, base):
         raise TowerliteError(f"release {base} (the one the configs name) is incomplete in {repo}; "
@@ -108,6 +110,7 @@ def rollback(repository: str | Path, urls: Sequence[str] = (), protocol: str = "
     """Switch back to the release before the one serving (or to release `to`, any complete
     one on disk, e.g. forward again after a rollback)."""
     repo = flavor_folder(repository)
+    store.adopt(repo)
     serving = store.current_release(repo)
     on_disk = sorted({v for m in store.present(repo, store.VERSIONED)
                       for v in store.versions(repo, m)})

@@ -26,6 +26,44 @@ FUSED_MODELS = (FUSED, HISTORY_FUSED)
 LOG = "releases.json"
 
 
+def point(repo: Path, release: int) -> list[str]:
+    """Write the ensembles' and fused models' configs for `release`; returns their names."""
+    names = present(repo, (*ENSEMBLES, *FUSED_MODELS))
+    for name in names:
+        config = repo / name / "config.pbtxt"
+        if name in ENSEMBLES:
+            pin.pin_steps(config, release)
+        else:
+            pin.set_release_parameter(config, release)
+    return names
+
+
+def point_disk(repo: Path, release: int) -> None:
+    """The configs on disk serve `release` alone: what a server (re)started on them loads."""
+    for model in present(repo, VERSIONED):
+        pin.set_versions(repo / model / "config.pbtxt", (release,))
+    point(repo, release)
+
+
+def adopt(repo: Path) -> int | None:
+    """A repository written before releases (its ensembles take each model's newest version)
+    becomes one: its newest scorer version is its release, every other model's newest folder is
+    hard-linked under that number, and the configs are pinned to it. Returns that release (None
+    when the repository names one already)."""
+    if pin.pinned_release(repo / "recommend" / "config.pbtxt") is not None:
+        return None
+    release = versions(repo, "scorer")[-1]
+    for model in present(repo, VERSIONED):
+        if not (repo / model / str(release)).is_dir():
+            newest = versions(repo, model)[-1]
+            staging = repo / model / f".staging-{release}"
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(repo / model / str(newest), staging, copy_function=os.link)
+            staging.rename(repo / model / str(release))
+    point_disk(repo, release)
+    return release
+
+
 def present(repo: Path, names: Iterable[str]) -> list[str]:
     return [n for n in names if (repo / n / "config.pbtxt").is_file()]
 

@@ -25,7 +25,9 @@ from pathlib import Path
 from towerlite.errors import TowerliteError
 
 from . import pin
-from .store import ENSEMBLES, FUSED_MODELS, VERSIONED, present
+from .store import ENSEMBLES, FUSED_MODELS, VERSIONED, point, point_disk, present
+
+__all__ = ["LoadError", "switch"]
 
 LOAD_TIMEOUT_S = 600.0   # a large catalog with an IVF index loads in tens of seconds
 
@@ -88,25 +90,6 @@ def _served(client, protocol: str) -> set[str]:
     return {m["name"] if isinstance(m, dict) else m.name for m in models}
 
 
-def _point(repo: Path, release: int) -> list[str]:
-    """Write the ensembles' and fused models' configs for `release`; returns their names."""
-    names = present(repo, (*ENSEMBLES, *FUSED_MODELS))
-    for name in names:
-        config = repo / name / "config.pbtxt"
-        if name in ENSEMBLES:
-            pin.pin_steps(config, release)
-        else:
-            pin.set_release_parameter(config, release)
-    return names
-
-
-def point_disk(repo: Path, release: int) -> None:
-    """The configs on disk serve `release` alone: what a server (re)started on them loads."""
-    for model in present(repo, VERSIONED):
-        pin.set_versions(repo / model / "config.pbtxt", (release,))
-    _point(repo, release)
-
-
 def served_release(client, protocol: str) -> int | None:
     """The release the server's `recommend` names (None: a server of a repository written
     before releases, whose ensembles take each model's newest version)."""
@@ -132,17 +115,26 @@ def switch(repo: Path, url: str, protocol: str, new: int) -> dict:
     try:
         served = _served(client, protocol)
         old = served_release(client, protocol)
-        if old is None:  # pre-release repository: its scorer serves the newest version
-            ready = [int(v) for v in _versions_ready(client, protocol, "scorer")]
-            old = max(ready) if ready else new
         stage = "both"
         try:
+            if old is None:  # a server of a repository deployed before releases: its
+                # ensembles take each model's newest version and would follow step 1's new
+                # versions one model at a time. First it serves release `old` (store.adopt:
+                # the folders it serves, hard-linked under that number), pinned
+                ready = [int(v) for v in _versions_ready(client, protocol, "scorer")]
+                old = max(ready) if ready else new
+                for model in versioned:
+                    pin.set_versions(repo / model / "config.pbtxt", (old,))
+                    load_model(client, protocol, model)
+                for name in point(repo, old):
+                    if name in served:
+                        load_model(client, protocol, name)
             for model in versioned:
                 pin.set_versions(repo / model / "config.pbtxt", (old, new))
                 load_model(client, protocol, model)
             steps["both_loaded_s"] = round(time.perf_counter() - t0, 2)
             stage = "switch"
-            for name in _point(repo, new):
+            for name in point(repo, new):
                 if name in served:
                     load_model(client, protocol, name)
             steps["switched_s"] = round(time.perf_counter() - t0, 2)
@@ -181,7 +173,7 @@ def _restore(repo: Path, client, protocol: str, versioned: list[str], old: int, 
     (best effort: a model whose new version failed still serves its old one)."""
     from tritonclient.utils import InferenceServerException
 
-    for name in _point(repo, old):
+    for name in point(repo, old):
         if stage == "switch" and name in served:
             try:
                 load_model(client, protocol, name)
