@@ -67,11 +67,12 @@ def update(repository: str | Path, items: str | Path | pd.DataFrame | None = Non
         store.remove(repo, version)
         raise
     store.point_disk(repo, version)
-    store.log_release(repo, {"release": version, "from": base, "kind": "catalog update"})
     urls = [url] if isinstance(url, str) else list(url or [])
     if urls:
         record["loads"] = load_on_replicas(repo, urls, protocol, version, keep_versions)
         record["load"] = record["loads"][-1]
+    store.log_release(repo, {"release": version, "from": base, "kind": "catalog update",
+                             "count": record["count"]})
     record["seconds"] = round(time.perf_counter() - t0, 2)
     return record
 
