@@ -105,6 +105,10 @@ class FoldIn:
         if not (self.model / WEIGHTS_FILE).is_file():
             raise TowerliteError(f"{self.model} has no {WEIGHTS_FILE} (a tower saved before "
                                  "fold-in existed): train it again with `towerlite history`")
+        for name in ("history_report.json", "item_ids.json"):
+            if not (self.model / name).is_file():
+                raise TowerliteError(f"{self.model} has no {name} (`towerlite history` writes "
+                                     "it with the tower)")
         self.about = json.loads((self.model / "history_report.json").read_text())
         self.item_ids = json.loads((self.model / "item_ids.json").read_text())
         dataset = self.about.get("dataset")
@@ -112,7 +116,10 @@ class FoldIn:
             raise TowerliteError(f"{self.model}/history_report.json names no dataset: the "
                                  "interactions to replay are unknown")
         likes, threshold = dataset_likes(dataset)
-        feedback = read_feedback(self.feedback, self.item_ids, threshold)
+        # the tower's catalog may be a sample of the dataset's (Book-Crossing: 20,000 items)
+        likes = likes[likes["item_id"].isin(set(self.item_ids))]
+        feedback = read_feedback(self.feedback, self.item_ids, threshold,
+                                 known_users=set(likes["user_id"]))
         before = self.about.get("likes_before")
         if before is not None:
             likes = likes[likes["timestamp"] < before]

@@ -162,6 +162,9 @@ def history_table(folder, prepared, embeddings, item: EncoderExport):
     return tower, table
 
 
+HISTORY_WRITTEN = ("item_table.npy", "item_ids.npy", "history.json")
+
+
 def write_history(scorer: Path, encoder: Path, history, prepared, info: dict) -> None:
     """A history release's files: SCORER/catalog/ (the item table as the history_scorer's
     catalog) and ENCODER/history/ (graph, item table, ids), where SCORER and ENCODER are the
@@ -175,7 +178,9 @@ def write_history(scorer: Path, encoder: Path, history, prepared, info: dict) ->
     # `towerlite catalog update` can give a new item its row from its text embedding alone, and
     # `towerlite fold-in` can continue from the served tower
     for f in tower.folder.iterdir():
-        if f.is_file():
+        # not the files written below: a tower folder that is a served release's (fold-in's
+        # starting point) has them, and a linked one would be written through into that release
+        if f.is_file() and f.name not in HISTORY_WRITTEN:
             _place(f, folder / f.name)
     np.save(folder / "item_table.npy", np.ascontiguousarray(table, dtype=np.float32))
     _place(scorer / "catalog" / "item_ids.npy", folder / "item_ids.npy")

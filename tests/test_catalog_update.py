@@ -324,6 +324,9 @@ def test_update_loads_on_every_replica_and_names_the_ones_it_missed(repo, data, 
         with Client(b.grpc_url) as c:  # b was not reached: still version 2
             assert len(c.recommend("x", k=2, exclude=[later])) == 2
     assert scorer_versions(repo) == [1, 2, 3]  # nothing pruned after a failed load
+    from towerlite.serving.release import current_release
+
+    assert current_release(repo) == 3  # what replica a serves: the configs name it
 
 
 def test_replica_urls_are_every_address_of_a_name():

@@ -56,6 +56,18 @@ def test_bad_feedback_is_a_clear_error(tmp_path, lines, message):
         read_feedback(_file(tmp_path / "f.csv", *lines), CATALOG)
 
 
+def test_user_ids_without_the_dataset_prefix_are_refused(tmp_path):
+    """A held-out MovieLens user written as `123` instead of `1m_123` would be hashed under the
+    wrong id and trained on: refused. New users (no such id at all) are fine."""
+    known = {"1m_1", "1m_123", "1m_6040"}
+    ok = _file(tmp_path / "ok.csv", HEADER, "1m_123,m1,like,,975000000",
+               "someone-new,m2,like,,975000000")
+    assert len(read_feedback(ok, CATALOG, known_users=known)) == 2
+    bad = _file(tmp_path / "bad.csv", HEADER, "1m_1,m1,like,,975000000", "123,m2,like,,975000000")
+    with pytest.raises(TowerliteError, match="without the dataset's prefix '1m_' on line.* 3"):
+        read_feedback(bad, CATALOG, known_users=known)
+
+
 def test_bad_jsonl_and_missing_file(tmp_path):
     with pytest.raises(TowerliteError, match="f.jsonl:2: not JSON"):
         read_feedback(_file(tmp_path / "f.jsonl", '{"user_id": "u"}', "{oops"), CATALOG)
@@ -141,7 +153,7 @@ def test_fold_in_bad_input_writes_nothing(tower, tmp_path):
     from conftest import run_cli
 
     folder, _ = tower
-    bad = _file(tmp_path / "bad.csv", HEADER, "123,no-such-movie,like,,975000000")
+    bad = _file(tmp_path / "bad.csv", HEADER, "1m_1,no-such-movie,like,,975000000")
     out = tmp_path / "out"
     done = run_cli("fold-in", "--model", str(folder), "--feedback", str(bad), "--out", str(out),
                    "--no-progress")

@@ -558,3 +558,10 @@ def test_a_new_history_tower_is_released_and_rolled_back(served_history, ml_case
     # the release's catalog is release 2's, shared
     shared = [flavor / "scorer" / v / "catalog" / "embeddings_t.npy" for v in ("2", "3")]
     assert shared[0].stat().st_ino == shared[1].stat().st_ino
+    # a served release's tower folder (fold-in's starting point) released again: release 3's
+    # files are read, never written through the links of release 4
+    served = flavor / "history_encoder" / "3" / "history"
+    before = {f.name: f.read_bytes() for f in served.iterdir() if f.is_file()}
+    again = release(ReleaseRequest(flavor, history_model=served, progress=False))
+    assert again["release"] == 4
+    assert {f.name: f.read_bytes() for f in served.iterdir() if f.is_file()} == before

@@ -37,7 +37,8 @@ def load_on_server(repo: Path, url: str, protocol: str, version: int,
                         f"{', '.join(map(str, served)) or 'none'}, not {version}", "elsewhere")
     for model in ("recommend", FUSED) if fused else ("recommend",):
         _check_catalog(url, protocol, present, absent, model)
-    return {"url": url, "protocol": protocol, "load_seconds": switched["seconds"],
+    return {"url": url, "protocol": protocol, "version": version,
+            "load_seconds": switched["seconds"],
             "served_versions": [str(v) for v in served], "checked_present": len(present),
             "checked_absent": len(absent), "switch": switched}
 

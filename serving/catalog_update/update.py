@@ -178,6 +178,8 @@ def load_on_replicas(repository: str | Path, urls: Sequence[str], protocol: str 
             loaded.append({"url": url, **load_version(repository, url, protocol, version,
                                                       keep_versions, prune_after=last)})
         except LoadError as exc:
+            if loaded:  # some replicas serve it: the configs keep naming it
+                store.point_disk(flavor_folder(repository), version or loaded[0]["version"])
             if len(urls) == 1:
                 raise
             done = ", ".join(r["url"] for r in loaded) or "none"
@@ -194,7 +196,8 @@ def load_version(repository: str | Path, url: str, protocol: str = "grpc",
     `catalog update`), check its catalog is served (also the retry after a failed load); then
     prune all but the newest `keep_versions` releases."""
     repo = flavor_folder(repository)
-    version = version or serving_version(repo)
+    store.adopt(repo)
+    version = version or store.newest_complete(repo)
     meta = json.loads((repo / "scorer" / str(version) / "catalog" / "catalog.json").read_text())
     check = ((meta.get("updates") or [{}])[-1]).get("check") or {}
     if ((meta.get("updates") or [{}])[-1]).get("version") != version:

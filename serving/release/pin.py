@@ -54,7 +54,10 @@ def pinned_release(config: Path) -> int | None:
     """The release an ensemble's steps name (None: the newest of each, a pre-release config)."""
     found = {int(v) for v in re.findall(r"model_version:\s*(-?\d+)", config.read_text())}
     if len(found) > 1:
-        raise ValueError(f"{config}: steps name different versions {sorted(found)}")
+        from towerlite.errors import TowerliteError
+
+        raise TowerliteError(f"{config}: its steps name different versions {sorted(found)} "
+                             "(edited by hand?): make them name one release")
     release = found.pop() if found else -1
     return None if release < 0 else release
 

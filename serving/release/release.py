@@ -138,7 +138,12 @@ def _serve(repo: Path, record: dict, urls: list[str], protocol: str, keep: int |
             switched.append(switch(repo, url, protocol, new))
         except LoadError as exc:
             done = ", ".join(s["url"] for s in switched) or "none"
-            if exc.next_step == "rejected" and not switched and record["kind"] == "release":
+            if switched:  # some servers serve it: the configs name it (a refusing server's
+                # switch put back the release before), and the log says how far it got
+                point_disk(repo, new)
+                store.log_release(repo, {**record, "switched": switched, "failed_on": url})
+            elif exc.next_step == "rejected" and record["kind"] == "release":
+                point_disk(repo, record["from"])
                 store.remove(repo, new)
                 raise LoadError(f"release {new} was refused by {url} and removed; it keeps "
                                 f"serving release {record['from']}: {exc}", exc.next_step) from None
@@ -214,6 +219,13 @@ def _history_tower(repo: Path, base: int, folder: str | Path):
         raise TowerliteError(f"the history tower {folder} is {tower.config.dim}-d reading "
                              f"{tower.config.max_len} items; the served one is {served['dim']}-d "
                              f"reading {served['max_len']}: the configs fix both, redeploy")
+    if tower.config.use_text and (Path(folder) / "adapter.npz").is_file():
+        width = np.load(Path(folder) / "adapter.npz")["mean"].shape[-1]
+        _, _, meta = cat.read_catalog(repo / "scorer" / str(base) / "catalog")
+        if width != meta["dim"]:
+            raise TowerliteError(f"the history tower {folder} reads {width}-d item vectors; the "
+                                 f"catalog's are {meta['dim']}-d (it was trained over another "
+                                 f"item tower: {tower.item_model or 'unknown'})")
     return tower
 
 

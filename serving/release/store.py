@@ -52,7 +52,10 @@ def adopt(repo: Path) -> int | None:
     when the repository names one already)."""
     if pin.pinned_release(repo / "recommend" / "config.pbtxt") is not None:
         return None
-    release = versions(repo, "scorer")[-1]
+    found = versions(repo, "scorer")
+    if not found:
+        raise TowerliteError(f"{repo / 'scorer'} has no version folder (run `towerlite deploy`)")
+    release = found[-1]
     for model in present(repo, VERSIONED):
         if not (repo / model / str(release)).is_dir():
             newest = versions(repo, model)[-1]
@@ -88,6 +91,15 @@ def current_release(repo: Path) -> int:
                                  "deploy`)")
         pinned = found[-1]
     return pinned
+
+
+def newest_complete(repo: Path) -> int:
+    """The newest release whose folders are all on disk (`catalog load`: what to load)."""
+    numbers = sorted({v for m in present(repo, VERSIONED) for v in versions(repo, m)})
+    complete_ones = [v for v in numbers if complete(repo, v)]
+    if not complete_ones:
+        raise TowerliteError(f"{repo} holds no complete release (run `towerlite deploy`)")
+    return complete_ones[-1]
 
 
 def next_release(repo: Path) -> int:

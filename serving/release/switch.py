@@ -90,16 +90,32 @@ def _served(client, protocol: str) -> set[str]:
     return {m["name"] if isinstance(m, dict) else m.name for m in models}
 
 
+def _config(client, protocol: str, name: str) -> dict:
+    config = client.get_model_config(name, **({"as_json": True} if protocol == "grpc" else {}))
+    return config.get("config", config)
+
+
+def _named(config: dict) -> set[int]:
+    """The releases a served ensemble's steps or a fused model's RELEASE name (-1: newest)."""
+    steps = config.get("ensemble_scheduling", config.get("ensembleScheduling", {})).get("step")
+    if steps:
+        return {int(s.get("model_version", s.get("modelVersion", -1))) for s in steps}
+    value = config.get("parameters", {}).get("RELEASE", {})
+    value = value.get("string_value", value.get("stringValue"))
+    return {int(value)} if value else set()
+
+
 def served_release(client, protocol: str) -> int | None:
     """The release the server's `recommend` names (None: a server of a repository written
     before releases, whose ensembles take each model's newest version)."""
-    config = client.get_model_config("recommend", **({"as_json": True}
-                                                     if protocol == "grpc" else {}))
-    config = config.get("config", config)
-    found = {int(s.get("model_version", s.get("modelVersion", -1)))
-             for s in config.get("ensemble_scheduling", config.get("ensembleScheduling", {}))
-             .get("step", [])}
+    found = _named(_config(client, protocol, "recommend"))
     return max(found) if found and max(found) >= 0 else None
+
+
+def _in_use(client, protocol: str, names: list[str]) -> set[int]:
+    """Every release a served ensemble or fused model names (after a switch cut short, they
+    may differ): all stay loaded until each names the new one."""
+    return {v for name in names for v in _named(_config(client, protocol, name)) if v >= 0}
 
 
 def switch(repo: Path, url: str, protocol: str, new: int) -> dict:
@@ -112,9 +128,11 @@ def switch(repo: Path, url: str, protocol: str, new: int) -> dict:
     client = server_client(url, protocol)
     t0 = time.perf_counter()
     steps = {}
+    stage, old = "connect", None
     try:
         served = _served(client, protocol)
         old = served_release(client, protocol)
+        pointing = [n for n in present(repo, (*ENSEMBLES, *FUSED_MODELS)) if n in served]
         stage = "both"
         try:
             if old is None:  # a server of a repository deployed before releases: its
@@ -129,8 +147,9 @@ def switch(repo: Path, url: str, protocol: str, new: int) -> dict:
                 for name in point(repo, old):
                     if name in served:
                         load_model(client, protocol, name)
+            both = _in_use(client, protocol, pointing) | {old, new}
             for model in versioned:
-                pin.set_versions(repo / model / "config.pbtxt", (old, new))
+                pin.set_versions(repo / model / "config.pbtxt", sorted(both))
                 load_model(client, protocol, model)
             steps["both_loaded_s"] = round(time.perf_counter() - t0, 2)
             stage = "switch"
@@ -146,13 +165,21 @@ def switch(repo: Path, url: str, protocol: str, new: int) -> dict:
                 point_disk(repo, new)
             raise error from None
         # the new release serves: the old one's versions go (after their requests in flight)
+        stage = "old out"
         for model in versioned:
             pin.set_versions(repo / model / "config.pbtxt", (new,))
             load_model(client, protocol, model)
         ready = {name: client.is_model_ready(name) for name in
                  present(repo, (*ENSEMBLES, *FUSED_MODELS)) if name in served}
     except (InferenceServerException, OSError) as exc:
-        raise load_error(url, protocol, exc) from None
+        error = load_error(url, protocol, exc)
+        if stage == "old out":  # switched: only the old release's unloading failed
+            raise LoadError(f"the server at {url} serves release {new}, but unloading release "
+                            f"{old} failed ({error}); run the same command again",
+                            "log") from None
+        if stage == "connect" or isinstance(exc, OSError):
+            error.next_step = "retry" if error.next_step == "retry" else "log"
+        raise error from None
     finally:
         client.close()
     if not all(ready.values()):

@@ -16,6 +16,7 @@ item the catalog does not hold — each a TowerliteError naming the first offend
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Collection
 from datetime import datetime, timezone
 from pathlib import Path
@@ -64,10 +65,13 @@ def _read(path: Path) -> pd.DataFrame:
     return frame.set_index("_line")
 
 
-def read_feedback(path: str | Path, catalog: Collection[str],
-                  positive_threshold: float = 4.0) -> pd.DataFrame:
+def read_feedback(path: str | Path, catalog: Collection[str], positive_threshold: float = 4.0,
+                  known_users: Collection[str] = ()) -> pd.DataFrame:
     """The file's interactions, checked: columns user_id, item_id, event, rating (float, NaN
-    when none), timestamp (Unix seconds, int), like (bool: what trains), indexed by line."""
+    when none), timestamp (Unix seconds, int), like (bool: what trains), indexed by line.
+    `known_users`: the dataset's user ids; ids that are unknown but become known with the
+    dataset's id prefix (MovieLens' `1m_`) are refused — such a user's held-out status would be
+    read off the wrong id."""
     path = Path(path)
     rows = _read(path)
     missing = [c for c in COLUMNS if c not in rows.columns and c != "rating"]
@@ -82,6 +86,7 @@ def read_feedback(path: str | Path, catalog: Collection[str],
         empty = out[column].isin(["", "nan", "None"])
         if empty.any():
             raise TowerliteError(f"{path}: empty {column} on line(s) {_lines(rows, empty)}")
+    _check_user_ids(path, rows, out["user_id"], known_users)
     out["event"] = out["event"].str.lower()
     unknown = ~out["event"].isin(EVENTS)
     if unknown.any():
@@ -104,6 +109,23 @@ def read_feedback(path: str | Path, catalog: Collection[str],
     out["like"] = (out["event"] == "like") | \
         ((out["event"] == "rating") & (out["rating"] >= positive_threshold))
     return out
+
+
+def _check_user_ids(path: Path, rows: pd.DataFrame, users: pd.Series,
+                    known_users: Collection[str]) -> None:
+    known = set(known_users)
+    if not known:
+        return
+    prefix = os.path.commonprefix(sorted(known)[:1] + sorted(known)[-1:])
+    prefix = prefix[:prefix.rfind("_") + 1] if "_" in prefix else ""
+    if not prefix:
+        return
+    bare = users.map(lambda u: u not in known and f"{prefix}{u}" in known).astype(bool)
+    if bare.any():
+        raise TowerliteError(f"{path}: user ids written without the dataset's prefix "
+                             f"{prefix!r} on line(s) {_lines(rows, bare)} (e.g. "
+                             f"{users[bare].iloc[0]!r} for {prefix + users[bare].iloc[0]!r}): "
+                             "write the dataset's own ids")
 
 
 def _timestamps(path: Path, rows: pd.DataFrame) -> pd.Series:
