@@ -6,6 +6,7 @@ file (`towerlite fold-in`'s code path), and compare, on every user's first like 
     folded     old, fine-tuned on the feedback between T and T+Δ plus a replay sample
     retrain    a tower trained from scratch on every like before T+Δ
     popularity, co-occurrence   learnt from the likes before T+Δ (the yardsticks)
+    SASRec     the ID-only yardstick, trained like retrain on the likes before T+Δ
 
 Held-out users (towerlite.data.splits) are never trained on; their feedback rows are dropped by
 fold-in. Cold slice: targets with at most 2 training likes before T (new since T). Prints a
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -59,7 +61,7 @@ def main() -> None:
     from towerlite.evaluation.baselines import BASELINES
     from towerlite.evaluation.cases import Cases
     from towerlite.evaluation.recommend import metric_rows
-    from towerlite.evaluation.sequential import saved
+    from towerlite.evaluation.sequential import SASREC, saved, trained
     from towerlite.evaluation.towers import towers_of
     from towerlite.sequential import HistoryConfig, SavedTower, save
 
@@ -142,6 +144,16 @@ def main() -> None:
     for name, build in BASELINES.items():
         overall, cold_start = metric_rows(cases, build(cases), cold)
         record["rows"][name] = {"metrics": overall, "cold_start": cold_start}
+    # the ID-based yardstick: SASRec (the tower without text) trained the same way on the same
+    # likes before T+Δ
+    cases.train_sequences = [s for s in before_u.values() if len(s) >= 2]
+    t0 = time.process_time()
+    scores, _ = trained(cases, replace(SASREC, epochs=args.epochs, max_len=args.max_len,
+                                       batch_size=args.batch_size))
+    record["sasrec_cpu_s"] = round(time.process_time() - t0, 1)
+    overall, cold_start = metric_rows(cases, scores, cold)
+    record["rows"]["SASRec (ID only, before T+Δ)"] = {"metrics": overall,
+                                                      "cold_start": cold_start}
 
     def ci(m, k):
         low, high = m[k + "_ci95"]
@@ -153,7 +165,8 @@ def main() -> None:
              "|---|---|---|---|---|"]
     cpu = {"old (before T)": record["old"]["train_cpu_s"],
            "folded (old + feedback)": record["folded"]["train_cpu_s"],
-           "retrain (before T+Δ)": record["retrain"]["train_cpu_s"]}
+           "retrain (before T+Δ)": record["retrain"]["train_cpu_s"],
+           "SASRec (ID only, before T+Δ)": record["sasrec_cpu_s"]}
     for name, row in record["rows"].items():
         lines.append(f"| {name} | {ci(row['metrics'], 'recall@10')} | "
                      f"{ci(row['metrics'], 'ndcg@10')} | "

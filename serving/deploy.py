@@ -317,11 +317,28 @@ class EmbeddedCatalog:
     embed_seconds: float
 
 
+def embed_items(prepared, item: EncoderExport, max_length: int, threads: int = 2,
+                workers: int = 1, progress: bool = True) -> tuple[np.ndarray, Path, bool]:
+    """(the prepared items' embeddings by `item`, the cache folder, whether it was a cache hit):
+    cached per model and texts, resumable (serving.catalog.embed_catalog); deploy's and a
+    release's new item tower's."""
+    from towerlite.runtime import OnnxEncoder
+
+    encoder = OnnxEncoder(item.onnx, item.tokenizer_json, max_length=max_length, threads=threads)
+    texts = prepared["text"].tolist()
+    cache = cat.cache_dir_for(cat.sha256_file(item.onnx), texts, max_length)
+    cached = (cache / "embeddings.npy").is_file()
+    t0 = time.perf_counter()
+    embeddings = cat.embed_catalog(texts, encoder, cache_dir=cache, progress=progress,
+                                   workers=workers)
+    log.info(f"catalog embeddings: {'cache hit' if cached else f'{time.perf_counter() - t0:.1f} s'}"
+             f" ({cache})")
+    return embeddings, cache, cached
+
+
 def prepare_catalog(request: DeployRequest, towers: Towers) -> EmbeddedCatalog:
     """The catalog: rendered, embedded with the item tower (cached per model), ordered for the
     scorer."""
-    from towerlite.runtime import OnnxEncoder
-
     item, spec = towers.item, towers.spec
     t_items = time.perf_counter()
     if request.items is not None:
@@ -334,17 +351,10 @@ def prepare_catalog(request: DeployRequest, towers: Towers) -> EmbeddedCatalog:
     counts = prepared["domain"].value_counts(sort=False).items()
     log.info(f"catalog: {len(prepared):,} items "
              f"({', '.join(f'{d}: {n:,}' for d, n in counts)})")
-    encoder = OnnxEncoder(item.onnx, item.tokenizer_json, max_length=spec.max_length,
-                          threads=request.threads)
-    item_sha = cat.sha256_file(item.onnx)
-    texts = prepared["text"].tolist()
-    cache = cat.cache_dir_for(item_sha, texts, spec.max_length)
-    cached = (cache / "embeddings.npy").is_file()
     t_embed = time.perf_counter()
-    embeddings = cat.embed_catalog(texts, encoder, cache_dir=cache, progress=request.progress,
-                                   workers=request.workers)
+    embeddings, cache, cached = embed_items(prepared, item, spec.max_length, request.threads,
+                                            request.workers, request.progress)
     embed_s = time.perf_counter() - t_embed
-    log.info(f"catalog embeddings: {'cache hit' if cached else f'{embed_s:.1f} s'} ({cache})")
     info = {"item_model": item.describe(), "max_length": spec.max_length,
             "text": "towerlite.data.render.item_text", "source": source}
     return EmbeddedCatalog(prepared, embeddings, info, source, cache, cached,

@@ -69,7 +69,7 @@ def test_user_ids_without_the_dataset_prefix_are_refused(tmp_path):
 
 
 def test_bad_jsonl_and_missing_file(tmp_path):
-    with pytest.raises(TowerliteError, match="f.jsonl:2: not JSON"):
+    with pytest.raises(TowerliteError, match="f.jsonl, line 2: not JSON"):
         read_feedback(_file(tmp_path / "f.jsonl", '{"user_id": "u"}', "{oops"), CATALOG)
     with pytest.raises(TowerliteError, match="no such feedback file"):
         read_feedback(tmp_path / "none.csv", CATALOG)

@@ -3,13 +3,13 @@ and the ids to remove."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from towerlite.data.table_file import JSONL_SUFFIXES, read_rows
 from towerlite.errors import TowerliteError
 
 from .. import catalog as cat
@@ -21,47 +21,11 @@ REQUIRED_COLUMNS = ("item_id", "domain", "title")
 def read_items(path: str | Path) -> pd.DataFrame:
     """The items of a CSV or JSON Lines file as an ITEM_COLUMNS frame, checked row by row."""
     path = Path(path)
-    if not path.is_file():
-        raise TowerliteError(f"{path}: no such items file")
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        rows, lines = _read_csv(path)
-    elif suffix in (".jsonl", ".ndjson"):
-        rows, lines = _read_jsonl(path)
-    else:
+    if path.suffix.lower() not in (".csv", *JSONL_SUFFIXES) and path.is_file():
         raise TowerliteError(f"{path}: items must be CSV (.csv) or JSON Lines (.jsonl), one item "
                              f"a row with the columns {', '.join(ITEM_COLUMNS)}")
+    rows, lines = read_rows(path, "items")
     return _check_items(path, rows, lines)
-
-
-def _read_csv(path: Path) -> tuple[pd.DataFrame, list[int]]:
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise TowerliteError(f"{path}: not a readable UTF-8 CSV file "
-                             f"({' '.join(str(exc).split())})") from None
-    return frame, [i + 2 for i in range(len(frame))]  # line numbers after the header
-
-
-def _read_jsonl(path: Path) -> tuple[pd.DataFrame, list[int]]:
-    records, lines = [], []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise TowerliteError(f"{path}: not UTF-8 text") from None
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TowerliteError(f"{path}, line {number}: not JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise TowerliteError(f"{path}, line {number}: each line must be one JSON object")
-        records.append(record)
-        lines.append(number)
-    columns = list(dict.fromkeys(k for r in records for k in r))
-    return pd.DataFrame.from_records(records, columns=columns), lines
 
 
 def _cell(value) -> str:

@@ -26,8 +26,9 @@ def flavor_folder(repository: str | Path) -> Path:
 
 def scorer_versions(repo: Path) -> list[int]:
     """The scorer's numeric version folders, oldest first."""
-    return sorted(int(p.name) for p in (repo / "scorer").iterdir()
-                  if p.is_dir() and p.name.isdigit())
+    from ..release.store import versions
+
+    return versions(repo, "scorer")
 
 
 def serving_version(repo: Path) -> int:

@@ -31,10 +31,9 @@ from towerlite.errors import TowerliteError
 from .. import catalog as cat
 from .. import history_update as history
 from .. import index as ix
-from ..catalog_update.merge import merge
 from ..catalog_update.versions import flavor_folder
 from ..catalog_update.write import write_version
-from ..deploy import EncoderExport, load_export, software_versions
+from ..deploy import EncoderExport, embed_items, load_export, software_versions
 from . import store
 from .store import point_disk
 from .switch import LoadError, switch
@@ -277,10 +276,9 @@ def _replace(repo: Path, model: str, base: int, new: int, files: dict[str, Path]
 
 def _reembed(repo: Path, request: ReleaseRequest, base: int, new: int, item: EncoderExport,
              meta: dict) -> dict:
-    """scorer/<new>/: the catalog's items embedded by the new item tower (cached and resumable
-    like deploy's), with the index kind release `base` had."""
+    """scorer/<new>/: the catalog's items embedded by the new item tower (cached and resumable,
+    deploy's embedding step), with the index kind release `base` had."""
     from towerlite.data.catalog import prepare_items
-    from towerlite.runtime import OnnxEncoder
 
     from ..catalog_update.items_file import read_items
 
@@ -292,25 +290,19 @@ def _reembed(repo: Path, request: ReleaseRequest, base: int, new: int, item: Enc
         frame = read_items(request.items)
     domain_order = list(dict.fromkeys([d["name"] for d in meta["domains"]]
                                       + frame["domain"].tolist()))
-    prepared = prepare_items(frame, domain_order)
-    encoder = OnnxEncoder(item.onnx, item.tokenizer_json, max_length=item.max_length,
-                          threads=request.threads)
-    texts = prepared["text"].tolist()
+    prepared = prepare_items(frame, domain_order)  # in the scorer's order
     t0 = time.perf_counter()
-    emb = cat.embed_catalog(texts, encoder, cat.cache_dir_for(cat.sha256_file(item.onnx), texts,
-                                                              item.max_length),
+    emb, _, _ = embed_items(prepared, item, item.max_length, request.threads,
                             progress=request.progress)
     encode_s = time.perf_counter() - t0
-    empty = np.zeros(0, dtype=object)
-    frame_out, matrix_t = merge(empty, empty, np.zeros((meta["dim"], 0), np.float32), prepared,
-                                emb, set(), domain_order)
     info = {k: v for k, v in meta.items()
             if k not in ("count", "dim", "domains", "index", "updates", "item_model")}
     info["item_model"] = item.describe()
     info["max_length"] = item.max_length
-    kind = ix.choose("auto", len(frame_out)) if not meta.get("index") else ix.kind_of(meta)
+    kind = ix.choose("auto", len(prepared)) if not meta.get("index") else ix.kind_of(meta)
     nprobe = (meta.get("index") or {}).get("nprobe") or ix.DEFAULT_NPROBE
-    folder, written = write_version(repo, base, frame_out, matrix_t, info, kind, nprobe,
+    folder, written = write_version(repo, base, prepared[["item_id", "domain"]],
+                                    np.ascontiguousarray(emb.T), info, kind, nprobe,
                                     version=new)
     return {"count": written["count"], "index": kind, "encode_seconds": round(encode_s, 2),
             "path": str(folder)}

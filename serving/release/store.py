@@ -59,10 +59,7 @@ def adopt(repo: Path) -> int | None:
     for model in present(repo, VERSIONED):
         if not (repo / model / str(release)).is_dir():
             newest = versions(repo, model)[-1]
-            staging = repo / model / f".staging-{release}"
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(repo / model / str(newest), staging, copy_function=os.link)
-            staging.rename(repo / model / str(release))
+            publish(repo, model, staged(repo, model, newest, release), release)
     point_disk(repo, release)
     return release
 
@@ -132,10 +129,7 @@ def carry(repo: Path, base: int, release: int, skip: Iterable[str] = ()) -> list
     for model in present(repo, VERSIONED):
         if model in set(skip) or (repo / model / str(release)).is_dir():
             continue
-        staging = repo / model / f".staging-{release}"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(repo / model / str(base), staging, copy_function=os.link)
-        staging.rename(repo / model / str(release))
+        publish(repo, model, staged(repo, model, base, release), release)
         carried.append(model)
     return carried
 

@@ -8,14 +8,14 @@
     rating      a number, for event rating (empty otherwise)
     timestamp   when: Unix seconds, or ISO 8601 (2000-12-24T18:00:00Z); orders each user's likes
 
-Read whole and checked before anything is trained: an empty file, a missing column, an unknown
-event, a rating event without a number, a timestamp that does not parse or is in the future, an
-item the catalog does not hold — each a TowerliteError naming the first offending lines.
+CSV or JSON Lines by suffix (.csv, .jsonl; towerlite.data.table_file reads both). Read whole and
+checked before anything is trained: an empty file, a missing column, an unknown event, a rating
+event without a number, a timestamp that does not parse or is in the future, an item the catalog
+does not hold — each a TowerliteError naming the first offending lines.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Collection
 from datetime import datetime, timezone
@@ -24,6 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 from towerlite.errors import TowerliteError
+
+from .table_file import read_rows
 
 COLUMNS = ("user_id", "item_id", "event", "rating", "timestamp")
 EVENTS = ("like", "rating", "click", "skip")
@@ -37,32 +39,10 @@ def _lines(rows: pd.DataFrame, mask) -> str:
 
 
 def _read(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise TowerliteError(f"{path}: no such feedback file")
-    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        records = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TowerliteError(f"{path}:{number}: not JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise TowerliteError(f"{path}:{number}: each line is one JSON object")
-            records.append({**record, "_line": number})
-        frame = pd.DataFrame.from_records(records)
-    else:
-        try:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-        except pd.errors.EmptyDataError:
-            frame = pd.DataFrame()
-        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-            raise TowerliteError(f"{path}: not a readable CSV file ({exc})") from None
-        frame["_line"] = range(2, len(frame) + 2)  # line 1 is the header
-    if frame.empty:
+    rows, lines = read_rows(path, "feedback")
+    if rows.empty:
         raise TowerliteError(f"{path}: no interactions (an empty feedback file)")
-    return frame.set_index("_line")
+    return rows.set_index(pd.Index(lines, name="line"))
 
 
 def read_feedback(path: str | Path, catalog: Collection[str], positive_threshold: float = 4.0,
