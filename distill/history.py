@@ -8,6 +8,8 @@ save      OUT/model/: the ONNX sequence model and the arrays deploy builds the i
 evaluate  the saved tower through its ONNX graph (as served), with --parts the text-only and
           ID-only (SASRec) settings trained the same way, popularity and co-occurrence: Recall@10,
           NDCG@10 with 95% bootstrap intervals, all users and the cold-start slice
+variants  the graph as int8 and fp16 (distill/history_variants.py): OUT/model-VARIANT where its
+          top-10 agrees with fp32's (the gate), measured beside it
 report    OUT/history_report.json and .md
 """
 
@@ -24,6 +26,8 @@ from pathlib import Path
 
 from towerlite.errors import TowerliteError
 from towerlite.sequential import HistoryConfig
+
+from .history_variants import VARIANTS
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,7 @@ class HistoryRun:
     parts: bool = False
     cold_max: int = 2
     progress: bool = True
+    variants: tuple = ()
     cases: object = None
     text: object = None
     rows: dict = field(default_factory=dict)
@@ -125,6 +130,30 @@ class HistoryRun:
         for name, build in BASELINES.items():
             add(name, build(cases), {"model": name})
         self.timings["cold_users"] = int(np.sum(cold))
+        self.graph_variants(folder, add)
+
+    def graph_variants(self, folder: Path, add) -> None:
+        """Each of --variants written beside OUT/model, compared with it; removed again
+        (and reported) when its top-10 falls under the gate."""
+        import shutil
+
+        from towerlite.evaluation.sequential import saved
+        from towerlite.sequential import SavedTower
+
+        from . import history_variants
+
+        reference = SavedTower.load(folder)
+        for variant in self.variants:
+            written = history_variants.write(folder, variant)
+            tower = SavedTower.load(written)
+            measured = history_variants.compare(self.cases, reference, tower, self.text)
+            label = f"history tower, {self.cfg.kind}, {variant} graph"
+            add(label, *saved(self.cases, tower, self.text))
+            self.rows[label]["graph_variant"] = measured
+            if not measured["gate"]["passed"]:
+                shutil.rmtree(written)
+            log.info("%s: top-10 overlap with fp32 %.3f, %s", variant, measured["top10_overlap"],
+                     f"written to {written}" if measured["gate"]["passed"] else "under the gate")
 
     def report(self) -> dict:
         from importlib.metadata import version
@@ -162,6 +191,21 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {_with_ci(metrics, 'recall@10')} | "
                      f"{_with_ci(metrics, 'ndcg@10')} | {metrics['recall@50']:.4f} | "
                      f"{_with_ci(cold, 'recall@10')} |")
+    variants = {n: r["graph_variant"] for n, r in report["rows"].items() if "graph_variant" in r}
+    if variants:
+        lengths = list(next(iter(variants.values()))["latency_batch1_1thread"])
+        lines += ["", "| graph | top-10 overlap with fp32 | identical top-10 | "
+                  + " | ".join(f"ms p50 / p99, {n.replace('_', ' ')} items" for n in lengths)
+                  + " | gate |", "|---|---|---|" + "---|" * len(lengths) + "---|"]
+        first = next(iter(variants.values()))["reference_latency_batch1_1thread"]
+        lines.append("| fp32 | 1 | 1 | " + " | ".join(
+            f"{first[n]['p50_ms']:.3f} / {first[n]['p99_ms']:.3f}" for n in lengths) + " | — |")
+        for name, v in variants.items():
+            lat = v["latency_batch1_1thread"]
+            lines.append(f"| {name.rsplit(', ', 1)[-1]} | {v['top10_overlap']:.4f} | "
+                         f"{v['identical_top10']:.4f} | " + " | ".join(
+                             f"{lat[n]['p50_ms']:.3f} / {lat[n]['p99_ms']:.3f}" for n in lengths)
+                         + f" | {'passed' if v['gate']['passed'] else 'failed: not written'} |")
     return "\n".join(lines)
 
 
@@ -185,6 +229,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a HistoryConfig field (dim, layers, heads, max_len, dropout, "
                         "id_min_likes, epochs, batch_size, lr, weight_decay, negatives, seed)")
+    p.add_argument("--variants", default=",".join(VARIANTS), metavar="LIST",
+                   help=f"graph variants to write beside OUT/model where their top-10 agrees "
+                        f"with fp32's ({', '.join(VARIANTS)}; default both; '' none)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", type=Path, default=Path("runs/history"))
 
@@ -215,8 +262,12 @@ def command(args: argparse.Namespace) -> int:
     ensure_writable_dir(args.out, "history output folder")
     size = args.catalog_items if args.catalog_items is not None else \
         (20_000 if args.dataset == "bookcrossing" else 0)
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise TowerliteError(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
     run = HistoryRun(args.dataset, args.item_model, args.out, config_of(args), size, args.parts,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, variants=variants)
     started = time.perf_counter()
     run.setup()
     model, state = run.train()

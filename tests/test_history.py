@@ -434,6 +434,15 @@ def test_history_cli_trains_saves_and_reports(cache, tmp_path):
     assert "cpu_flags" in report["machine"]
     assert SavedTower.load(tmp_path / "model").config.dim == 16
     assert f"deploy --history-model {tmp_path / 'model'}" in proc.stdout
+    # the graph variants (default: both): a row each, a folder where the gate passed
+    for variant in ("int8_dynamic", "fp16"):
+        row = report["rows"][f"history tower, text + ID, {variant} graph"]
+        passed = row["graph_variant"]["gate"]["passed"]
+        assert (tmp_path / f"model-{variant}").is_dir() == passed
+        assert 0 <= row["metrics"]["recall@10"] <= 1
+    assert "| fp32 | 1 | 1 |" in proc.stdout and "top-10 overlap with fp32" in proc.stdout
+    bad = run_cli("history", "--variants", "int4", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 1 and "--variants: unknown ['int4']" in bad.stderr
     bad = run_cli("history", "--set", "layers=two", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 1 and "layers takes an integer, not 'two'" in bad.stderr
     bad = run_cli("history", "--set", "colour=red", "--out", str(tmp_path / "bad"))
@@ -490,6 +499,46 @@ def test_tiny_history_tower_is_evaluated_through_its_saved_graph(tiny_export, tm
     users = onnx_user_vectors(tower.session(), tower.item_table(cases.item_ids, text), cases.seen,
                               cfg.max_len)
     np.testing.assert_allclose(users, user_vectors(model, cases.seen, cfg.max_len), atol=1e-4)
+
+
+def test_graph_variants_are_written_and_gated_on_top10_agreement(tiny_export, tmp_path):
+    """int8 and fp16 graphs of a saved tower: a tower folder each, the graph really converted,
+    its user vectors near fp32's, and the top-10 agreement measured against the fp32 graph
+    (the fp32 graph against itself agrees exactly)."""
+    import onnx
+    from conftest import tiny_cases
+
+    from towerlite.distill import history_variants
+    from towerlite.evaluation.towers import towers_of
+    from towerlite.sequential import ONNX_FILE
+
+    cases = tiny_cases()
+    item_model = f"{tiny_export}:fp32"
+    text = towers_of(item_model)[0].embed(cases.item_texts, "items")
+    model, _ = train(replace(TINY, epochs=2), cases.train_sequences, len(cases.item_ids), text,
+                     progress=False)
+    reference = SavedTower.load(save(tmp_path / "model", model, TINY, cases.item_ids, item_model,
+                                     {}))
+    same = history_variants.compare(cases, reference, reference, text)
+    assert same["top10_overlap"] == 1.0 and same["identical_top10"] == 1.0
+    assert same["gate"]["passed"]
+    table = reference.item_table(cases.item_ids, text)
+    want = onnx_user_vectors(reference.session(), table, cases.seen, TINY.max_len)
+    for variant, op, tolerance in (("int8_dynamic", "DynamicQuantizeLinear", 0.5),
+                                   ("fp16", "Cast", 2e-2)):
+        folder = history_variants.write(reference.folder, variant)
+        assert folder == tmp_path / f"model-{variant}"
+        assert op in {n.op_type for n in onnx.load(str(folder / ONNX_FILE)).graph.node}
+        tower = SavedTower.load(folder)
+        assert json.loads((folder / "config.json").read_text())["graph_variant"]["name"] == variant
+        np.testing.assert_array_equal(tower.item_table(cases.item_ids, text), table)
+        got = onnx_user_vectors(tower.session(), table, cases.seen, TINY.max_len)
+        assert np.abs(got - want).max() < tolerance * np.abs(want).max()
+        measured = history_variants.compare(cases, reference, tower, text)
+        assert 0 <= measured["identical_top10"] <= measured["top10_overlap"] <= 1
+        assert measured["gate"]["passed"] == (
+            measured["top10_overlap"] >= history_variants.MIN_TOP10_OVERLAP)
+        assert set(measured["latency_batch1_1thread"]) == {"history_8"}
 
 
 @pytest.mark.parametrize("sets, message", [

@@ -1006,6 +1006,44 @@ def test_ivf_index_recall_against_exact():
 
 
 @pytest.mark.parametrize("kind", ["ivf_sq8", "ivf_pq"])
+def test_large_catalog_path_hnsw_lists_fp16_rows_answer_like_exact(kind, tmp_path, monkeypatch):
+    """The path for catalogs past COARSE_HNSW_MIN_ITEMS (10M items in docs/serving.md), at a
+    test's size: an HNSW graph over the lists' centroids, the catalog an fp16 (n, dim) file
+    memory-mapped for re-scoring and read a chunk at a time for exact truth. Visiting every
+    list, the re-scored top-10 is the exact one (exact over the same fp16 rows)."""
+    import faiss
+
+    from towerlite.serving import index as ix
+    from towerlite.serving.bench.index import synthetic
+
+    monkeypatch.setattr(ix, "COARSE_HNSW_MIN_ITEMS", 10_000)
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(300, 32))
+    base = (centers[rng.integers(0, 300, 4_000)] + 0.5 * rng.normal(size=(4_000, 32)))
+    base = (base / np.linalg.norm(base, axis=1, keepdims=True)).astype(np.float32)
+    rows = synthetic(base, 12_000, 0.35, path=tmp_path / "catalog_f16.npy")
+    assert isinstance(rows, np.memmap) and rows.dtype == np.float16 and rows.shape == (12_000, 32)
+    np.testing.assert_allclose(rows[:4_000], base, atol=1e-3)  # the real rows come first
+    queries = base[:40] + 0.1 * rng.normal(size=(40, 32)).astype(np.float32)
+    truth = ix.exact_top_k(rows, queries, 10, chunk=5_000)  # three chunks, merged
+    np.testing.assert_array_equal(
+        truth, ix.exact_top_k(np.asarray(rows, np.float32), queries, 10))
+    index = ix.build_index(kind, rows)
+    quantizer = faiss.downcast_index(ix.faiss_ivf(index).quantizer)
+    assert isinstance(quantizer, faiss.IndexHNSWFlat)
+    assert quantizer.hnsw.efSearch == ix.HNSW_EF_SEARCH
+    ix.write_index(index, tmp_path / "index.faiss")
+    mapped = ix.read_index(tmp_path / "index.faiss", mmap=True)
+    every = ix.Searcher(mapped, None, ix.faiss_ivf(mapped).nlist, ix.RESCORE[kind], rows=rows)
+    found = [every.top_k(q, 10) for q in queries]
+    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
+    assert recall >= 0.99, recall
+    some = ix.Searcher(mapped, None, 2, ix.RESCORE[kind], rows=rows)
+    assert np.mean([len(set(some.top_k(q, 10)) & set(t)) / 10 for q, t in zip(queries, truth)]) \
+        < recall
+
+
+@pytest.mark.parametrize("kind", ["ivf_sq8", "ivf_pq"])
 def test_compressed_index_rescored_answers_like_exact_and_maps_in_place(kind, tmp_path):
     """SQ8 / PQ codes find candidates; re-scored exactly from the matrix, the top-10 is the
     exact one when every list is visited (the candidates hold it) and the scores are exact. The

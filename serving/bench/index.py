@@ -12,6 +12,12 @@ Book-Crossing users' texts). Sizes beyond the real catalog are SYNTHETIC: each e
 real item's vector plus seeded Gaussian noise (`--noise`, cosine ≈ 1/√(1+noise²) to its source),
 renormalized — the same clusters, denser — so the figures say how search scales, not how a
 real 10M catalog ranks.
+
+Past `--in-memory-max` items (2M: a float32 copy of 10M × 384 is 15 GB) the catalog is an fp16
+(n, dim) file in the scratch folder, memory-mapped: exact search is computed for the truth (a
+chunk of rows at a time) but not timed, IVF-Flat is left out (a float32 copy again), and the
+compressed kinds re-score from the fp16 rows. Each such row also gives the RSS of a fresh
+process that maps the index and the rows and answers the queries: what a scorer holds.
 """
 
 from __future__ import annotations
@@ -49,7 +55,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nprobe", default=str(ix.DEFAULT_NPROBE),
                    help=f"lists visited per query, comma-separated (default {ix.DEFAULT_NPROBE})")
     p.add_argument("--noise", type=float, default=0.35, help="synthetic items' noise scale")
+    p.add_argument("--in-memory-max", type=int, default=IN_MEMORY_MAX,
+                   help="larger catalogs are an fp16 file, memory-mapped (default 2,000,000)")
+    p.add_argument("--scratch", type=Path, default=None,
+                   help="folder for the index files and the fp16 catalog (default: a temporary "
+                        "folder; 10M × 384 needs 8 GB and the index beside it)")
     p.add_argument("--out", type=Path, default=Path("runs/bench-index"))
+
+
+IN_MEMORY_MAX = 2_000_000
 
 
 def _queries(repository: Path, count: int) -> np.ndarray:
@@ -68,12 +82,18 @@ def _queries(repository: Path, count: int) -> np.ndarray:
     return encoder.encode(texts[:count])
 
 
-def synthetic(base: np.ndarray, size: int, noise: float, seed: int = 0) -> np.ndarray:
-    """`size` rows: the real ones, then real rows (drawn with replacement) plus noise."""
-    if size <= len(base):
+def synthetic(base: np.ndarray, size: int, noise: float, seed: int = 0,
+              path: Path | None = None) -> np.ndarray:
+    """`size` rows: the real ones, then real rows (drawn with replacement) plus noise; float32
+    in memory, or written to `path` as an fp16 (size, dim) file and returned memory-mapped."""
+    if size <= len(base) and path is None:
         return base[:size]
-    out = np.empty((size, base.shape[1]), dtype=np.float32)
-    out[:len(base)] = base
+    if path is None:
+        out = np.empty((size, base.shape[1]), dtype=np.float32)
+    else:
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16,
+                                        shape=(size, base.shape[1]))
+    out[:min(size, len(base))] = base[:size]
     rng = np.random.default_rng(seed)
     scale = noise / np.sqrt(base.shape[1])
     for start in range(len(base), size, 500_000):
@@ -81,6 +101,9 @@ def synthetic(base: np.ndarray, size: int, noise: float, seed: int = 0) -> np.nd
         rows = base[rng.integers(0, len(base), stop - start)]
         rows = rows + rng.normal(0, scale, rows.shape).astype(np.float32)
         out[start:stop] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    if path is not None:
+        out.flush()
+        return np.load(path, mmap_mode="r")
     return out
 
 
@@ -114,6 +137,34 @@ print(anon() - before)
 """
 
 
+_SERVING_RSS_MB = """
+import sys
+import numpy as np
+from pathlib import Path
+from towerlite.serving.index import Searcher, read_index
+index = read_index(Path(sys.argv[1]), mmap=sys.argv[2] == "mmap")
+rows = np.load(sys.argv[3], mmap_mode="r")
+searcher = Searcher(index, None, int(sys.argv[5]), int(sys.argv[6]), rows=rows)
+for q in np.load(sys.argv[4]):
+    searcher.top_k(q, 10)
+with open("/proc/self/status") as f:
+    print(next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) / 1e3)
+"""
+
+
+def _serving_rss_mb(path: Path, load: str, rows: Path, queries: Path, nprobe: int,
+                    rescore: int) -> float:
+    """RSS of a fresh process that reads (or maps) the index, maps the fp16 rows and answers
+    the queries once: the index, the re-scoring pages it touched, python and faiss."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _SERVING_RSS_MB, str(path), load, str(rows),
+                          str(queries), str(nprobe), str(rescore)],
+                         check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
 def _instance_mb(path: Path, load: str) -> float:
     """Private (anonymous) memory one more scorer instance adds by reading the index, in a
     fresh process: a memory-mapped index's pages are the page cache's, one copy for every
@@ -126,6 +177,13 @@ def _instance_mb(path: Path, load: str) -> float:
     return float(out.strip().splitlines()[-1])
 
 
+def _peak_rss_mb() -> float:
+    """This process' peak RSS so far (building, truth and searching included)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+
+
 def _row(kind: str, load: str, found, cold, warm, truth, k: int, **extra) -> dict:
     recall = float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth)]))
     return {"kind": kind, "load": load, "recall_at_10": recall,
@@ -134,16 +192,16 @@ def _row(kind: str, load: str, found, cold, warm, truth, k: int, **extra) -> dic
             "first_pass_p99_ms": float(np.percentile(cold, 99)), **extra}
 
 
-def measure(kind: str, matrix: np.ndarray, matrix_t: np.ndarray, queries: np.ndarray,
+def measure(kind: str, matrix: np.ndarray, matrix_t: np.ndarray | None, queries: np.ndarray,
             truth: np.ndarray, nprobes: list[int], scratch: Path, k: int = 10) -> list[dict]:
     """Rows for one kind at one size: exact, or the index read and memory-mapped at each
-    nprobe."""
+    nprobe. `matrix_t` None: `matrix` is the memory-mapped fp16 file, which re-scores."""
     if kind == "exact":
         found, cold, warm = _latencies(partial(ix.exact_top_k_t, matrix_t, k=k), queries)
         return [_row("exact", "-", found, cold, warm, truth, k, build_s=0.0,
                      file_mb=matrix.nbytes / 1e6, instance_mb=0.0)]
     t0 = time.perf_counter()
-    index = ix.build_index(kind, matrix)
+    index = ix.build_index(kind, matrix, progress=True)
     build_s = time.perf_counter() - t0
     path = scratch / f"{kind}.faiss"
     ix.write_index(index, path)
@@ -155,11 +213,20 @@ def measure(kind: str, matrix: np.ndarray, matrix_t: np.ndarray, queries: np.nda
         index = ix.read_index(path, mmap=load == "mmap")
         instance_mb = _instance_mb(path, load)
         for nprobe in nprobes:
-            searcher = ix.Searcher(index, matrix_t, nprobe, ix.RESCORE.get(kind, 0))
+            rescore = ix.RESCORE.get(kind, 0)
+            searcher = ix.Searcher(index, matrix_t, nprobe, rescore,
+                                   rows=matrix if matrix_t is None else None)
             found, cold, warm = _latencies(partial(searcher.top_k, k=k), queries)
+            extra = {}
+            if matrix_t is None:
+                np.save(scratch / "queries.npy", queries)
+                extra = {"rescore_from": "fp16 rows, memory-mapped",
+                         "serving_rss_mb": _serving_rss_mb(path, load, Path(matrix.filename),
+                                                           scratch / "queries.npy", nprobe,
+                                                           rescore)}
             rows.append(_row(kind, load, found, cold, warm, truth, k, build_s=build_s,
                              file_mb=path.stat().st_size / 1e6, instance_mb=instance_mb,
-                             nlist=nlist, nprobe=nprobe, rescore=ix.RESCORE.get(kind, 0)))
+                             nlist=nlist, nprobe=nprobe, rescore=rescore, **extra))
         del index
         gc.collect()
     return rows
@@ -184,17 +251,27 @@ def command(args: argparse.Namespace) -> int:
     queries = _queries(args.repository, args.queries)
     log.info(f"{len(base):,} real items, {len(queries)} real user queries")
     rows = []
-    with tempfile.TemporaryDirectory(prefix="towerlite-index-") as scratch:
+    if args.scratch:
+        args.scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="towerlite-index-", dir=args.scratch) as scratch:
+        scratch = Path(scratch)
         for size in sizes:
             size = size or len(base)
-            matrix = synthetic(base, size, args.noise)
-            matrix_t = np.ascontiguousarray(matrix.T)
+            on_disk = size > args.in_memory_max
+            t0 = time.perf_counter()
+            matrix = synthetic(base, size, args.noise,
+                               path=scratch / "catalog_f16.npy" if on_disk else None)
+            matrix_t = None if on_disk else np.ascontiguousarray(matrix.T)
             truth = ix.exact_top_k(matrix, queries, 10)
+            log.info(f"{size:,} items: catalog and exact truth in {time.perf_counter() - t0:.0f} s")
             for kind in kinds:
+                if on_disk and kind in ("exact", "ivf"):
+                    log.info(f"{size:,} items: {kind} left out (a float32 copy of the catalog)")
+                    continue
                 log.info(f"{size:,} items: {kind} …")
-                for row in measure(kind, matrix, matrix_t, queries, truth, nprobes,
-                                   Path(scratch)):
-                    rows.append({"items": size, "synthetic": max(0, size - len(base)), **row})
+                for row in measure(kind, matrix, matrix_t, queries, truth, nprobes, scratch):
+                    rows.append({"items": size, "synthetic": max(0, size - len(base)),
+                                 "peak_rss_mb": _peak_rss_mb(), **row})
                     log.info(str(rows[-1]))
             del matrix, matrix_t
             gc.collect()
@@ -205,11 +282,12 @@ def command(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "index.json", report)
     print(f"{'items':>10} {'kind':<8} {'load':<6} {'nprobe':>6} {'recall@10':>9} {'p50 ms':>7} "
-          f"{'p99 ms':>7} {'1st p50':>7} {'build s':>7} {'file MB':>8} {'+MB/inst':>8}")
+          f"{'p99 ms':>7} {'1st p50':>7} {'build s':>7} {'file MB':>8} {'+MB/inst':>8} "
+          f"{'RSS MB':>7}")
     for r in rows:
         print(f"{r['items']:>10,} {r['kind']:<8} {r['load']:<6} {r.get('nprobe', '-'):>6} "
               f"{r['recall_at_10']:>9.3f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} "
               f"{r['first_pass_p50_ms']:>7.2f} {r['build_s']:>7.1f} {r['file_mb']:>8.0f} "
-              f"{r['instance_mb']:>8.0f}")
+              f"{r['instance_mb']:>8.0f} {r.get('serving_rss_mb', float('nan')):>7.0f}")
     print(f"report: {args.out / 'index.json'}")
     return 0
