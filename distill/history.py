@@ -202,7 +202,8 @@ def markdown(report: dict) -> str:
             f"{first[n]['p50_ms']:.3f} / {first[n]['p99_ms']:.3f}" for n in lengths) + " | — |")
         for name, v in variants.items():
             lat = v["latency_batch1_1thread"]
-            lines.append(f"| {name.rsplit(', ', 1)[-1]} | {v['top10_overlap']:.4f} | "
+            lines.append(f"| {name.rsplit(', ', 1)[-1].removesuffix(' graph')} | "
+                         f"{v['top10_overlap']:.4f} | "
                          f"{v['identical_top10']:.4f} | " + " | ".join(
                              f"{lat[n]['p50_ms']:.3f} / {lat[n]['p99_ms']:.3f}" for n in lengths)
                          + f" | {'passed' if v['gate']['passed'] else 'failed: not written'} |")
@@ -253,6 +254,8 @@ def config_of(args) -> HistoryConfig:
         cfg = replace(cfg, **{name: parsed})
     if cfg.dim % cfg.heads or cfg.dim < 1 or cfg.max_len < 1 or cfg.epochs < 1:
         raise TowerliteError("dim must be a multiple of heads; dim, max_len, epochs at least 1")
+    if cfg.text_skip and not cfg.use_text:
+        raise TowerliteError("text_skip appends the items' text embeddings: not with --ids-only")
     return cfg
 
 

@@ -157,7 +157,7 @@ def history_table(folder, prepared, embeddings, item: EncoderExport):
                  f"this catalog is embedded by {item.onnx}: its text part reads other vectors "
                  "than it learned")
     table = tower.item_table(prepared["item_id"].tolist(), embeddings)
-    log.info(f"history tower ({tower.config.kind}, {tower.config.dim}-d): item table for "
+    log.info(f"history tower ({tower.config.kind}, {tower.width}-d): item table for "
              f"{len(table):,} items")
     return tower, table
 
@@ -250,7 +250,7 @@ def run_deploy(request: DeployRequest) -> dict:
     if request.history_model:
         history = history_table(request.history_model, catalog.items, catalog.embeddings,
                                  towers.item)
-        spec = replace(spec, history_dim=history[0].config.dim,
+        spec = replace(spec, history_dim=history[0].width,
                        history_max_len=history[0].config.max_len)
     written, meta = write_flavors(request, towers, spec, catalog, history)
     report = _report(towers, spec, catalog, history, written, meta, t0)
@@ -430,7 +430,7 @@ def _report(towers: Towers, spec: RepositorySpec, catalog: EmbeddedCatalog, hist
                     "prepare_seconds": round(catalog.prepare_seconds, 2)},
         "history_tower": None if history is None else {
             "folder": str(history[0].folder), "kind": history[0].config.kind,
-            "dim": history[0].config.dim, "max_len": history[0].config.max_len,
+            "dim": history[0].width, "max_len": history[0].config.max_len,
             "trained_with_item_model": history[0].item_model},
         "spec": spec.to_json(), "versions": software_versions(),
         "seconds": round(time.perf_counter() - t0, 2),

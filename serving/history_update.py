@@ -47,7 +47,7 @@ def write_versions(repo: Path, base: int, version: int, new: pd.DataFrame, new_t
     encoder_base = repo / "history_encoder" / str(base)
     tower = SavedTower.load(encoder_base / "history")
     new_rows = tower.item_table(new["item_id"].tolist(), new_text) if len(new) else \
-        np.zeros((0, tower.config.dim), np.float32)
+        np.zeros((0, tower.width), np.float32)
     old_emb, old_ids, old_meta = cat.read_catalog(repo / "history_scorer" / str(base) / "catalog")
     frame, matrix_t = merge(old_ids, row_domains(old_meta, len(old_ids)), old_emb.T, new,
                             new_rows, removed, domain_order)

@@ -18,6 +18,7 @@ import pytest
 
 from towerlite.sequential import (
     PAD,
+    SKIP_SCALE,
     HistoryConfig,
     SavedTower,
     history_rows,
@@ -70,7 +71,7 @@ def _numpy_user_vectors(model, cfg: HistoryConfig, table: np.ndarray, histories)
         h = list(h)[-cfg.max_len:]
         n = len(h)
         positions = w["pos.weight"][np.arange(n - 1, -1, -1)]
-        x = table[h].astype(np.float64) * np.sqrt(cfg.dim) + positions
+        x = table[h, :cfg.dim].astype(np.float64) * np.sqrt(cfg.dim) + positions
         for b in range(cfg.layers):
             p = f"blocks.{b}."
             qkv = norm(x, p + "norm1") @ w[p + "qkv.weight"].T + w[p + "qkv.bias"]
@@ -84,14 +85,18 @@ def _numpy_user_vectors(model, cfg: HistoryConfig, table: np.ndarray, histories)
             x = x + heads @ w[p + "out.weight"].T + w[p + "out.bias"]
             f = gelu(norm(x, p + "norm2") @ w[p + "ff.0.weight"].T + w[p + "ff.0.bias"])
             x = x + f @ w[p + "ff.3.weight"].T + w[p + "ff.3.bias"]
-        out.append(norm(x, "norm")[-1])
+        user = norm(x, "norm")[-1]
+        if cfg.text_skip:  # the text skip: the mean of the history's skip rows, appended
+            user = np.concatenate([user, table[h, cfg.dim:].astype(np.float64).mean(0)])
+        out.append(user)
     return np.array(out)
 
 
-@pytest.mark.parametrize("use_text, use_ids", [(True, True), (True, False), (False, True)])
-def test_torch_onnx_and_numpy_rank_alike(tmp_path, use_text, use_ids):
+@pytest.mark.parametrize("use_text, use_ids, text_skip", [
+    (True, True, False), (True, False, False), (False, True, False), (True, True, True)])
+def test_torch_onnx_and_numpy_rank_alike(tmp_path, use_text, use_ids, text_skip):
     seqs, text = synthetic()
-    cfg = replace(TINY, use_text=use_text, use_ids=use_ids)
+    cfg = replace(TINY, use_text=use_text, use_ids=use_ids, text_skip=text_skip)
     model, state = train(cfg, seqs, 40, text, progress=False)
     assert len(state.losses) == cfg.epochs and state.losses[-1] < state.losses[0]
     histories = [s[:-1] for s in seqs[:20]] + [[5]]
@@ -104,6 +109,12 @@ def test_torch_onnx_and_numpy_rank_alike(tmp_path, use_text, use_ids):
     saved = SavedTower.load(folder)
     served_table = saved.item_table([f"i{j}" for j in range(40)], text)
     np.testing.assert_allclose(served_table, table, atol=1e-5)
+    assert saved.width == table.shape[1] == cfg.dim + (text.shape[1] if text_skip else 0)
+    if text_skip:  # the skip part: each item's unit text vector at the learned scale
+        unit = text / np.linalg.norm(text, axis=1, keepdims=True)
+        scale = float(np.load(folder / "adapter.npz")["skip_scale"])
+        assert scale > 0 and scale != SKIP_SCALE  # learned
+        np.testing.assert_allclose(served_table[:, cfg.dim:], scale * unit, atol=1e-5)
     onnx_users = onnx_user_vectors(saved.session(), served_table, histories, cfg.max_len)
     np.testing.assert_allclose(onnx_users, torch_users, atol=1e-4)
     # the ranking: top-10 by numpy equals top-10 by the ONNX graph, where scores are not tied
@@ -569,6 +580,10 @@ def test_history_settings_are_parsed_and_bad_ones_refused(sets, message):
     ids_only = config_of(parser.parse_args(["--ids-only"]))
     assert not ids_only.use_text and ids_only.use_ids and ids_only.id_min_likes == 1
     assert config_of(parser.parse_args(["--text-only"])).kind == "text only"
+    skip = config_of(parser.parse_args(["--set", "text_skip=true"]))
+    assert skip.text_skip and skip.kind == "text + ID + text skip"
+    with pytest.raises(TowerliteError, match="text_skip appends the items' text embeddings"):
+        config_of(parser.parse_args(["--ids-only", "--set", "text_skip=yes"]))
 
 
 def test_a_new_history_tower_is_released_and_rolled_back(served_history, ml_cases, tmp_path):

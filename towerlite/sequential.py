@@ -14,6 +14,11 @@ self-attention blocks, the last position's state is the user vector. Training is
 (Klenitskiy & Vasilev 2023): cross-entropy over the whole catalog at every position, or over a
 shared uniform sample of `negatives` items for large catalogs (uniform, so no logQ term).
 
+With `text_skip` the item table is wider: each row also carries the item's own normalized text
+embedding times a learned scale, and the user vector the mean of its history's rows there, so
+the score adds the zero-shot text similarity of the history to the item (what carries
+Book-Crossing, where a 64-d adapter trained on popular targets loses it: docs/quality.md).
+
 The same item table is the input lookup and the scoring matrix, as in SASRec. A served catalog
 holds `item_table(...)` of it; the ONNX graph holds only the sequence model (item vectors in,
 user vector out), so a new item needs only its text embedding to be recommended at once.
@@ -56,6 +61,9 @@ class HistoryConfig:
     lr: float = 2e-3
     weight_decay: float = 0.0
     negatives: int = 0  # 0: full softmax over the catalog; else this many shared uniform samples
+    # the item's normalized text embedding appended to its row (scaled, learned) and the
+    # history's mean of them to the user vector: the table is dim + text width wide
+    text_skip: bool = False
     seed: int = 0
 
     @classmethod
@@ -65,8 +73,14 @@ class HistoryConfig:
 
     @property
     def kind(self) -> str:
-        return {(True, True): "text + ID", (True, False): "text only",
+        kind = {(True, True): "text + ID", (True, False): "text only",
                 (False, True): "ID only (SASRec)"}[self.use_text, self.use_ids]
+        return kind + (" + text skip" if self.text_skip and self.use_text else "")
+
+
+# the text skip's scale starts here (a score gain of SKIP_SCALE² per unit of cosine): the
+# diagnostic in docs/quality.md found the zero-shot similarity useful at weights of 10–30
+SKIP_SCALE = 3.0
 
 
 def whitening(text: np.ndarray, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
@@ -120,6 +134,8 @@ def build_model(cfg: HistoryConfig, n_items: int, text: np.ndarray | None, warm:
             self.drop = nn.Dropout(cfg.dropout)
 
         def states(self, vectors, mask):
+            skip = vectors[..., cfg.dim:]  # empty unless text_skip
+            vectors = vectors[..., :cfg.dim]
             # positions from the mask's own shape (a traced arange froze the length in ONNX)
             position = torch.ones_like(mask[0]).cumsum(0) - 1
             back = position.flip(0).long()  # the newest item is position 0
@@ -131,7 +147,12 @@ def build_model(cfg: HistoryConfig, n_items: int, text: np.ndarray | None, warm:
                 | (position.unsqueeze(1) == position.unsqueeze(0))
             for block in self.blocks:
                 x = block(x, allowed.unsqueeze(1))
-            return self.norm(x)
+            x = self.norm(x)
+            if cfg.text_skip:  # each position: the mean of the skip rows read so far
+                seen = mask.unsqueeze(-1)
+                mean = (skip * seen).cumsum(1) / seen.cumsum(1).clamp(min=1)
+                x = torch.cat([x, mean], -1)
+            return x
 
         def forward(self, vectors, mask):
             return self.states(vectors, mask)[:, -1]
@@ -149,6 +170,10 @@ def build_model(cfg: HistoryConfig, n_items: int, text: np.ndarray | None, warm:
                 self.register_buffer("text_white", torch.as_tensor((text - mean) @ white))
                 self.adapter = nn.Linear(text.shape[1], cfg.dim)
                 self.whitening = (mean, white)
+                if cfg.text_skip:
+                    unit = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+                    self.register_buffer("text_unit", torch.as_tensor(unit.astype(np.float32)))
+                    self.skip_log_scale = nn.Parameter(torch.zeros(()))
             if cfg.use_ids:
                 self.ids = nn.Embedding(n_items, cfg.dim)
                 nn.init.normal_(self.ids.weight, std=cfg.dim ** -0.5)
@@ -159,7 +184,12 @@ def build_model(cfg: HistoryConfig, n_items: int, text: np.ndarray | None, warm:
                 table = self.adapter(self.text_white)
             if cfg.use_ids:
                 table = table + self.ids.weight * self.warm.unsqueeze(-1)
+            if cfg.text_skip and cfg.use_text:
+                table = torch.cat([table, self.skip_scale() * self.text_unit], -1)
             return table
+
+        def skip_scale(self):
+            return SKIP_SCALE * self.skip_log_scale.exp()
 
         def forward(self, rows):  # (B, L) catalog rows, PAD on the left → (B, L, dim) states
             mask = rows >= 0
@@ -277,7 +307,7 @@ def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np
 
 WEIGHTS_FILE = "weights.pt"
 # recomputed when a tower is built (from the item tower's vectors and the likes counted)
-DERIVED = ("warm", "text_white")
+DERIVED = ("warm", "text_white", "text_unit")
 
 
 def load_weights(model, path: Path) -> None:
@@ -332,7 +362,8 @@ def save(folder: Path, model, cfg: HistoryConfig, item_ids: list[str], item_mode
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     encoder = model.encoder.eval()
-    example = (torch.zeros(2, cfg.max_len, cfg.dim), torch.ones(2, cfg.max_len))
+    width = model.item_table().shape[1]
+    example = (torch.zeros(2, cfg.max_len, width), torch.ones(2, cfg.max_len))
     with warnings.catch_warnings():
         # the tracer warns about unpacking q, k, v (always three) and the constant 1/sqrt(d):
         # both are fixed by design; batch and length stay dynamic (tests run 1…256 × 1…max_len)
@@ -346,8 +377,9 @@ def save(folder: Path, model, cfg: HistoryConfig, item_ids: list[str], item_mode
     with torch.no_grad():
         if cfg.use_text:
             mean, white = model.whitening
+            skip = {"skip_scale": np.float32(model.skip_scale().item())} if cfg.text_skip else {}
             np.savez(staging / "adapter.npz", mean=mean, white=white,
-                     weight=model.adapter.weight.numpy(), bias=model.adapter.bias.numpy())
+                     weight=model.adapter.weight.numpy(), bias=model.adapter.bias.numpy(), **skip)
         if cfg.use_ids:
             warm = model.warm.numpy()
             np.save(staging / "id_vectors.npy", model.ids.weight.numpy()[warm].astype(np.float32))
@@ -384,8 +416,16 @@ class SavedTower:
         data = json.loads((folder / "config.json").read_text())
         return cls(folder, HistoryConfig.from_dict(data), data.get("item_model", ""))
 
+    @property
+    def width(self) -> int:
+        """The item table's and the user vector's width: dim, plus the text width with
+        text_skip."""
+        if not (self.config.text_skip and self.config.use_text):
+            return self.config.dim
+        return self.config.dim + int(np.load(self.folder / "adapter.npz")["mean"].shape[-1])
+
     def item_table(self, item_ids: list[str], text: np.ndarray | None) -> np.ndarray:
-        """The scoring / lookup table for a catalog: (n, dim) float32. `text`: the item
+        """The scoring / lookup table for a catalog: (n, width) float32. `text`: the item
         tower's embeddings of these items (the tower's own item model), needed with text."""
         cfg = self.config
         table = np.zeros((len(item_ids), cfg.dim), np.float32)
@@ -402,6 +442,9 @@ class SavedTower:
             if rows:
                 dst, src = map(list, zip(*rows))
                 table[dst] += vectors[src]
+        if cfg.text_skip and cfg.use_text:
+            unit = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+            table = np.concatenate([table, a["skip_scale"] * unit], axis=1)
         return table.astype(np.float32)
 
     def session(self, threads: int = 1):

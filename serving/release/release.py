@@ -214,8 +214,8 @@ def _history_tower(repo: Path, base: int, folder: str | Path):
     tower = SavedTower.load(folder)
     served = json.loads((repo / "history_encoder" / str(base) / "history" / "history.json")
                         .read_text())
-    if (tower.config.dim, tower.config.max_len) != (served["dim"], served["max_len"]):
-        raise TowerliteError(f"the history tower {folder} is {tower.config.dim}-d reading "
+    if (tower.width, tower.config.max_len) != (served["dim"], served["max_len"]):
+        raise TowerliteError(f"the history tower {folder} is {tower.width}-d reading "
                              f"{tower.config.max_len} items; the served one is {served['dim']}-d "
                              f"reading {served['max_len']}: the configs fix both, redeploy")
     if tower.config.use_text and (Path(folder) / "adapter.npz").is_file():
