@@ -1,5 +1,6 @@
-"""`towerlite history` (also `python -m towerlite.distill.history`): train the history user tower
-on the evaluation's training users, save it for deploy, and measure it beside the yardsticks.
+"""`towerlite history` (also `python -m towerlite.distill.history`, and under torchrun): train the
+history user tower on the evaluation's training users, save it for deploy, and measure it
+beside the yardsticks.
 
 setup     the eval's cases (towerlite.evaluation.cases: held-out users are never read) and the item
           tower's embeddings of the catalog (cached per model)
@@ -83,13 +84,13 @@ class HistoryRun:
         folder.mkdir(parents=True, exist_ok=True)
         return folder / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
 
-    def train(self):
+    def train(self, dist=None):
         from towerlite.sequential import train
 
         t0 = time.perf_counter()
         model, state = train(self.cfg, self.cases.train_sequences, len(self.cases.item_ids),
                              self.text, checkpoint=self.checkpoint(self.cfg),
-                             progress=self.progress)
+                             progress=self.progress, dist=dist)
         self.timings["train_s"] = round(time.perf_counter() - t0, 1)
         return model, state
 
@@ -262,6 +263,8 @@ def config_of(args) -> HistoryConfig:
 def command(args: argparse.Namespace) -> int:
     from towerlite.files import ensure_writable_dir
 
+    from .train import first_rank_logs, init_distributed
+
     ensure_writable_dir(args.out, "history output folder")
     size = args.catalog_items if args.catalog_items is not None else \
         (20_000 if args.dataset == "bookcrossing" else 0)
@@ -272,8 +275,16 @@ def command(args: argparse.Namespace) -> int:
     run = HistoryRun(args.dataset, args.item_model, args.out, config_of(args), size, args.parts,
                      progress=not args.no_progress, variants=variants)
     started = time.perf_counter()
-    run.setup()
-    model, state = run.train()
+    # under torchrun every process trains on its share of each batch; the first one alone
+    # saves, evaluates and reports
+    dist = init_distributed()
+    with first_rank_logs(dist):
+        run.setup()
+        model, state = run.train(dist)
+    dist.close()
+    if dist.rank != 0:
+        return 0
+    run.timings["world_size"] = dist.world
     folder = run.save(model, state)
     run.evaluate(folder)
     run.timings["total_s"] = round(time.perf_counter() - started, 1)

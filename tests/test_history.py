@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,6 +150,7 @@ sys.path.insert(0, {tests!r})
 torch.set_num_threads(1)
 from test_history import TINY, synthetic
 from dataclasses import replace
+from pathlib import Path
 from towerlite.sequential import train
 seqs, text = synthetic()
 cfg = replace(TINY, epochs=6)
@@ -458,6 +460,24 @@ def test_history_cli_trains_saves_and_reports(cache, tmp_path):
     assert bad.returncode == 1 and "layers takes an integer, not 'two'" in bad.stderr
     bad = run_cli("history", "--set", "colour=red", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 1 and "not FIELD=VALUE with a HistoryConfig field" in bad.stderr
+
+
+def test_history_trains_under_torchrun(cache, tmp_path):
+    """Two processes (gloo): each trains on its half of every batch, the first alone writes
+    the checkpoint, the tower and the report."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "towerlite.distill.history",
+         "--catalog-items", "300", "--set", "epochs=2", "--set", "dim=16", "--set", "max_len=10",
+         "--variants", "", "--no-progress", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "history_report.json").read_text())
+    assert report["timings"]["world_size"] == 2
+    about = json.loads((tmp_path / "model" / "history_report.json").read_text())
+    assert about["epochs"] == 2 and about["losses"][1] < about["losses"][0]
+    assert len(list((tmp_path / "checkpoints").glob("*.pt"))) == 1
+    assert proc.stdout.count("| history tower, text + ID (ONNX, as served) |") == 1  # one report
 
 
 def test_bench_history_requests_are_held_out_likes(cache):

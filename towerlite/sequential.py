@@ -241,14 +241,18 @@ def _save_checkpoint(path: Path, model, opt, state: TrainState) -> None:
 
 def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np.ndarray | None,
           checkpoint: Path | None = None, progress: bool = True, start: Path | None = None,
-          counts: np.ndarray | None = None):
+          counts: np.ndarray | None = None, dist=None):
     """Train on `sequences` (catalog rows, oldest → newest; training users only). Resumes from
     `checkpoint` when it exists (written after every epoch). `start`: a saved tower's weights
     (WEIGHTS_FILE) to fine-tune from instead of a fresh start (`towerlite fold-in`); `counts`:
     each item's training likes, which decide the items with an ID vector (default: counted in
-    `sequences`). Returns (model, TrainState)."""
+    `sequences`). `dist` (rank, world, barrier(): towerlite.distill.train.Dist under torchrun):
+    each process takes every world-th window of each global batch, DDP averages the gradients,
+    the first process writes the checkpoints. Returns (model, TrainState)."""
     torch = _torch()
     from tqdm.auto import tqdm
+
+    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
 
     torch.manual_seed(cfg.seed)
     if counts is None:
@@ -268,16 +272,23 @@ def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np
         state = TrainState(**saved["state"])
         log.info("resuming %s after epoch %d", checkpoint, state.epoch)
     data = torch.as_tensor(windows(sequences, cfg.max_len))
+    module = model
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(module)
     for epoch in range(state.epoch, cfg.epochs):
         model.train()
         t0, total, steps = time.perf_counter(), 0.0, 0
         # each epoch's order a function of (seed, epoch): a resumed run reads what an
         # uninterrupted one would
         order = torch.as_tensor(np.random.default_rng([cfg.seed, epoch]).permutation(len(data)))
-        bar = tqdm(range(0, len(data), cfg.batch_size), disable=not progress, leave=False,
-                   desc=f"{cfg.kind} epoch {epoch + 1}/{cfg.epochs}")
+        # a last batch too small to give every process a window is left out (under DDP each
+        # process must run every step)
+        starts = [a for a in range(0, len(data), cfg.batch_size)
+                  if min(cfg.batch_size, len(data) - a) >= world]
+        bar = tqdm(starts, disable=not progress or rank > 0,
+                   leave=False, desc=f"{cfg.kind} epoch {epoch + 1}/{cfg.epochs}")
         for a in bar:
-            batch = data[order[a:a + cfg.batch_size]]
+            batch = data[order[a:a + cfg.batch_size]][rank::world]
             inputs, targets = batch[:, :-1], batch[:, 1:]
             states, table = model(inputs)
             keep = (inputs >= 0) & (targets >= 0)
@@ -299,10 +310,12 @@ def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np
                            state.losses + [round(total / max(steps, 1), 4)])
         log.info("%s epoch %d/%d: loss %.4f (%.0f s)", cfg.kind, epoch + 1, cfg.epochs,
                  state.losses[-1], time.perf_counter() - t0)
-        if checkpoint is not None:
-            _save_checkpoint(checkpoint, model, opt, state)
-    model.eval()
-    return model, state
+        if checkpoint is not None and rank == 0:
+            _save_checkpoint(checkpoint, module, opt, state)
+    if dist is not None:
+        dist.barrier()
+    module.eval()
+    return module, state
 
 
 WEIGHTS_FILE = "weights.pt"
