@@ -1032,6 +1032,11 @@ def test_large_catalog_path_hnsw_lists_fp16_rows_answer_like_exact(kind, tmp_pat
     quantizer = faiss.downcast_index(ix.faiss_ivf(index).quantizer)
     assert isinstance(quantizer, faiss.IndexHNSWFlat)
     assert quantizer.hnsw.efSearch == ix.HNSW_EF_SEARCH
+    # another kind over the same rows takes these lists instead of its own k-means
+    other = ix.build_index("ivf_sq8" if kind == "ivf_pq" else "ivf_pq", rows,
+                           centroids=ix.coarse_centroids(index))
+    np.testing.assert_array_equal(ix.coarse_centroids(other), ix.coarse_centroids(index))
+    assert other.ntotal == len(rows)
     ix.write_index(index, tmp_path / "index.faiss")
     mapped = ix.read_index(tmp_path / "index.faiss", mmap=True)
     every = ix.Searcher(mapped, None, ix.faiss_ivf(mapped).nlist, ix.RESCORE[kind], rows=rows)

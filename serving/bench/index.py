@@ -193,16 +193,22 @@ def _row(kind: str, load: str, found, cold, warm, truth, k: int, **extra) -> dic
 
 
 def measure(kind: str, matrix: np.ndarray, matrix_t: np.ndarray | None, queries: np.ndarray,
-            truth: np.ndarray, nprobes: list[int], scratch: Path, k: int = 10) -> list[dict]:
+            truth: np.ndarray, nprobes: list[int], scratch: Path, k: int = 10,
+            lists: dict | None = None) -> list[dict]:
     """Rows for one kind at one size: exact, or the index read and memory-mapped at each
-    nprobe. `matrix_t` None: `matrix` is the memory-mapped fp16 file, which re-scores."""
+    nprobe. `matrix_t` None: `matrix` is the memory-mapped fp16 file, which re-scores.
+    `lists`: the size's coarse centroids, kept from its first index for the next (the k-means
+    is the same for every kind: 10 minutes at 10M items)."""
     if kind == "exact":
         found, cold, warm = _latencies(partial(ix.exact_top_k_t, matrix_t, k=k), queries)
         return [_row("exact", "-", found, cold, warm, truth, k, build_s=0.0,
                      file_mb=matrix.nbytes / 1e6, instance_mb=0.0)]
+    lists = {} if lists is None else lists
     t0 = time.perf_counter()
-    index = ix.build_index(kind, matrix, progress=True)
+    index = ix.build_index(kind, matrix, progress=True, centroids=lists.get("centroids"))
     build_s = time.perf_counter() - t0
+    shared_lists = "centroids" in lists
+    lists.setdefault("centroids", ix.coarse_centroids(index))
     path = scratch / f"{kind}.faiss"
     ix.write_index(index, path)
     nlist = int(ix.faiss_ivf(index).nlist)
@@ -225,6 +231,7 @@ def measure(kind: str, matrix: np.ndarray, matrix_t: np.ndarray | None, queries:
                                                            scratch / "queries.npy", nprobe,
                                                            rescore)}
             rows.append(_row(kind, load, found, cold, warm, truth, k, build_s=build_s,
+                             lists_from_previous_kind=shared_lists,
                              file_mb=path.stat().st_size / 1e6, instance_mb=instance_mb,
                              nlist=nlist, nprobe=nprobe, rescore=rescore, **extra))
         del index
@@ -251,6 +258,16 @@ def command(args: argparse.Namespace) -> int:
     queries = _queries(args.repository, args.queries)
     log.info(f"{len(base):,} real items, {len(queries)} real user queries")
     rows = []
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every kind: a long run (10M items: an hour) keeps what it has
+        report = {"created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  "repository": str(args.repository), "real_items": len(base),
+                  "queries": len(queries), "noise": args.noise, "machine": cpu_info(),
+                  "load_average": load_average(),
+                  "versions": package_versions("faiss-cpu", "numpy"), "rows": rows}
+        write_json_atomic(args.out / "index.json", report)
+
     if args.scratch:
         args.scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="towerlite-index-", dir=args.scratch) as scratch:
@@ -264,23 +281,22 @@ def command(args: argparse.Namespace) -> int:
             matrix_t = None if on_disk else np.ascontiguousarray(matrix.T)
             truth = ix.exact_top_k(matrix, queries, 10)
             log.info(f"{size:,} items: catalog and exact truth in {time.perf_counter() - t0:.0f} s")
+            lists = {}
             for kind in kinds:
                 if on_disk and kind in ("exact", "ivf"):
                     log.info(f"{size:,} items: {kind} left out (a float32 copy of the catalog)")
                     continue
                 log.info(f"{size:,} items: {kind} …")
-                for row in measure(kind, matrix, matrix_t, queries, truth, nprobes, scratch):
+                for row in measure(kind, matrix, matrix_t, queries, truth, nprobes, scratch,
+                                   lists=lists):
                     rows.append({"items": size, "synthetic": max(0, size - len(base)),
                                  "peak_rss_mb": _peak_rss_mb(), **row})
                     log.info(str(rows[-1]))
+                save()
             del matrix, matrix_t
             gc.collect()
-    report = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "repository": str(args.repository),
-              "real_items": len(base), "queries": len(queries), "noise": args.noise,
-              "machine": cpu_info(), "load_average": load_average(),
-              "versions": package_versions("faiss-cpu", "numpy"), "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "index.json", report)
+    save()
+
     print(f"{'items':>10} {'kind':<8} {'load':<6} {'nprobe':>6} {'recall@10':>9} {'p50 ms':>7} "
           f"{'p99 ms':>7} {'1st p50':>7} {'build s':>7} {'file MB':>8} {'+MB/inst':>8} "
           f"{'RSS MB':>7}")
