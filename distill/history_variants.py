@@ -2,7 +2,7 @@
 
 A variant is a tower folder of its own (OUT/model-int8_dynamic, OUT/model-fp16): the fp32
 folder's files with the graph replaced by onnxruntime's quantizer / fp16 converter output
-(towerlite.export.variants, the builders the text encoders use), so `towerlite deploy
+(towerlite.onnx_variants, the builders `towerlite export` uses), so `towerlite deploy
 --history-model OUT/model-int8_dynamic` serves it with nothing else to choose. What decides
 whether it is written is the ranking, not the cosine: over the evaluation's held-out users,
 the mean share of fp32's top-10 it returns (MIN_TOP10_OVERLAP), beside its Recall@10 and its
@@ -32,7 +32,7 @@ LATENCY_RUNS = 300
 
 
 def _build(variant: str, src: Path, dst: Path) -> dict:
-    from towerlite.export import variants as build
+    from towerlite import onnx_variants as build
 
     if variant == "int8_dynamic":
         return build.int8_dynamic(src, dst)

@@ -15,13 +15,12 @@ from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 
+from towerlite import onnx_variants as V
 from towerlite.errors import TowerliteError
 from towerlite.evaluation.parity import parity
 from towerlite.files import ensure_writable_dir, write_json_atomic
 from towerlite.machine import cpu_info
 from towerlite.runtime import VARIANT_FILES
-
-from . import variants as V
 
 # int8_static (QDQ) stays available by name; it measured mean cosine ≈0.9 on MiniLM, under the gate
 DEFAULT_VARIANTS = ("fp32", "opt", "int8_dynamic", "fp16")

@@ -1,4 +1,5 @@
-"""Builders for every ONNX variant, each using onnxruntime's own tools:
+"""Builders for every ONNX variant (`towerlite export` and the history tower's graph variants),
+each using onnxruntime's own tools:
 
     model.onnx               fp32, as traced
     model_opt.onnx           onnxruntime transformer fusions (Attention, SkipLayerNorm, Gelu)
