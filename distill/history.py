@@ -230,7 +230,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                            "gets an ID vector, no text), saved and served like the others")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a HistoryConfig field (dim, layers, heads, max_len, dropout, "
-                        "id_min_likes, epochs, batch_size, lr, weight_decay, negatives, seed)")
+                        "id_min_likes, epochs, batch_size, lr, weight_decay, negatives, "
+                        "text_skip, seed)")
     p.add_argument("--variants", default=",".join(VARIANTS), metavar="LIST",
                    help=f"graph variants to write beside OUT/model where their top-10 agrees "
                         f"with fp32's ({', '.join(VARIANTS)}; default both; '' none)")
