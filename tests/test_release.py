@@ -321,3 +321,26 @@ def test_a_repository_deployed_before_releases_is_adopted(repo):
     assert "versions: [ 2 ]" in (repo / "user_encoder" / "config.pbtxt").read_text()
     assert 'key: "RELEASE" value: { string_value: "2" }' in \
         (repo / "recommend_fused" / "config.pbtxt").read_text()
+
+
+def test_a_new_item_tower_re_embeds_a_packaged_catalog_keeping_the_index_kind(repo, towers,
+                                                                              monkeypatch):
+    """`release --item-model X --catalog movielens`: the packaged catalog (already rendered by
+    `catalog_items`) in the scorer's order, embedded by X, searched as release 1 was (exact)."""
+    from towerlite.runtime import OnnxEncoder
+    from towerlite.serving import catalog as cat
+
+    packaged = cat.catalog_items  # the real one, first N_MOVIES movies (the deploy's items)
+    monkeypatch.setattr(cat, "catalog_items", lambda names, limit=None: packaged(names, N_MOVIES))
+    done = release(ReleaseRequest(repo, item_model=towers["item_v3"], variant="fp32",
+                                  catalog="movielens", progress=False))
+    assert done["release"] == 2 and sorted(done["changed"]) == ["item_encoder", "scorer"]
+    emb, ids, meta = cat.read_catalog(repo / "scorer" / "2" / "catalog")
+    old_emb, old_ids, old_meta = cat.read_catalog(repo / "scorer" / "1" / "catalog")
+    assert list(ids) == list(old_ids) and not meta.get("index") and not old_meta.get("index")
+    texts = packaged(("movielens",), N_MOVIES).set_index("item_id").loc[list(ids), "text"]
+    encoder = OnnxEncoder(towers["item_v3"] / "model.onnx", towers["item_v3"] / "tokenizer.json",
+                          max_length=meta["max_length"])
+    want = encoder.encode(texts.tolist()[:20])
+    np.testing.assert_allclose(np.asarray(emb)[:20], want, atol=1e-4)
+    assert not np.allclose(np.asarray(old_emb)[:20], want, atol=1e-2)

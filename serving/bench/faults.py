@@ -15,9 +15,11 @@ request bounded by `--timeout` seconds):
                     service time, at the same concurrency; then a normal request, to see
                     whether the server piled up the abandoned work
     release         `towerlite release` of a new tower (--release-user-model /
-                    --release-history-model) and its rollback, on a hard-linked copy of the
-                    repository; every answer checked against the files of the release it names
-                    (serving/release/reference.py): failed and mixed answers counted
+                    --release-item-model with --release-catalog / --release-history-model) and
+                    its rollback, on a hard-linked copy of the repository; every answer checked
+                    against the files of the release it names (serving/release/reference.py):
+                    failed and mixed answers counted; the server's memory sampled every second
+                    (its peak: two releases resident during the switch)
 
 Per fault: requests, errors, their messages, the longest request (a hang would show here), the
 time from the fault to the first success and to a clean stretch, and the server's view
@@ -30,10 +32,12 @@ import argparse
 import json
 import logging
 import os
+import resource
 import signal
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from towerlite.errors import TowerliteError
@@ -44,6 +48,7 @@ from towerlite.serving.client import Client, ServingError
 from towerlite.serving.triton import StubWatch, launch
 
 from .inputs import held_out_histories, held_out_texts
+from .soak import MemorySampler
 
 DESCRIPTION = (
     "Faults against a real Triton server under load, each on a fresh server of the repository "
@@ -269,9 +274,10 @@ def release_switch(args, requests) -> dict:
     from towerlite.serving.release import ReleaseRequest, current_release, release, rollback
     from towerlite.serving.release.reference import ReleaseReference
 
-    if not (args.release_user_model or args.release_history_model):
-        raise TowerliteError("the release fault needs a new tower: --release-user-model EXPORT "
-                             "and/or --release-history-model TOWER_DIR")
+    if not (args.release_user_model or args.release_item_model or args.release_history_model):
+        raise TowerliteError("the release fault needs a new tower: --release-user-model EXPORT, "
+                             "--release-item-model EXPORT and/or --release-history-model "
+                             "TOWER_DIR")
     repo = args.out / "repo"
     shutil.rmtree(repo, ignore_errors=True)
     shutil.copytree(args.repository, repo, copy_function=os.link)  # configs are replaced, not
@@ -280,25 +286,38 @@ def release_switch(args, requests) -> dict:
     if cat.read_catalog(repo / "scorer" / str(serving) / "catalog")[2].get("index"):
         raise TowerliteError("the release fault checks every answer against exact search: "
                              "deploy the repository with --index exact")
+    request = ReleaseRequest(
+        repo, user_model=args.release_user_model, variant=args.release_variant,
+        item_model=args.release_item_model, item_variant=args.release_item_variant,
+        catalog=args.release_catalog, history_model=args.release_history_model,
+        progress=True)  # checked before the server starts
     server = launch(repo, log_path=args.out / "triton-release.log")
+    memory = MemorySampler(server, every=1.0)
     try:
+        memory.start()
         with Load(server.grpc_url, args.model, requests, args.concurrency, args.timeout,
                   keep_answers=True) as load:
             time.sleep(args.settle)
-            fault_at = time.perf_counter()
-            done = release(ReleaseRequest(
-                repo, user_model=args.release_user_model, variant=args.release_variant,
-                history_model=args.release_history_model, urls=(server.grpc_url,),
-                progress=False))
+            marks = {"release": _now(memory)}
+            done = release(replace(request, urls=(server.grpc_url,)))
+            marks["released"] = _now(memory)
             time.sleep(args.settle)
+            marks["rollback"] = _now(memory)
             back = rollback(repo, [server.grpc_url])
+            marks["rolled_back"] = _now(memory)
             time.sleep(args.settle)
+        memory.stop()
         reference = ReleaseReference(repo)
         wrong = sum(not reference.matches(number, requests[i], scores)
                     for i, number, scores in load.answers)
         return {"fault": f"release {done['release']} ({', '.join(done['changed'])}) and its "
                          f"rollback to {back['release']}, under load",
-                **load.summary(fault_at),
+                **load.summary(marks["release"][0]),
+                "release_write_s": done["write_seconds"],
+                "latency_ms": _latency_by_phase(load.records, marks),
+                "server_memory_mb": _memory_by_phase(memory.samples, marks),
+                "bench_process_peak_rss_mb": round(
+                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "answers_by_release": {str(k): v for k, v in
                                        sorted(Counter(a[1] for a in load.answers).items(),
                                               key=lambda kv: str(kv[0]))},
@@ -307,6 +326,43 @@ def release_switch(args, requests) -> dict:
                 "rollback_switch_s": back["switched"][0]["seconds"]}
     finally:
         server.stop()
+
+
+def _now(memory: MemorySampler) -> tuple[float, float]:
+    """(perf_counter, seconds on the memory sampler's clock): the load's records and the memory
+    samples keep time on different clocks."""
+    return time.perf_counter(), time.monotonic() - memory.began
+
+
+def _phases(marks: dict) -> dict[str, tuple[str | None, str | None]]:
+    return {"before": (None, "release"), "release_write_and_switch": ("release", "released"),
+            "on_new_release": ("released", "rollback"), "rollback": ("rollback", "rolled_back"),
+            "after": ("rolled_back", None)}
+
+
+def _latency_by_phase(records: list, marks: dict) -> dict:
+    """p50 / p99 / max ms of the successful requests started in each phase."""
+    out = {}
+    for phase, (a, b) in _phases(marks).items():
+        lo = marks[a][0] if a else float("-inf")
+        hi = marks[b][0] if b else float("inf")
+        ms = sorted(r[1] * 1e3 for r in records if lo <= r[0] < hi and not r[2])
+        out[phase] = {"requests": len(ms), "p50": _p(ms, 50), "p99": _p(ms, 99),
+                      "max": round(ms[-1], 1) if ms else None}
+    return out
+
+
+def _memory_by_phase(samples: list[dict], marks: dict) -> dict:
+    """The server's (Triton + python stubs) largest RSS and PSS in each phase."""
+    out = {}
+    for phase, (a, b) in _phases(marks).items():
+        lo = marks[a][1] if a else float("-inf")
+        hi = marks[b][1] if b else float("inf")
+        inside = [m for m in samples if lo <= m["t_s"] < hi]
+        out[phase] = {"samples": len(inside),
+                      "rss_max": max((m["rss_mb"] for m in inside), default=None),
+                      "pss_max": max((m["pss_mb"] for m in inside), default=None)}
+    return out
 
 
 def _p(values: list[float], q: int) -> float | None:
@@ -333,6 +389,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="release: the new user tower (an export folder)")
     p.add_argument("--release-variant", default="int8_dynamic",
                    help="release: its ONNX variant (default int8_dynamic)")
+    p.add_argument("--release-item-model", type=Path, metavar="EXPORT_DIR",
+                   help="release: the new item tower (an export folder); the whole catalog is "
+                        "re-embedded by it (--release-catalog)")
+    p.add_argument("--release-item-variant",
+                   help="release: the item tower's ONNX variant (default: --release-variant)")
+    p.add_argument("--release-catalog", choices=("movielens", "bookcrossing", "both"),
+                   help="release: the packaged catalog the new item tower embeds (the one the "
+                        "repository was deployed with)")
     p.add_argument("--release-history-model", type=Path, metavar="TOWER_DIR",
                    help="release: the new history tower (towerlite history / fold-in output)")
     p.add_argument("--watch-stubs", action="store_true",
@@ -372,5 +436,10 @@ def command(args: argparse.Namespace) -> int:
         if "answers_not_their_release" in r:
             print(f"{'':<16} answers by release {r['answers_by_release']}, not their release's "
                   f"scores: {r['answers_not_their_release']}")
+            for phase, mem in r["server_memory_mb"].items():
+                lat = r["latency_ms"][phase]
+                print(f"{'':<16} {phase:<25} server RSS/PSS max {mem['rss_max']} / "
+                      f"{mem['pss_max']} MB; p50/p99 {lat['p50']} / {lat['p99']} ms "
+                      f"({lat['requests']} ok)")
     print(f"report: {args.out / 'faults.json'}")
     return 0

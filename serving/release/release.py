@@ -278,11 +278,11 @@ def _reembed(repo: Path, request: ReleaseRequest, base: int, new: int, item: Enc
              meta: dict) -> dict:
     """scorer/<new>/: the catalog's items embedded by the new item tower (cached and resumable,
     deploy's embedding step), with the index kind release `base` had."""
-    from towerlite.data.catalog import prepare_items
+    from towerlite.data.catalog import prepare_items, scorer_order
 
     from ..catalog_update.items_file import read_items
 
-    if request.catalog:
+    if request.catalog:  # already rendered (item_id, domain, text)
         frame = cat.catalog_items(cat.catalog_names(request.catalog))
     elif isinstance(request.items, pd.DataFrame):
         frame = request.items
@@ -290,7 +290,8 @@ def _reembed(repo: Path, request: ReleaseRequest, base: int, new: int, item: Enc
         frame = read_items(request.items)
     domain_order = list(dict.fromkeys([d["name"] for d in meta["domains"]]
                                       + frame["domain"].tolist()))
-    prepared = prepare_items(frame, domain_order)  # in the scorer's order
+    prepared = scorer_order(frame, domain_order) if request.catalog else \
+        prepare_items(frame, domain_order)  # in the scorer's order
     t0 = time.perf_counter()
     emb, _, _ = embed_items(prepared, item, item.max_length, request.threads,
                             progress=request.progress)
@@ -299,7 +300,7 @@ def _reembed(repo: Path, request: ReleaseRequest, base: int, new: int, item: Enc
             if k not in ("count", "dim", "domains", "index", "updates", "item_model")}
     info["item_model"] = item.describe()
     info["max_length"] = item.max_length
-    kind = ix.choose("auto", len(prepared)) if not meta.get("index") else ix.kind_of(meta)
+    kind = ix.kind_of(meta)  # the base's: an exact catalog stays exact, as catalog update keeps it
     nprobe = (meta.get("index") or {}).get("nprobe") or ix.DEFAULT_NPROBE
     folder, written = write_version(repo, base, prepared[["item_id", "domain"]],
                                     np.ascontiguousarray(emb.T), info, kind, nprobe,
