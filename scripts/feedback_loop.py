@@ -1,6 +1,7 @@
 """The feedback loop measured on MovieLens-1M's own later data (issue 20): serve a history tower
 trained on the likes before a cut date T, fold in the ratings of the weeks after T as a feedback
-file (`towerlite fold-in`'s code path), and compare, on every user's first like after T+Δ:
+file (`towerlite fold-in`'s code path), and compare, on every returning user's first like after
+T+Δ and (a second, larger set) one random like after T+Δ of every user who has one:
 
     old        the tower trained on likes before T (what was serving)
     folded     old, fine-tuned on the feedback between T and T+Δ plus a replay sample
@@ -60,7 +61,7 @@ def main() -> None:
     from towerlite.entry import setup_logging
     from towerlite.evaluation.baselines import BASELINES
     from towerlite.evaluation.cases import Cases
-    from towerlite.evaluation.recommend import metric_rows
+    from towerlite.evaluation.metrics import per_user, summarize, target_ranks
     from towerlite.evaluation.sequential import SASREC, saved, trained
     from towerlite.evaluation.towers import towers_of
     from towerlite.sequential import HistoryConfig, SavedTower, save
@@ -114,36 +115,48 @@ def main() -> None:
     retrain = save(out / "retrain" / "model", model, cfg, item_ids, args.item_model,
                    about(until))
 
-    # the cases: each user's first like after T+Δ, read with every like before it
-    users, seen, targets = [], [], []
+    # the cases, two sets scored together (each model trains once): "first", each returning
+    # user's first like after T+Δ; "later", one like drawn at random (seeded) among each user's
+    # likes after T+Δ that follow another like — users who joined after T+Δ included, several
+    # times the cases, so narrower intervals. Each read with every like before it.
+    rng = np.random.default_rng(0)
+    users, seen, targets, kinds = [], [], [], []
     for user, group in likes.groupby("user_id", sort=True):
-        later = group[group["timestamp"] >= until]
-        if later.empty:
-            continue
-        first = later.index[0]
-        history = [row_of[i] for i in group["item_id"][group.index < first]]
-        if not history:
-            continue
-        users.append(user)
-        seen.append(history)
-        targets.append(row_of[group.at[first, "item_id"]])
+        after = [i for n, i in enumerate(group.index) if n and group.at[i, "timestamp"] >= until]
+        first = group.index[group["timestamp"] >= until]
+        picks = ([("first", first[0])] if len(first) and first[0] != group.index[0] else []) \
+            + ([("later", after[rng.integers(len(after))])] if after else [])
+        for kind, at in picks:
+            users.append(user)
+            seen.append([row_of[i] for i in group["item_id"][group.index < at]])
+            targets.append(row_of[group.at[at, "item_id"]])
+            kinds.append(kind)
     counts_t = np.bincount([r for s in before_t.values() for r in s], minlength=len(item_ids))
-    targets = np.asarray(targets)
+    targets, kinds = np.asarray(targets), np.asarray(kinds)
     cases = Cases(dataset="movielens", domain="movie", item_ids=item_ids, item_texts=texts,
                   users=users, histories=[s[-10:] for s in seen], seen=seen, targets=targets,
                   user_texts=[], train_likes=[s for s in before_u.values()],
                   target_counts=counts_t[targets])
     cold = cases.target_counts <= 2
-    record["cases"] = {"users": len(users), "cold_targets": int(cold.sum()),
-                       "held_out_users": int(sum(map(is_heldout_user, users)))}
+    sets = {"first": kinds == "first", "later": kinds == "later"}
+    record["cases"] = {kind: {"users": int(m.sum()), "cold_targets": int((cold & m).sum()),
+                              "held_out_users": int(sum(is_heldout_user(u) for u, k in
+                                                        zip(users, m) if k))}
+                       for kind, m in sets.items()}
+    record["rows_later"] = {}
+
+    def add(name, scores):
+        above, tied = target_ranks(scores, cases.targets, cases.seen)
+        values = per_user(above, tied, ks=(10, 50), ndcg_k=10)
+        for kind, m in sets.items():
+            record["rows" if kind == "first" else "rows_later"][name] = {
+                "metrics": summarize(values, m), "cold_start": summarize(values, m & cold)}
+
     for name, folder in (("old (before T)", old), ("folded (old + feedback)", folded),
                          ("retrain (before T+Δ)", retrain)):
-        scores, _ = saved(cases, SavedTower.load(folder), text)
-        overall, cold_start = metric_rows(cases, scores, cold)
-        record["rows"][name] = {"metrics": overall, "cold_start": cold_start}
+        add(name, saved(cases, SavedTower.load(folder), text)[0])
     for name, build in BASELINES.items():
-        overall, cold_start = metric_rows(cases, build(cases), cold)
-        record["rows"][name] = {"metrics": overall, "cold_start": cold_start}
+        add(name, build(cases))
     # the ID-based yardstick: SASRec (the tower without text) trained the same way on the same
     # likes before T+Δ
     cases.train_sequences = [s for s in before_u.values() if len(s) >= 2]
@@ -151,26 +164,29 @@ def main() -> None:
     scores, _ = trained(cases, replace(SASREC, epochs=args.epochs, max_len=args.max_len,
                                        batch_size=args.batch_size))
     record["sasrec_cpu_s"] = round(time.process_time() - t0, 1)
-    overall, cold_start = metric_rows(cases, scores, cold)
-    record["rows"]["SASRec (ID only, before T+Δ)"] = {"metrics": overall,
-                                                      "cold_start": cold_start}
+    add("SASRec (ID only, before T+Δ)", scores)
 
     def ci(m, k):
         low, high = m[k + "_ci95"]
         return f"{m[k]:.4f} [{low:.4f}, {high:.4f}]"
 
-    lines = [f"MovieLens-1M, T = {args.cut}, Δ = {args.weeks} weeks: {len(users):,} users' first "
-             f"like after T+Δ ({int(cold.sum())} cold targets)", "",
-             "| row | Recall@10 [95% CI] | NDCG@10 [95% CI] | cold R@10 | train CPU s |",
-             "|---|---|---|---|---|"]
     cpu = {"old (before T)": record["old"]["train_cpu_s"],
            "folded (old + feedback)": record["folded"]["train_cpu_s"],
            "retrain (before T+Δ)": record["retrain"]["train_cpu_s"],
            "SASRec (ID only, before T+Δ)": record["sasrec_cpu_s"]}
-    for name, row in record["rows"].items():
-        lines.append(f"| {name} | {ci(row['metrics'], 'recall@10')} | "
-                     f"{ci(row['metrics'], 'ndcg@10')} | "
-                     f"{row['cold_start']['recall@10'] or 0:.4f} | {cpu.get(name, '-')} |")
+    lines = []
+    for kind, key, what in (("first", "rows", "users' first like after T+Δ"),
+                            ("later", "rows_later", "users' random like after T+Δ")):
+        n = record["cases"][kind]
+        lines += [f"MovieLens-1M, T = {args.cut}, Δ = {args.weeks} weeks: {n['users']:,} {what} "
+                  f"({n['cold_targets']} cold targets)", "",
+                  "| row | Recall@10 [95% CI] | NDCG@10 [95% CI] | cold R@10 | train CPU s |",
+                  "|---|---|---|---|---|"]
+        for name, row in record[key].items():
+            lines.append(f"| {name} | {ci(row['metrics'], 'recall@10')} | "
+                         f"{ci(row['metrics'], 'ndcg@10')} | "
+                         f"{row['cold_start']['recall@10'] or 0:.4f} | {cpu.get(name, '-')} |")
+        lines.append("")
     print("\n".join(lines))
     record["table"] = lines
     record["date"] = datetime.now(timezone.utc).date().isoformat()

@@ -344,3 +344,5 @@ def test_a_new_item_tower_re_embeds_a_packaged_catalog_keeping_the_index_kind(re
     want = encoder.encode(texts.tolist()[:20])
     np.testing.assert_allclose(np.asarray(emb)[:20], want, atol=1e-4)
     assert not np.allclose(np.asarray(old_emb)[:20], want, atol=1e-2)
+    # the mixing check cuts user texts where the served tokenizer does
+    assert ReleaseReference(repo).max_length == meta["max_length"]

@@ -12,6 +12,7 @@ approximate answers may differ in their tail: compare with a larger `atol` or th
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,18 @@ from .. import catalog as cat
 ATOL = 1e-4  # served fp32 against offline fp32; int8 graphs agree to ~1e-6 on one request
 
 
+def served_max_length(repo: Path) -> int:
+    """The tokenizer model's MAX_LENGTH: user texts are cut there when served (the 3-layer
+    student serves 64 tokens; reading 128 here made every long text a false "mixed" answer)."""
+    config = (Path(repo) / "tokenizer" / "config.pbtxt").read_text()
+    found = re.search(r'key:\s*"MAX_LENGTH"\s*value:\s*{\s*string_value:\s*"(\d+)"', config)
+    return int(found.group(1)) if found else 128  # the tokenizer model's own default
+
+
 class ReleaseReference:
-    def __init__(self, repo: Path, max_length: int = 128):
-        self.repo, self.max_length = Path(repo), max_length
+    def __init__(self, repo: Path, max_length: int | None = None):
+        self.repo = Path(repo)
+        self.max_length = max_length or served_max_length(self.repo)
         self._encoders: dict = {}
         self._catalogs: dict = {}
         self._cache: dict = {}
