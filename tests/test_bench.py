@@ -102,6 +102,29 @@ def test_every_bench_subcommand_is_there_and_the_old_form_says_where_it_went(cap
     assert exit_.value.code == 2 and "towerlite bench serving --url" in capsys.readouterr().err
 
 
+def test_release_fault_splits_latency_and_memory_by_phase():
+    """`bench faults --faults release`: each request and memory sample lands in the phase it
+    started in (the two keep time on different clocks), failures left out of the latencies."""
+    from towerlite.serving.bench.faults import _latency_by_phase, _memory_by_phase
+
+    marks = {"release": (10.0, 1.0), "released": (20.0, 11.0), "rollback": (30.0, 21.0),
+             "rolled_back": (40.0, 31.0)}
+    records = [(5.0, 0.1, None), (12.0, 0.3, None), (15.0, 2.0, "UNAVAILABLE: down"),
+               (25.0, 0.2, None), (45.0, 0.4, None)]
+    latency = _latency_by_phase(records, marks)
+    assert [latency[p]["requests"] for p in latency] == [1, 1, 1, 0, 1]
+    assert latency["release_write_and_switch"]["max"] == 300.0
+    assert latency["rollback"]["p50"] is None
+    samples = [{"t_s": t, "rss_mb": r, "pss_mb": r / 2} for t, r in
+               ((0.5, 100), (5.0, 300), (9.0, 200), (25.0, 250), (35.0, 180), (36.0, 120))]
+    memory = _memory_by_phase(samples, marks)
+    assert memory["before"]["rss_max"] == 100
+    assert memory["release_write_and_switch"] == {"samples": 2, "rss_max": 300, "pss_max": 150,
+                                                  "rss_last": 200, "pss_last": 100}
+    assert memory["after"]["rss_max"] == 180 and memory["after"]["rss_last"] == 120
+    assert memory["on_new_release"]["samples"] == 0 and memory["rollback"]["rss_max"] == 250
+
+
 # ---------------------------------------------------------------------------------------------
 # request texts
 

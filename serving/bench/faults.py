@@ -353,7 +353,9 @@ def _latency_by_phase(records: list, marks: dict) -> dict:
 
 
 def _memory_by_phase(samples: list[dict], marks: dict) -> dict:
-    """The server's (Triton + python stubs) largest RSS and PSS in each phase."""
+    """The server's (Triton + python stubs) largest and last RSS and PSS in each phase (the
+    largest after a switch includes the old release's stubs, which Triton stops a few seconds
+    after the switch returns)."""
     out = {}
     for phase, (a, b) in _phases(marks).items():
         lo = marks[a][1] if a else float("-inf")
@@ -361,7 +363,9 @@ def _memory_by_phase(samples: list[dict], marks: dict) -> dict:
         inside = [m for m in samples if lo <= m["t_s"] < hi]
         out[phase] = {"samples": len(inside),
                       "rss_max": max((m["rss_mb"] for m in inside), default=None),
-                      "pss_max": max((m["pss_mb"] for m in inside), default=None)}
+                      "pss_max": max((m["pss_mb"] for m in inside), default=None),
+                      "rss_last": inside[-1]["rss_mb"] if inside else None,
+                      "pss_last": inside[-1]["pss_mb"] if inside else None}
     return out
 
 
@@ -439,7 +443,7 @@ def command(args: argparse.Namespace) -> int:
             for phase, mem in r["server_memory_mb"].items():
                 lat = r["latency_ms"][phase]
                 print(f"{'':<16} {phase:<25} server RSS/PSS max {mem['rss_max']} / "
-                      f"{mem['pss_max']} MB; p50/p99 {lat['p50']} / {lat['p99']} ms "
-                      f"({lat['requests']} ok)")
+                      f"{mem['pss_max']} MB, last {mem['rss_last']} / {mem['pss_last']} MB; "
+                      f"p50/p99 {lat['p50']} / {lat['p99']} ms ({lat['requests']} ok)")
     print(f"report: {args.out / 'faults.json'}")
     return 0
