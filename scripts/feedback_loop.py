@@ -49,7 +49,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--max-len", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--fold-epochs", type=int, default=2)
+    p.add_argument("--fold-epochs", type=int, default=5)
     p.add_argument("--replay", type=float, default=1.0)
     p.add_argument("--item-model", default="student-start")
     args = p.parse_args()
