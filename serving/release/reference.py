@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import catalog as cat
 
-ATOL = 1e-4  # served fp32 against offline fp32; int8 graphs agree to ~1e-6 on one request
+ATOL = 1e-4  # served fp32 against offline fp32 (int8: ~1e-6 only for a request batched alone)
 
 
 def served_max_length(repo: Path) -> int:
