@@ -225,8 +225,9 @@ def recall_at_k(index, embeddings: np.ndarray, queries: np.ndarray, k: int = 10,
     for q, f, t in zip(queries, found, truth):
         kth = float(q @ matrix_t[:, t[-1]])
         scores = q @ matrix_t[:, f]
-        hits += sum(1 for item, score in zip(f, scores)
-                    if item in set(t) or score >= kth - 1e-5 * max(1.0, abs(kth)))
+        exact = set(t.tolist())
+        hits += sum(1 for item, score in zip(f.tolist(), scores)
+                    if item in exact or score >= kth - 1e-5 * max(1.0, abs(kth)))
     return {"k": k, "nprobe": nprobe, "rescore": rescore, "queries": int(len(queries)),
             "recall": round(hits / (k * len(queries)), 4),
             "exact_ms_per_query": round(exact_ms, 3), "ivf_ms_per_query": round(ivf_ms, 3)}
