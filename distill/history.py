@@ -231,7 +231,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a HistoryConfig field (dim, layers, heads, max_len, dropout, "
                         "id_min_likes, epochs, batch_size, lr, weight_decay, negatives, "
-                        "text_skip, seed)")
+                        "text_skip, skip_gain, seed)")
     p.add_argument("--variants", default=",".join(VARIANTS), metavar="LIST",
                    help=f"graph variants to write beside OUT/model where their top-10 agrees "
                         f"with fp32's ({', '.join(VARIANTS)}; default both; '' none)")
@@ -258,6 +258,9 @@ def config_of(args) -> HistoryConfig:
         raise TowerliteError("dim must be a multiple of heads; dim, max_len, epochs at least 1")
     if cfg.text_skip and not cfg.use_text:
         raise TowerliteError("text_skip appends the items' text embeddings: not with --ids-only")
+    if cfg.skip_gain < 0 or (cfg.skip_gain and not cfg.text_skip):
+        raise TowerliteError("skip_gain fixes the text skip's gain: a number ≥ 0, with "
+                             "text_skip=true")
     return cfg
 
 

@@ -93,11 +93,13 @@ def _numpy_user_vectors(model, cfg: HistoryConfig, table: np.ndarray, histories)
     return np.array(out)
 
 
-@pytest.mark.parametrize("use_text, use_ids, text_skip", [
-    (True, True, False), (True, False, False), (False, True, False), (True, True, True)])
-def test_torch_onnx_and_numpy_rank_alike(tmp_path, use_text, use_ids, text_skip):
+@pytest.mark.parametrize("use_text, use_ids, text_skip, skip_gain", [
+    (True, True, False, 0.0), (True, False, False, 0.0), (False, True, False, 0.0),
+    (True, True, True, 0.0), (True, True, True, 20.0)])
+def test_torch_onnx_and_numpy_rank_alike(tmp_path, use_text, use_ids, text_skip, skip_gain):
     seqs, text = synthetic()
-    cfg = replace(TINY, use_text=use_text, use_ids=use_ids, text_skip=text_skip)
+    cfg = replace(TINY, use_text=use_text, use_ids=use_ids, text_skip=text_skip,
+                  skip_gain=skip_gain)
     model, state = train(cfg, seqs, 40, text, progress=False)
     assert len(state.losses) == cfg.epochs and state.losses[-1] < state.losses[0]
     histories = [s[:-1] for s in seqs[:20]] + [[5]]
@@ -111,10 +113,13 @@ def test_torch_onnx_and_numpy_rank_alike(tmp_path, use_text, use_ids, text_skip)
     served_table = saved.item_table([f"i{j}" for j in range(40)], text)
     np.testing.assert_allclose(served_table, table, atol=1e-5)
     assert saved.width == table.shape[1] == cfg.dim + (text.shape[1] if text_skip else 0)
-    if text_skip:  # the skip part: each item's unit text vector at the learned scale
+    if text_skip:  # the skip part: each item's unit text vector at the learned or fixed scale
         unit = text / np.linalg.norm(text, axis=1, keepdims=True)
         scale = float(np.load(folder / "adapter.npz")["skip_scale"])
-        assert scale > 0 and scale != SKIP_SCALE  # learned
+        if skip_gain:  # fixed: a score gain of skip_gain per unit of cosine
+            assert scale ** 2 == pytest.approx(skip_gain, rel=1e-6)
+        else:
+            assert scale > 0 and scale != SKIP_SCALE  # learned
         np.testing.assert_allclose(served_table[:, cfg.dim:], scale * unit, atol=1e-5)
     onnx_users = onnx_user_vectors(saved.session(), served_table, histories, cfg.max_len)
     np.testing.assert_allclose(onnx_users, torch_users, atol=1e-4)

@@ -64,6 +64,10 @@ class HistoryConfig:
     # the item's normalized text embedding appended to its row (scaled, learned) and the
     # history's mean of them to the user vector: the table is dim + text width wide
     text_skip: bool = False
+    # 0: the skip's scale is learned; > 0: fixed, a score gain of skip_gain per unit of cosine
+    # (a learned scale fell to 1.6 on Book-Crossing, whose evaluated targets are colder than
+    # its training targets: docs/quality.md)
+    skip_gain: float = 0.0
     seed: int = 0
 
     @classmethod
@@ -173,7 +177,8 @@ def build_model(cfg: HistoryConfig, n_items: int, text: np.ndarray | None, warm:
                 if cfg.text_skip:
                     unit = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
                     self.register_buffer("text_unit", torch.as_tensor(unit.astype(np.float32)))
-                    self.skip_log_scale = nn.Parameter(torch.zeros(()))
+                    if not cfg.skip_gain:
+                        self.skip_log_scale = nn.Parameter(torch.zeros(()))
             if cfg.use_ids:
                 self.ids = nn.Embedding(n_items, cfg.dim)
                 nn.init.normal_(self.ids.weight, std=cfg.dim ** -0.5)
@@ -189,6 +194,8 @@ def build_model(cfg: HistoryConfig, n_items: int, text: np.ndarray | None, warm:
             return table
 
         def skip_scale(self):
+            if cfg.skip_gain:
+                return math.sqrt(cfg.skip_gain)  # user and item rows both carry it
             return SKIP_SCALE * self.skip_log_scale.exp()
 
         def forward(self, rows):  # (B, L) catalog rows, PAD on the left → (B, L, dim) states
@@ -296,11 +303,11 @@ def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np
             if cfg.negatives and cfg.negatives < n_items:
                 sample = torch.randint(0, n_items, (cfg.negatives,))
                 cand = torch.cat([t, sample])
-                logits = h @ table[cand].T
+                logits = _logits(cfg, h, table[cand])
                 logits[:, len(t):][sample.unsqueeze(0) == t.unsqueeze(1)] = -1e9  # not the target
                 loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(t)))
             else:
-                loss = torch.nn.functional.cross_entropy(h @ table.T, t)
+                loss = torch.nn.functional.cross_entropy(_logits(cfg, h, table), t)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -316,6 +323,18 @@ def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np
         dist.barrier()
     module.eval()
     return module, state
+
+
+def _logits(cfg: HistoryConfig, states, rows):
+    """states @ rows.T. With a fixed skip gain the skip columns' part has no weight to train:
+    computed without its backward, which was most of a text-skip epoch (a 448-wide softmax over
+    20,000 books: 174–434 s an epoch against 20 s without the skip)."""
+    if not (cfg.text_skip and cfg.skip_gain):
+        return states @ rows.T
+    torch = _torch()
+    with torch.no_grad():
+        fixed = states[:, cfg.dim:] @ rows[:, cfg.dim:].T
+    return states[:, :cfg.dim] @ rows[:, :cfg.dim].T + fixed
 
 
 WEIGHTS_FILE = "weights.pt"
@@ -390,7 +409,7 @@ def save(folder: Path, model, cfg: HistoryConfig, item_ids: list[str], item_mode
     with torch.no_grad():
         if cfg.use_text:
             mean, white = model.whitening
-            skip = {"skip_scale": np.float32(model.skip_scale().item())} if cfg.text_skip else {}
+            skip = {"skip_scale": np.float32(float(model.skip_scale()))} if cfg.text_skip else {}
             np.savez(staging / "adapter.npz", mean=mean, white=white,
                      weight=model.adapter.weight.numpy(), bias=model.adapter.bias.numpy(), **skip)
         if cfg.use_ids:
