@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -149,11 +150,44 @@ def exact_top_k_t(matrix_t: np.ndarray, query: np.ndarray, k: int) -> np.ndarray
     return part[np.argsort(-scores[part])]
 
 
+ROWS_FILE = "rows.npy"  # the catalog's (n, dim) float32 rows, beside a compressed index
+
+
+class RowFile:
+    """An (n, dim) .npy file whose rows are read with os.pread (`rows_file[ids]`), as the
+    served scorer re-scores a compressed index's candidates (its model.py holds its own copy of
+    these lines: it stands alone). Read, not memory-mapped: the pages stay in the page cache,
+    one copy for the machine, out of every process' RSS — a mapped file's random row reads
+    pulled ~2 MB folios into each mapping process (40 random rows: +82 MB RssFile; 400 × 40 read
+    with pread: +0, docs/serving.md Scale)."""
+
+    def __init__(self, path: Path):
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)(f)
+            self.offset = f.tell()
+        self.shape, self.dtype = shape, dtype
+        self.row_bytes = shape[1] * dtype.itemsize
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        data = b"".join(os.pread(self.fd, self.row_bytes, self.offset + int(r) * self.row_bytes)
+                        for r in rows)
+        return np.frombuffer(data, self.dtype).reshape(-1, self.shape[1])
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 class Searcher:
     """One query's top-k as the scorer finds it with an index: `k·rescore` candidates from the
-    index, re-scored exactly when `rescore` (compressed kinds) from the (dim, n) matrix, as the
-    served scorer does, or from `rows`, an (n, dim) matrix of any float dtype (a memory-mapped
-    fp16 copy: a candidate is one contiguous read instead of `dim` strided ones)."""
+    index, re-scored exactly when `rescore` (compressed kinds) from the (dim, n) matrix, or from
+    `rows`, an (n, dim) matrix of any float dtype or a RowFile (as the served scorer does: a
+    candidate is one contiguous read instead of `dim` strided ones)."""
 
     def __init__(self, index, matrix_t: np.ndarray | None, nprobe: int, rescore: int = 0,
                  rows: np.ndarray | None = None):
@@ -168,7 +202,7 @@ class Searcher:
         if not self.rescore:
             return rows[:k]
         if self.rows is not None:
-            rows = np.sort(rows)  # ascending reads through the mapped file
+            rows = np.sort(rows)  # ascending reads through the file
             exact = self.rows[rows].astype(np.float32) @ query
         else:
             exact = query @ self.matrix_t[:, rows]
@@ -249,10 +283,15 @@ def write_catalog_index(folder: Path, embeddings: np.ndarray, meta: dict, nprobe
     index = build_index(kind, embeddings)
     build_s = time.perf_counter() - t0
     write_index(index, folder / "index.faiss")
+    rescore = RESCORE.get(kind, 0)
+    if rescore:  # what the scorer re-scores candidates from (RowFile)
+        tmp = folder / f".{ROWS_FILE}.tmp"
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(embeddings, dtype=np.float32))
+        tmp.replace(folder / ROWS_FILE)
     rng = np.random.default_rng(0)
     queries = embeddings[rng.choice(len(embeddings), size=min(200, len(embeddings)),
                                     replace=False)]
-    rescore = RESCORE.get(kind, 0)
     measured = recall_at_k(index, embeddings, queries, k=10, nprobe=nprobe, rescore=rescore)
     nlist = faiss_ivf(index).nlist
     hnsw = len(embeddings) >= COARSE_HNSW_MIN_ITEMS

@@ -422,6 +422,7 @@ def test_ivf_index_is_rebuilt_or_dropped(exported, data, tmp_path, kind):
     import faiss
 
     from towerlite.serving.deploy import deploy
+    from towerlite.serving.index import ROWS_FILE
 
     movies, books = data
     deploy(exported, tmp_path, variant="fp32", items=movies, flavors=("portable",),
@@ -437,9 +438,14 @@ def test_ivf_index_is_rebuilt_or_dropped(exported, data, tmp_path, kind):
     assert meta["index"]["kind"] == {"ivf": "ivf_flat", "ivf_sq8": "ivf_sq8"}[kind]
     assert meta["index"]["recall_vs_exact"]["recall"] > 0.5
     assert faiss.read_index(str(folder / "index.faiss")).ntotal == N_MOVIES + N_BOOKS
+    # SQ8's re-scoring rows, written with each version's index
+    assert (folder / ROWS_FILE).is_file() == (kind == "ivf_sq8")
+    if kind == "ivf_sq8":
+        assert np.load(folder / ROWS_FILE).shape == (N_MOVIES + N_BOOKS, 384)
     report = update(repo, remove=[books["item_id"][0]], index="exact", progress=False)
     folder = repo / "scorer" / "3" / "catalog"
     assert report["index"] == "exact" and not (folder / "index.faiss").exists()
+    assert not (folder / ROWS_FILE).exists()
     assert "index" not in json.loads((folder / "catalog.json").read_text())
 
 

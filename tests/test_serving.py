@@ -1083,8 +1083,16 @@ def test_compressed_index_rescored_answers_like_exact_and_maps_in_place(kind, tm
     matrix_t = np.ascontiguousarray(emb.T)
     a = ix.Searcher(index, matrix_t, 8, ix.RESCORE[kind])
     b = ix.Searcher(mapped, matrix_t, 8, ix.RESCORE[kind])
+    # the scorer's way: candidates' rows read from an (n, dim) file with pread
+    np.save(tmp_path / ix.ROWS_FILE, emb)
+    rows_file = ix.RowFile(tmp_path / ix.ROWS_FILE)
+    assert len(rows_file) == len(emb)
+    np.testing.assert_array_equal(rows_file[[11_999, 0, 7]], emb[[11_999, 0, 7]])
+    c = ix.Searcher(mapped, None, 8, ix.RESCORE[kind], rows=rows_file)
     for q in queries[:10]:
         np.testing.assert_array_equal(a.top_k(q, 10), b.top_k(q, 10))
+        np.testing.assert_array_equal(a.top_k(q, 10), c.top_k(q, 10))
+    rows_file.close()
     assert ix.kind_of({"index": {"kind": kind}}) == kind and ix.kind_of({}) == "exact"
     assert ix.kind_of({"index": {"kind": "ivf_flat"}}) == "ivf"
     if kind == "ivf_pq":
@@ -1098,6 +1106,7 @@ def test_served_ivf_index_answers_like_exact_when_it_visits_every_list(
     """deploy --index ivf / ivf_sq8 on the same slice; with nprobe = nlist the index (SQ8's
     candidates re-scored exactly) must return exactly the exact top-k (also with a one-domain
     selector and exclusions), memory-mapped by the scorer (INDEX_LOAD mmap, the default)."""
+    from towerlite.serving import index as ix
     from towerlite.serving.deploy import deploy
     from towerlite.serving.triton import start_server
 
@@ -1110,7 +1119,13 @@ def test_served_ivf_index_answers_like_exact_when_it_visits_every_list(
     config = (tmp_path / "portable" / "scorer" / "config.pbtxt").read_text()
     assert 'key: "INDEX_LOAD" value: { string_value: "mmap" }' in config
     assert meta["recall_vs_exact"]["recall"] == 1.0
-    assert (tmp_path / "portable" / "scorer" / "1" / "catalog" / "index.faiss").is_file()
+    catalog = tmp_path / "portable" / "scorer" / "1" / "catalog"
+    assert (catalog / "index.faiss").is_file()
+    # a compressed index's candidates are re-scored from the (n, dim) rows, read with pread
+    assert (catalog / ix.ROWS_FILE).is_file() == (kind == "ivf_sq8")
+    if kind == "ivf_sq8":
+        np.testing.assert_array_equal(np.load(catalog / ix.ROWS_FILE),
+                                      np.load(catalog / "embeddings_t.npy").T)
     with start_server(tmp_path / "portable", log_path=tmp_path / "triton.log") as srv:
         with Client(srv.grpc_url) as c:
             for _, history, text in users[:2]:

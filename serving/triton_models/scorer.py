@@ -10,14 +10,19 @@ written by `towerlite deploy`:
     catalog/item_ids.npy       the catalog's own ids as UTF-8 bytes (n,), sorted within a domain
     catalog/catalog.json       count, dim, domain ranges [start, stop), the model that encoded it
     catalog/index.faiss        optional FAISS IVF index (large catalogs; IVF-Flat, or IVF-SQ8 /
-                               IVF-PQ whose k·rescore candidates are re-scored exactly from the
-                               matrix): used for top-k over all domains or one domain
+                               IVF-PQ whose k·rescore candidates are re-scored exactly from
+                               rows.npy, or the matrix without it): used for top-k over all
+                               domains or one domain
                                (IDSelectorRange); exact search answers MIN_SCORE requests,
                                several-domain filters, and any query the index returns too few
                                results for after exclusion
 
-The .npy files and (INDEX_LOAD "mmap", the default) the index are memory-mapped: every scorer
-(and recommend_fused) instance, each its own process, shares one copy in the page cache.
+    catalog/rows.npy           float32 (n, dim), beside a compressed index: the candidates'
+                               rows, read with pread
+
+The .npy files and (INDEX_LOAD "mmap", the default) the index are memory-mapped, rows.npy read:
+every scorer (and recommend_fused) instance, each its own process, shares one copy in the page
+cache.
 
 Inputs: EMBEDDING float32 [dim]; optional K int32 [1] (default DEFAULT_K), DOMAIN bytes [1]
 (a domain name, or several joined by ","), EXCLUDE bytes [-1] (item ids to leave out, e.g. the
@@ -59,6 +64,28 @@ def request_options(request):
 
 def _text(value):
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+class RowFile:
+    """An (n, dim) .npy file whose rows are read with os.pread: `rows_file[ids]`. Not mapped:
+    random row reads through a mapping pulled ~2 MB folios into every instance's RSS (the
+    catalog's matrix paged in after a few hundred requests), a read leaves them in the page
+    cache only (towerlite's serving/index.py has the same class for its benches)."""
+
+    def __init__(self, path):
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)(f)
+            self.offset = f.tell()
+        self.shape, self.dtype = shape, dtype
+        self.row_bytes = shape[1] * dtype.itemsize
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def __getitem__(self, rows):
+        data = b"".join(os.pread(self.fd, self.row_bytes, self.offset + int(r) * self.row_bytes)
+                        for r in rows)
+        return np.frombuffer(data, self.dtype).reshape(-1, self.shape[1])
 
 
 class TritonPythonModel:
@@ -106,8 +133,12 @@ class TritonPythonModel:
                 and hasattr(faiss, "IO_FLAG_MMAP_IFC")
             self.index = faiss.read_index(index_file, faiss.IO_FLAG_MMAP_IFC if mmap else 0)
             self.nprobe = int(params.get("NPROBE", self.meta["index"].get("nprobe", 32)))
-            # compressed kinds (ivf_sq8, ivf_pq): k·rescore candidates, re-scored exactly
+            # compressed kinds (ivf_sq8, ivf_pq): k·rescore candidates, re-scored exactly from
+            # rows.npy (a catalog written before it: from the matrix's columns)
             self.rescore = int(self.meta["index"].get("rescore", 0))
+            rows_file = os.path.join(folder, "rows.npy")
+            self.rows = RowFile(rows_file) if self.rescore and os.path.isfile(rows_file) \
+                else None
 
     # -- options --------------------------------------------------------------------------
     def _ranges(self, domain):
@@ -195,7 +226,11 @@ class TritonPythonModel:
                 return None
             found = rows[r, keep].astype(np.int64)
             if self.rescore:  # approximate scores: the exact ones of the candidates decide
-                exact = emb[r] @ self.matrix[:, found]
+                if self.rows is not None:
+                    found = np.sort(found)  # ascending reads through the file
+                    exact = self.rows[found] @ emb[r]
+                else:
+                    exact = emb[r] @ self.matrix[:, found]
                 best = np.argsort(-exact, kind="stable")[:k]
                 out.append((found[best], exact[best].astype(np.float32)))
             else:
