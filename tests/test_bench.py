@@ -323,7 +323,7 @@ def test_index_bench_measures_each_kind_on_real_queries_and_synthetic_sizes(serv
         assert read["recall_at_10"] == mapped["recall_at_10"]
         assert mapped["instance_mb"] < max(1.0, read["instance_mb"])
     # past --in-memory-max the catalog is an fp16 file: exact and IVF-Flat (float32 copies)
-    # left out, SQ8 re-scored from the mapped rows — every list visited: exact's answers
+    # left out, SQ8 re-scored from the rows (pread) — every list visited: exact's answers
     code, _, err = bench(capsys, "index", str(server.repository), "--sizes", "12000",
                          "--kinds", "exact,ivf,ivf_sq8", "--queries", "20", "--nprobe", "4096",
                          "--in-memory-max", "10000", "--scratch", str(tmp_path / "scratch"),
@@ -332,7 +332,7 @@ def test_index_bench_measures_each_kind_on_real_queries_and_synthetic_sizes(serv
     rows = json.loads((out / "index.json").read_text())["rows"]
     assert [(r["kind"], r["load"]) for r in rows] == [("ivf_sq8", "memory"), ("ivf_sq8", "mmap")]
     for r in rows:
-        assert r["rescore_from"] == "fp16 rows, memory-mapped" and r["recall_at_10"] >= 0.98
+        assert r["rescore_from"] == "fp16 rows, read with pread" and r["recall_at_10"] >= 0.98
         assert 0 < r["serving_rss_mb"] <= r["peak_rss_mb"] + 1_000
     assert list((tmp_path / "scratch").iterdir()) == []  # its temporary folder is gone
     code, _, err = bench(capsys, "index", str(server.repository), "--kinds", "hnsw")

@@ -16,8 +16,9 @@ real 10M catalog ranks.
 Past `--in-memory-max` items (2M: a float32 copy of 10M × 384 is 15 GB) the catalog is an fp16
 (n, dim) file in the scratch folder, memory-mapped: exact search is computed for the truth (a
 chunk of rows at a time) but not timed, IVF-Flat is left out (a float32 copy again), and the
-compressed kinds re-score from the fp16 rows. Each such row also gives the RSS of a fresh
-process that maps the index and the rows and answers the queries: what a scorer holds.
+compressed kinds re-score from the fp16 rows, read with pread as the served scorer reads its
+rows.npy (`index.RowFile`). Each such row also gives the RSS of a fresh process that reads the
+index, opens the rows and answers the queries: what a scorer holds.
 """
 
 from __future__ import annotations
@@ -141,9 +142,9 @@ _SERVING_RSS_MB = """
 import sys
 import numpy as np
 from pathlib import Path
-from towerlite.serving.index import Searcher, read_index
+from towerlite.serving.index import RowFile, Searcher, read_index
 index = read_index(Path(sys.argv[1]), mmap=sys.argv[2] == "mmap")
-rows = np.load(sys.argv[3], mmap_mode="r")
+rows = RowFile(Path(sys.argv[3]))
 searcher = Searcher(index, None, int(sys.argv[5]), int(sys.argv[6]), rows=rows)
 for q in np.load(sys.argv[4]):
     searcher.top_k(q, 10)
@@ -154,8 +155,9 @@ with open("/proc/self/status") as f:
 
 def _serving_rss_mb(path: Path, load: str, rows: Path, queries: Path, nprobe: int,
                     rescore: int) -> float:
-    """RSS of a fresh process that reads (or maps) the index, maps the fp16 rows and answers
-    the queries once: the index, the re-scoring pages it touched, python and faiss."""
+    """RSS of a fresh process that reads (or maps) the index, reads the fp16 rows with pread
+    and answers the queries once: the index, python and faiss (the rows read stay in the page
+    cache, not in the process)."""
     import subprocess
     import sys
 
@@ -196,7 +198,8 @@ def measure(kind: str, matrix: np.ndarray, matrix_t: np.ndarray | None, queries:
             truth: np.ndarray, nprobes: list[int], scratch: Path, k: int = 10,
             lists: dict | None = None) -> list[dict]:
     """Rows for one kind at one size: exact, or the index read and memory-mapped at each
-    nprobe. `matrix_t` None: `matrix` is the memory-mapped fp16 file, which re-scores.
+    nprobe. `matrix_t` None: `matrix` is the memory-mapped fp16 file, whose rows re-score
+    (read with pread, as the scorer does).
     `lists`: the size's coarse centroids, kept from its first index for the next (the k-means
     is the same for every kind: 10 minutes at 10M items)."""
     if kind == "exact":
@@ -221,12 +224,13 @@ def measure(kind: str, matrix: np.ndarray, matrix_t: np.ndarray | None, queries:
         for nprobe in nprobes:
             rescore = ix.RESCORE.get(kind, 0)
             searcher = ix.Searcher(index, matrix_t, nprobe, rescore,
-                                   rows=matrix if matrix_t is None else None)
+                                   rows=None if matrix_t is not None else
+                                   ix.RowFile(Path(matrix.filename)))
             found, cold, warm = _latencies(partial(searcher.top_k, k=k), queries)
             extra = {}
             if matrix_t is None:
                 np.save(scratch / "queries.npy", queries)
-                extra = {"rescore_from": "fp16 rows, memory-mapped",
+                extra = {"rescore_from": "fp16 rows, read with pread",
                          "serving_rss_mb": _serving_rss_mb(path, load, Path(matrix.filename),
                                                            scratch / "queries.npy", nprobe,
                                                            rescore)}
