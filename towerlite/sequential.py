@@ -15,9 +15,10 @@ self-attention blocks, the last position's state is the user vector. Training is
 shared uniform sample of `negatives` items for large catalogs (uniform, so no logQ term).
 
 With `text_skip` the item table is wider: each row also carries the item's own normalized text
-embedding times a scale (learned, or fixed by `skip_gain`), and the user vector the mean of its history's rows there, so
-the score adds the zero-shot text similarity of the history to the item (what carries
-Book-Crossing, where a 64-d adapter trained on popular targets loses it: docs/quality.md).
+embedding times a scale (learned, or fixed by `skip_gain`), and the user vector the mean of its
+history's rows there, so the score adds the zero-shot text similarity of the history to the item
+(meant for Book-Crossing, where a 64-d adapter trained on popular targets loses it; neither
+scale carried it through training there: docs/quality.md).
 
 The same item table is the input lookup and the scoring matrix, as in SASRec. A served catalog
 holds `item_table(...)` of it; the ONNX graph holds only the sequence model (item vectors in,
