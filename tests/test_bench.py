@@ -333,6 +333,7 @@ def test_index_bench_measures_each_kind_on_real_queries_and_synthetic_sizes(serv
     assert [(r["kind"], r["load"]) for r in rows] == [("ivf_sq8", "memory"), ("ivf_sq8", "mmap")]
     for r in rows:
         assert r["rescore_from"] == "fp16 rows, read with pread" and r["recall_at_10"] >= 0.98
+        assert r["search_threads"] == 1  # timed as the served stubs search (OMP_NUM_THREADS=1)
         assert 0 < r["serving_rss_mb"] <= r["peak_rss_mb"] + 1_000
     assert list((tmp_path / "scratch").iterdir()) == []  # its temporary folder is gone
     code, _, err = bench(capsys, "index", str(server.repository), "--kinds", "hnsw")

@@ -6,6 +6,9 @@ shared through the page cache).
 
     towerlite bench index REPOSITORY --sizes 275262,1000000 --kinds exact,ivf,ivf_sq8,ivf_pq
 
+Queries are timed one at a time with faiss on `--search-threads` OpenMP threads (default 1: the
+served scorer's stubs run with OMP_NUM_THREADS=1; runs before 2026-12-01 timed with all cores).
+
 REPOSITORY: a portable flavor folder written by deploy: its newest scorer catalog gives the
 real item vectors, its user encoder and tokenizer the queries (held-out MovieLens and
 Book-Crossing users' texts). Sizes beyond the real catalog are SYNTHETIC: each extra item is a
@@ -28,6 +31,7 @@ import gc
 import logging
 import tempfile
 import time
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -61,6 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scratch", type=Path, default=None,
                    help="folder for the index files and the fp16 catalog (default: a temporary "
                         "folder; 10M × 384 needs 8 GB and the index beside it)")
+    p.add_argument("--search-threads", default="1",
+                   help="faiss' OpenMP threads while queries are timed, comma-separated "
+                        "(default 1: the served stubs run with OMP_NUM_THREADS=1); building "
+                        "uses every core")
     p.add_argument("--out", type=Path, default=Path("runs/bench-index"))
 
 
@@ -194,9 +202,22 @@ def _row(kind: str, load: str, found, cold, warm, truth, k: int, **extra) -> dic
             "first_pass_p99_ms": float(np.percentile(cold, 99)), **extra}
 
 
+@contextmanager
+def search_threads(count: int):
+    """faiss' OpenMP threads set to `count` for the block (the index was built with all)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def measure(kind: str, matrix: np.ndarray, matrix_t: np.ndarray | None, queries: np.ndarray,
             truth: np.ndarray, nprobes: list[int], scratch: Path, k: int = 10,
-            lists: dict | None = None) -> list[dict]:
+            lists: dict | None = None, threads: tuple[int, ...] = (1,)) -> list[dict]:
     """Rows for one kind at one size: exact, or the index read and memory-mapped at each
     nprobe. `matrix_t` None: `matrix` is the memory-mapped fp16 file, whose rows re-score
     (read with pread, as the scorer does).
@@ -221,12 +242,13 @@ def measure(kind: str, matrix: np.ndarray, matrix_t: np.ndarray | None, queries:
     for load in ("memory", "mmap"):
         index = ix.read_index(path, mmap=load == "mmap")
         instance_mb = _instance_mb(path, load)
-        for nprobe in nprobes:
+        for nprobe, count in ((n, c) for n in nprobes for c in threads):
             rescore = ix.RESCORE.get(kind, 0)
             searcher = ix.Searcher(index, matrix_t, nprobe, rescore,
                                    rows=None if matrix_t is not None else
                                    ix.RowFile(Path(matrix.filename)))
-            found, cold, warm = _latencies(partial(searcher.top_k, k=k), queries)
+            with search_threads(count):
+                found, cold, warm = _latencies(partial(searcher.top_k, k=k), queries)
             extra = {}
             if matrix_t is None:
                 np.save(scratch / "queries.npy", queries)
@@ -237,7 +259,8 @@ def measure(kind: str, matrix: np.ndarray, matrix_t: np.ndarray | None, queries:
             rows.append(_row(kind, load, found, cold, warm, truth, k, build_s=build_s,
                              lists_from_previous_kind=shared_lists,
                              file_mb=path.stat().st_size / 1e6, instance_mb=instance_mb,
-                             nlist=nlist, nprobe=nprobe, rescore=rescore, **extra))
+                             nlist=nlist, nprobe=nprobe, rescore=rescore,
+                             search_threads=count, **extra))
         del index
         gc.collect()
     return rows
@@ -254,8 +277,10 @@ def command(args: argparse.Namespace) -> int:
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
         nprobes = [int(s) for s in args.nprobe.split(",")]
+        threads = tuple(int(s) for s in args.search_threads.split(","))
     except ValueError:
-        raise TowerliteError("--sizes and --nprobe: whole numbers, comma-separated") from None
+        raise TowerliteError("--sizes, --nprobe and --search-threads: whole numbers, "
+                             "comma-separated") from None
     folder = args.repository / "scorer" / str(serving_version(args.repository)) / "catalog"
     emb, _, _ = read_catalog(folder)
     base = np.ascontiguousarray(emb, dtype=np.float32)
@@ -292,7 +317,7 @@ def command(args: argparse.Namespace) -> int:
                     continue
                 log.info(f"{size:,} items: {kind} …")
                 for row in measure(kind, matrix, matrix_t, queries, truth, nprobes, scratch,
-                                   lists=lists):
+                                   lists=lists, threads=threads):
                     rows.append({"items": size, "synthetic": max(0, size - len(base)),
                                  "peak_rss_mb": _peak_rss_mb(), **row})
                     log.info(str(rows[-1]))
@@ -301,12 +326,13 @@ def command(args: argparse.Namespace) -> int:
             gc.collect()
     save()
 
-    print(f"{'items':>10} {'kind':<8} {'load':<6} {'nprobe':>6} {'recall@10':>9} {'p50 ms':>7} "
-          f"{'p99 ms':>7} {'1st p50':>7} {'build s':>7} {'file MB':>8} {'+MB/inst':>8} "
-          f"{'RSS MB':>7}")
+    print(f"{'items':>10} {'kind':<8} {'load':<6} {'nprobe':>6} {'thr':>3} {'recall@10':>9} "
+          f"{'p50 ms':>7} {'p99 ms':>7} {'1st p50':>7} {'build s':>7} {'file MB':>8} "
+          f"{'+MB/inst':>8} {'RSS MB':>7}")
     for r in rows:
         print(f"{r['items']:>10,} {r['kind']:<8} {r['load']:<6} {r.get('nprobe', '-'):>6} "
-              f"{r['recall_at_10']:>9.3f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} "
+              f"{r.get('search_threads', '-'):>3} {r['recall_at_10']:>9.3f} "
+              f"{r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} "
               f"{r['first_pass_p50_ms']:>7.2f} {r['build_s']:>7.1f} {r['file_mb']:>8.0f} "
               f"{r['instance_mb']:>8.0f} {r.get('serving_rss_mb', float('nan')):>7.0f}")
     print(f"report: {args.out / 'index.json'}")
