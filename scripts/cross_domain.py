@@ -76,8 +76,8 @@ def main() -> None:
         key = title_key(title)
         if len(key.split()) >= 2:
             by_key.setdefault(key, []).append(item_id)
-    movie_titles = dict(zip(load_dataset("movielens").items["item_id"],
-                            load_dataset("movielens").items["title"]))
+    ml_items = load_dataset("movielens").items
+    movie_titles = dict(zip(ml_items["item_id"], ml_items["title"]))
 
     # the catalog: the eval's books, then every proxy target not among them
     catalog = list(books.item_ids)
