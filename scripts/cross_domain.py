@@ -81,7 +81,7 @@ def main() -> None:
 
     # the catalog: the eval's books, then every proxy target not among them
     catalog = list(books.item_ids)
-    texts = list(books.item_texts)
+    added_texts = []
     row_of = {item: r for r, item in enumerate(catalog)}
     records = bx.items.drop_duplicates("item_id").set_index("item_id", drop=False)
     users, targets = [], []
@@ -91,7 +91,7 @@ def main() -> None:
             if item not in row_of:
                 row_of[item] = len(catalog)
                 catalog.append(item)
-                texts.append(item_text(records.loc[item].to_dict()))
+                added_texts.append(item_text(records.loc[item].to_dict()))
         if wanted:
             users.append(u)
             targets.append({row_of[item] for item in wanted})
@@ -99,7 +99,11 @@ def main() -> None:
           f"catalog {len(catalog):,} books ({len(catalog) - len(books.item_ids):,} added)")
 
     (tower,) = towers_of(args.item_model)[:1]
-    book_text = tower.embed(texts, "cross-domain books")
+    # the eval's books as `towerlite history` and `eval` embedded them (their cache), then the
+    # added ones: one list of both would be a new cache key, all 20k embedded again
+    book_text = tower.embed(books.item_texts, "bookcrossing catalog")
+    if added_texts:
+        book_text = np.concatenate([book_text, tower.embed(added_texts, "proxy books")])
     movie_text = tower.embed(movies.item_texts, "movielens catalog")
     seen = [movies.seen[u] for u in users]
     rows: dict[str, np.ndarray] = {}

@@ -239,14 +239,13 @@ def measure(kind: str, matrix: np.ndarray, matrix_t: np.ndarray | None, queries:
     del index
     gc.collect()
     rows = []
+    row_file = None if matrix_t is not None else ix.RowFile(Path(matrix.filename))
     for load in ("memory", "mmap"):
         index = ix.read_index(path, mmap=load == "mmap")
         instance_mb = _instance_mb(path, load)
         for nprobe, count in ((n, c) for n in nprobes for c in threads):
             rescore = ix.RESCORE.get(kind, 0)
-            searcher = ix.Searcher(index, matrix_t, nprobe, rescore,
-                                   rows=None if matrix_t is not None else
-                                   ix.RowFile(Path(matrix.filename)))
+            searcher = ix.Searcher(index, matrix_t, nprobe, rescore, rows=row_file)
             with search_threads(count):
                 found, cold, warm = _latencies(partial(searcher.top_k, k=k), queries)
             extra = {}
@@ -263,6 +262,8 @@ def measure(kind: str, matrix: np.ndarray, matrix_t: np.ndarray | None, queries:
                              search_threads=count, **extra))
         del index
         gc.collect()
+    if row_file is not None:
+        row_file.close()
     return rows
 
 

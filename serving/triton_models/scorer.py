@@ -73,13 +73,10 @@ class RowFile:
     cache only (towerlite's serving/index.py has the same class for its benches)."""
 
     def __init__(self, path):
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0)(f)
-            self.offset = f.tell()
-        self.shape, self.dtype = shape, dtype
-        self.row_bytes = shape[1] * dtype.itemsize
+        header = np.load(path, mmap_mode="r")  # numpy reads the header; no row is touched
+        self.shape, self.dtype, self.offset = header.shape, header.dtype, header.offset
+        del header
+        self.row_bytes = self.shape[1] * self.dtype.itemsize
         self.fd = os.open(path, os.O_RDONLY)
 
     def __getitem__(self, rows):
