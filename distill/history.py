@@ -231,7 +231,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a HistoryConfig field (dim, layers, heads, max_len, dropout, "
                         "id_min_likes, epochs, batch_size, lr, weight_decay, negatives, "
-                        "text_skip, skip_gain, seed)")
+                        "text_skip, skip_gain, logit_adjust, id_dropout, seed)")
     p.add_argument("--variants", default=",".join(VARIANTS), metavar="LIST",
                    help=f"graph variants to write beside OUT/model where their top-10 agrees "
                         f"with fp32's ({', '.join(VARIANTS)}; default both; '' none)")
@@ -261,6 +261,8 @@ def config_of(args) -> HistoryConfig:
     if cfg.skip_gain < 0 or (cfg.skip_gain and not cfg.text_skip):
         raise TowerliteError("skip_gain fixes the text skip's gain: a number ≥ 0, with "
                              "text_skip=true")
+    if cfg.logit_adjust < 0 or not 0 <= cfg.id_dropout < 1:
+        raise TowerliteError("logit_adjust is a number ≥ 0; id_dropout a share in [0, 1)")
     return cfg
 
 

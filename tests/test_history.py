@@ -131,6 +131,40 @@ def test_torch_onnx_and_numpy_rank_alike(tmp_path, use_text, use_ids, text_skip,
         assert list(np.argsort(-sa)[:10]) == list(top) or gaps.min() < 1e-3
 
 
+def test_logit_adjustment_and_id_dropout_act_in_training_only(tmp_path):
+    """Logit adjustment takes each item's training popularity out of what the tower learns (the
+    most-liked item ranks lower for the same users); ID dropout scores a share of the warm items
+    by text alone in training, and never in the saved, served table."""
+    seqs, text = synthetic()
+    popular = 7
+    seqs = [s[:len(s) // 2] + [popular] + s[len(s) // 2:] for s in seqs]  # liked by everyone
+    plain, _ = train(TINY, seqs, 40, text, progress=False)
+    cfg = replace(TINY, logit_adjust=1.0, id_dropout=0.5)
+    adjusted, state = train(cfg, seqs, 40, text, progress=False)
+    assert len(state.losses) == cfg.epochs and state.losses[-1] < state.losses[0]
+    histories = [s[:3] for s in seqs]
+
+    def rank_of_popular(model):
+        scores = user_vectors(model, histories, TINY.max_len) @ item_table(model).T
+        return float(np.mean((scores > scores[:, [popular]]).sum(1)))
+
+    assert rank_of_popular(adjusted) > rank_of_popular(plain) + 1
+    table = item_table(adjusted)  # eval mode: every warm item keeps its ID vector
+    np.testing.assert_array_equal(item_table(adjusted), table)
+    adjusted.train()
+    import torch
+
+    with torch.no_grad():
+        dropped = adjusted.item_table().numpy()
+    adjusted.eval()
+    changed = np.abs(dropped - table).max(1) > 0
+    warm = adjusted.warm.numpy()
+    assert changed.any() and not changed[~warm].any() and changed.sum() < warm.sum()
+    folder = save(tmp_path / "tower", adjusted, cfg, [f"i{j}" for j in range(40)], "synthetic", {})
+    served = SavedTower.load(folder).item_table([f"i{j}" for j in range(40)], text)
+    np.testing.assert_allclose(served, table, atol=1e-5)
+
+
 def test_cold_items_score_by_text_alone(tmp_path):
     seqs, text = synthetic()
     model, _ = train(TINY, seqs, 40, text, progress=False)
@@ -585,6 +619,8 @@ def test_graph_variants_are_written_and_gated_on_top10_agreement(tiny_export, tm
     (["epochs"], "not FIELD=VALUE with a HistoryConfig field"),
     (["dim=15"], "dim must be a multiple of heads"),
     (["epochs=0"], "epochs at least 1"),
+    (["logit_adjust=-1"], "logit_adjust is a number ≥ 0"),
+    (["id_dropout=1"], r"id_dropout a share in \[0, 1\)"),
 ])
 def test_history_settings_are_parsed_and_bad_ones_refused(sets, message):
     import argparse

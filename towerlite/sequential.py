@@ -69,6 +69,14 @@ class HistoryConfig:
     # (a learned scale fell to 1.6 on Book-Crossing, whose evaluated targets are colder than
     # its training targets: docs/quality.md)
     skip_gain: float = 0.0
+    # τ of logit adjustment (Menon et al. 2021): training logits + τ·log(an item's share of the
+    # training likes, +1 smoothed), served scores without it, so the tower learns what the
+    # history says beyond an item's popularity (Book-Crossing's evaluated targets are colder
+    # than its training targets: docs/quality.md)
+    logit_adjust: float = 0.0
+    # share of the warm items scored as cold (text alone) at each training step, as DropoutNet
+    # (Volkovs et al. 2017) trains for cold start: the user vector must also match text rows
+    id_dropout: float = 0.0
     seed: int = 0
 
     @classmethod
@@ -189,7 +197,10 @@ def build_model(cfg: HistoryConfig, n_items: int, text: np.ndarray | None, warm:
             if cfg.use_text:
                 table = self.adapter(self.text_white)
             if cfg.use_ids:
-                table = table + self.ids.weight * self.warm.unsqueeze(-1)
+                warm = self.warm
+                if self.training and cfg.id_dropout and cfg.use_text:
+                    warm = warm & (torch.rand(warm.shape) >= cfg.id_dropout)
+                table = table + self.ids.weight * warm.unsqueeze(-1)
             if cfg.text_skip and cfg.use_text:
                 table = torch.cat([table, self.skip_scale() * self.text_unit], -1)
             return table
@@ -267,6 +278,9 @@ def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np
         counts = np.bincount(np.concatenate([np.asarray(s, np.int64) for s in sequences if s]),
                              minlength=n_items)
     warm = counts >= cfg.id_min_likes
+    # log prior of each item as a target, added to the training logits only (0 when off)
+    adjust = torch.as_tensor(cfg.logit_adjust * np.log((counts + 1) / (counts + 1).sum()),
+                             dtype=torch.float32)
     model = build_model(cfg, n_items, text if cfg.use_text else None, warm)
     if start is not None:
         load_weights(model, start)
@@ -304,11 +318,11 @@ def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np
             if cfg.negatives and cfg.negatives < n_items:
                 sample = torch.randint(0, n_items, (cfg.negatives,))
                 cand = torch.cat([t, sample])
-                logits = _logits(cfg, h, table[cand])
+                logits = _logits(cfg, h, table[cand]) + adjust[cand]
                 logits[:, len(t):][sample.unsqueeze(0) == t.unsqueeze(1)] = -1e9  # not the target
                 loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(t)))
             else:
-                loss = torch.nn.functional.cross_entropy(_logits(cfg, h, table), t)
+                loss = torch.nn.functional.cross_entropy(_logits(cfg, h, table) + adjust, t)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -1,0 +1,116 @@
+"""What a python-backend model costs before it computes anything (docs/benchmarks.md, history
+path): a deployed `recommend_history_fused` against `history_floor`, a python model with the
+same inputs, outputs and batching that answers every request with a fixed top-k and computes
+nothing. Both in one server (the flavor folder hard-linked into a temporary repository, the
+floor model added), measured by `towerlite bench serving` (perf_analyzer, held-out MovieLens
+histories), alternated `--repeats` times. The floor's latency is what no model code inside the
+python backend can go under on this machine: the request's crossing into the stub process and
+back, gRPC and the load generator.
+
+    .venv/bin/python scripts/python_backend_floor.py runs/repo-h/portable --repeats 2 \
+        --out docs/img/python-backend-floor-DATE.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from towerlite.machine import cpu_info
+from towerlite.serving.bench.runner import BenchConfig, run
+from towerlite.serving.triton import start_server
+
+FUSED = "recommend_history_fused"
+FLOOR = "history_floor"
+
+# the floor model: reads its inputs as the fused model does (the tensors cross the same way),
+# answers the first K of a fixed list
+FLOOR_MODEL = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+IDS = np.array([f"ml:{i}".encode() for i in range(1, 101)], dtype=object)
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            pb_utils.get_input_tensor_by_name(request, "HISTORY").as_numpy()
+            k_in = pb_utils.get_input_tensor_by_name(request, "K")
+            k = int(k_in.as_numpy().reshape(-1)[0]) if k_in is not None else 10
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("ITEM_IDS", IDS[:k].reshape(1, -1)),
+                pb_utils.Tensor("SCORES", np.linspace(1, 0, k, dtype=np.float32).reshape(1, -1)),
+                pb_utils.Tensor("DOMAINS", np.array([[b"movie"] * k], dtype=object)),
+                pb_utils.Tensor("SKIPPED", np.zeros((1, 0), dtype=object)),
+                pb_utils.Tensor("RELEASE", np.array([[1]], dtype=np.int64))]))
+        return responses
+'''
+
+
+def repository_with_floor(flavor: Path, where: Path) -> Path:
+    """`flavor` hard-linked into `where`/repo, plus the floor model (config: the fused model's,
+    renamed, parameters dropped)."""
+    repo = where / "repo"
+    subprocess.run(["cp", "-al", str(flavor), str(repo)], check=True)
+    config = (flavor / FUSED / "config.pbtxt").read_text()
+    config = config.replace(f'name: "{FUSED}"', f'name: "{FLOOR}"', 1)
+    config = re.sub(r"\nparameters[\s\S]*\Z", "\n", config)  # the fused model's own settings
+    (repo / FLOOR / "1").mkdir(parents=True)
+    (repo / FLOOR / "config.pbtxt").write_text(config)
+    (repo / FLOOR / "1" / "model.py").write_text(FLOOR_MODEL)
+    return repo
+
+
+def level_row(level: dict) -> dict:
+    lat, server = level["latency_ms"], level.get("server", {})
+    return {"concurrency": level["concurrency"], "p50_ms": lat["p50"], "p99_ms": lat["p99"],
+            "throughput_rps": level["throughput_rps"], "errors": level["errors"],
+            "server": server}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("flavor", type=Path,
+                   help="a portable flavor folder with recommend_history_fused")
+    p.add_argument("--concurrency", default="1,8")
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    if not (args.flavor / FUSED / "config.pbtxt").is_file():
+        raise SystemExit(f"{args.flavor} has no {FUSED}: deploy with --history-model")
+    concurrency = tuple(int(c) for c in args.concurrency.split(","))
+    where = Path(tempfile.mkdtemp(prefix="floor-"))
+    runs: dict[str, list] = {FUSED: [], FLOOR: []}
+    try:
+        repo = repository_with_floor(args.flavor, where)
+        with start_server(repo, log_path=where / "triton.log") as srv:
+            for repeat in range(args.repeats):
+                for model in (FUSED, FLOOR):
+                    report = run(BenchConfig(url=srv.grpc_url, out=where / f"{model}-{repeat}",
+                                             model=model, concurrency=concurrency,
+                                             duration_s=args.duration, texts=500,
+                                             datasets="movielens"))
+                    rows = [level_row(lv) for lv in report["levels"]]
+                    runs[model].append(rows)
+                    print(f"run {repeat + 1} {model}: " + "; ".join(
+                        f"c={r['concurrency']} p50/p99 {r['p50_ms']:.2f}/{r['p99_ms']:.2f} ms, "
+                        f"{r['throughput_rps']:.0f} req/s" for r in rows), flush=True)
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+    if args.out:
+        args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "runs": runs,
+                                        "flavor": str(args.flavor), "machine": cpu_info()},
+                                       indent=1))
+
+
+if __name__ == "__main__":
+    main()
