@@ -187,9 +187,11 @@ class Searcher:
     candidate is one contiguous read instead of `dim` strided ones)."""
 
     def __init__(self, index, matrix_t: np.ndarray | None, nprobe: int, rescore: int = 0,
-                 rows: np.ndarray | None = None):
+                 rows: np.ndarray | None = None, max_codes: int = 0):
         self.index, self.matrix_t, self.rows, self.rescore = index, matrix_t, rows, rescore
-        self.params = _faiss().SearchParametersIVF(nprobe=nprobe)
+        # max_codes > 0: stop scanning lists, nearest first, past this many codes (a query
+        # whose nearest lists are crowded scans less)
+        self.params = _faiss().SearchParametersIVF(nprobe=nprobe, max_codes=max_codes)
 
     def top_k(self, query: np.ndarray, k: int) -> np.ndarray:
         fetch = k * self.rescore if self.rescore else k

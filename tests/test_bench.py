@@ -326,15 +326,24 @@ def test_index_bench_measures_each_kind_on_real_queries_and_synthetic_sizes(serv
     # left out, SQ8 re-scored from the rows (pread) — every list visited: exact's answers
     code, _, err = bench(capsys, "index", str(server.repository), "--sizes", "12000",
                          "--kinds", "exact,ivf,ivf_sq8", "--queries", "20", "--nprobe", "4096",
-                         "--in-memory-max", "10000", "--scratch", str(tmp_path / "scratch"),
-                         "--out", str(out))
+                         "--max-codes", "0,100", "--in-memory-max", "10000",
+                         "--scratch", str(tmp_path / "scratch"), "--out", str(out))
     assert code == 0, err
     rows = json.loads((out / "index.json").read_text())["rows"]
-    assert [(r["kind"], r["load"]) for r in rows] == [("ivf_sq8", "memory"), ("ivf_sq8", "mmap")]
+    assert [(r["kind"], r["load"], r["max_codes"]) for r in rows] == [
+        ("ivf_sq8", load, cap) for load in ("memory", "mmap") for cap in (0, 100)]
     for r in rows:
-        assert r["rescore_from"] == "fp16 rows, read with pread" and r["recall_at_10"] >= 0.98
+        assert r["rescore_from"] == "fp16 rows, read with pread"
         assert r["search_threads"] == 1  # timed as the served stubs search (OMP_NUM_THREADS=1)
         assert 0 < r["serving_rss_mb"] <= r["peak_rss_mb"] + 1_000
+        # the stages, timed apart, answered as the timed search did (the bench checks each)
+        assert set(r["stages_ms"]) == {"coarse", "scan", "read", "rescore"}
+        assert all(0 <= v["p50"] <= v["p99"] for v in r["stages_ms"].values())
+    every, capped = rows[0], rows[1]
+    assert every["recall_at_10"] >= 0.98 and every["codes_scanned"]["p50"] == 12000
+    # a cap stops the scan after the list that reaches it: fewer codes, recall no better
+    assert 100 <= capped["codes_scanned"]["p50"] < 12000
+    assert capped["recall_at_10"] <= every["recall_at_10"]
     assert list((tmp_path / "scratch").iterdir()) == []  # its temporary folder is gone
     code, _, err = bench(capsys, "index", str(server.repository), "--kinds", "hnsw")
     assert code == 1 and "--kinds: unknown ['hnsw']" in err

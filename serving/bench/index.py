@@ -69,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="faiss' OpenMP threads while queries are timed, comma-separated "
                         "(default 1: the served stubs run with OMP_NUM_THREADS=1); building "
                         "uses every core")
+    p.add_argument("--max-codes", default="0",
+                   help="compressed kinds: codes scanned at most a query, nearest lists first, "
+                        "comma-separated (default 0: every code of the nprobe lists)")
     p.add_argument("--out", type=Path, default=Path("runs/bench-index"))
 
 
@@ -130,6 +133,62 @@ def _latencies(search, queries: np.ndarray) -> tuple[list[np.ndarray], np.ndarra
             times.append(time.perf_counter() - t0)
         runs.append(np.array(times) * 1e3)
     return found, runs[0], runs[1]
+
+
+def _codes_scanned(ivf, lists: np.ndarray) -> int:
+    """Codes a search scans in `lists` (nearest first): faiss stops after the list that takes
+    the count to max_codes."""
+    total = 0
+    for lst in lists[lists >= 0]:
+        total += ivf.invlists.list_size(int(lst))
+        if ivf.max_codes and total >= ivf.max_codes:
+            break
+    return total
+
+
+def _parts(searcher: ix.Searcher, queries: np.ndarray, k: int, found: list) -> dict:
+    """Where a compressed kind's query time goes, timed stage by stage on a third pass: the
+    coarse quantizer (the HNSW graph or a scan of the centroids), the scan of the chosen lists'
+    codes, the candidates' rows read, their exact scores and order. Each query's answer must be
+    the one `Searcher.top_k` gave (the stages are the same work). The p99 query's stages are
+    the means over the slowest 1% of queries."""
+    ivf = ix.faiss_ivf(searcher.index)
+    # search_preassigned takes no search parameters in faiss' python API: set on the index
+    saved = ivf.nprobe, ivf.max_codes
+    ivf.nprobe, ivf.max_codes = searcher.params.nprobe, searcher.params.max_codes
+    names = ("coarse", "scan", "read", "rescore")
+    times, codes = np.zeros((len(queries), len(names))), np.zeros(len(queries), np.int64)
+    try:
+        for i, query in enumerate(queries):
+            q = np.ascontiguousarray(query[None, :], dtype=np.float32)
+            t0 = time.perf_counter()
+            dist, lists = ivf.quantizer.search(q, ivf.nprobe)
+            t1 = time.perf_counter()
+            _, rows = ivf.search_preassigned(q, k * searcher.rescore, lists, dist)
+            t2 = time.perf_counter()
+            rows = np.sort(rows[0][rows[0] >= 0])
+            vectors = searcher.rows[rows]
+            t3 = time.perf_counter()
+            exact = vectors.astype(np.float32) @ query
+            top = rows[np.argsort(-exact, kind="stable")[:k]]
+            t4 = time.perf_counter()
+            if list(top) != list(found[i]):
+                raise AssertionError(f"query {i}: the timed stages answered differently")
+            times[i] = np.diff([t0, t1, t2, t3, t4])
+            codes[i] = _codes_scanned(ivf, lists[0])
+    finally:
+        ivf.nprobe, ivf.max_codes = saved
+    times *= 1e3
+    total = times.sum(1)
+    slowest = total >= np.percentile(total, 99)
+    return {"stages_ms": {name: {"p50": round(float(np.percentile(times[:, j], 50)), 3),
+                                 "p99": round(float(np.percentile(times[:, j], 99)), 3),
+                                 "slowest_1pct_mean": round(float(times[slowest, j].mean()), 3)}
+                          for j, name in enumerate(names)},
+            "codes_scanned": {"p50": int(np.percentile(codes, 50)),
+                              "p99": int(np.percentile(codes, 99)), "max": int(codes.max()),
+                              "slowest_1pct_mean": int(codes[slowest].mean())},
+            "list_imbalance": round(float(ivf.invlists.imbalance_factor()), 2)}
 
 
 _INSTANCE_MB = """
@@ -204,20 +263,20 @@ def _row(kind: str, load: str, found, cold, warm, truth, k: int, **extra) -> dic
 
 @contextmanager
 def search_threads(count: int):
-    """faiss' OpenMP threads set to `count` for the block (the index was built with all)."""
-    import faiss
+    """faiss' OpenMP threads and numpy's BLAS threads set to `count` for the block, as the
+    served stubs run (OMP_NUM_THREADS=OPENBLAS_NUM_THREADS=1); the index was built with all.
+    Before 2026-12-02 only faiss' threads were set: the candidates' exact scores ran on
+    OpenBLAS' threads, which wait for a busy core."""
+    from threadpoolctl import threadpool_limits
 
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(count)
-    try:
+    with threadpool_limits(limits=count):
         yield
-    finally:
-        faiss.omp_set_num_threads(before)
 
 
 def measure(kind: str, matrix: np.ndarray, matrix_t: np.ndarray | None, queries: np.ndarray,
             truth: np.ndarray, nprobes: list[int], scratch: Path, k: int = 10,
-            lists: dict | None = None, threads: tuple[int, ...] = (1,)) -> list[dict]:
+            lists: dict | None = None, threads: tuple[int, ...] = (1,),
+            max_codes_list: tuple[int, ...] = (0,)) -> list[dict]:
     """Rows for one kind at one size: exact, or the index read and memory-mapped at each
     nprobe. `matrix_t` None: `matrix` is the memory-mapped fp16 file, whose rows re-score
     (read with pread, as the scorer does).
@@ -243,15 +302,18 @@ def measure(kind: str, matrix: np.ndarray, matrix_t: np.ndarray | None, queries:
     for load in ("memory", "mmap"):
         index = ix.read_index(path, mmap=load == "mmap")
         instance_mb = _instance_mb(path, load)
-        for nprobe, count in ((n, c) for n in nprobes for c in threads):
+        for nprobe, count, max_codes in ((n, c, m) for n in nprobes for c in threads
+                                         for m in max_codes_list):
             rescore = ix.RESCORE.get(kind, 0)
-            searcher = ix.Searcher(index, matrix_t, nprobe, rescore, rows=row_file)
+            searcher = ix.Searcher(index, matrix_t, nprobe, rescore, rows=row_file,
+                                   max_codes=max_codes)
             with search_threads(count):
                 found, cold, warm = _latencies(partial(searcher.top_k, k=k), queries)
-            extra = {}
+                parts = _parts(searcher, queries, k, found) if row_file is not None else {}
+            extra = {"max_codes": max_codes, **parts}
             if matrix_t is None:
                 np.save(scratch / "queries.npy", queries)
-                extra = {"rescore_from": "fp16 rows, read with pread",
+                extra |= {"rescore_from": "fp16 rows, read with pread",
                          "serving_rss_mb": _serving_rss_mb(path, load, Path(matrix.filename),
                                                            scratch / "queries.npy", nprobe,
                                                            rescore)}
@@ -279,9 +341,12 @@ def command(args: argparse.Namespace) -> int:
         sizes = [int(s) for s in args.sizes.split(",")]
         nprobes = [int(s) for s in args.nprobe.split(",")]
         threads = tuple(int(s) for s in args.search_threads.split(","))
+        max_codes = tuple(int(s) for s in args.max_codes.split(","))
     except ValueError:
-        raise TowerliteError("--sizes, --nprobe and --search-threads: whole numbers, "
-                             "comma-separated") from None
+        raise TowerliteError("--sizes, --nprobe, --search-threads and --max-codes: whole "
+                             "numbers, comma-separated") from None
+    if min(max_codes) < 0:
+        raise TowerliteError("--max-codes: 0 (no cap) or a positive number of codes")
     folder = args.repository / "scorer" / str(serving_version(args.repository)) / "catalog"
     emb, _, _ = read_catalog(folder)
     base = np.ascontiguousarray(emb, dtype=np.float32)
@@ -318,7 +383,7 @@ def command(args: argparse.Namespace) -> int:
                     continue
                 log.info(f"{size:,} items: {kind} …")
                 for row in measure(kind, matrix, matrix_t, queries, truth, nprobes, scratch,
-                                   lists=lists, threads=threads):
+                                   lists=lists, threads=threads, max_codes_list=max_codes):
                     rows.append({"items": size, "synthetic": max(0, size - len(base)),
                                  "peak_rss_mb": _peak_rss_mb(), **row})
                     log.info(str(rows[-1]))
@@ -327,14 +392,25 @@ def command(args: argparse.Namespace) -> int:
             gc.collect()
     save()
 
-    print(f"{'items':>10} {'kind':<8} {'load':<6} {'nprobe':>6} {'thr':>3} {'recall@10':>9} "
+    print(f"{'items':>10} {'kind':<8} {'load':<6} {'nprobe':>6} {'cap':>6} {'thr':>3} "
+          f"{'recall@10':>9} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'1st p50':>7} {'build s':>7} {'file MB':>8} "
           f"{'+MB/inst':>8} {'RSS MB':>7}")
     for r in rows:
         print(f"{r['items']:>10,} {r['kind']:<8} {r['load']:<6} {r.get('nprobe', '-'):>6} "
+              f"{r.get('max_codes') or '-':>6} "
               f"{r.get('search_threads', '-'):>3} {r['recall_at_10']:>9.3f} "
               f"{r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} "
               f"{r['first_pass_p50_ms']:>7.2f} {r['build_s']:>7.1f} {r['file_mb']:>8.0f} "
               f"{r['instance_mb']:>8.0f} {r.get('serving_rss_mb', float('nan')):>7.0f}")
+    for r in (r for r in rows if "stages_ms" in r):
+        codes = r["codes_scanned"]
+        print(f"{r['items']:>10,} {r['kind']} {r['load']} nprobe {r['nprobe']} cap "
+              f"{r['max_codes'] or '-'}: p50 / p99 / slowest 1% ms " + ", ".join(
+                  f"{name} {v['p50']:.2f}/{v['p99']:.2f}/{v['slowest_1pct_mean']:.2f}"
+                  for name, v in r["stages_ms"].items())
+              + f"; codes scanned p50 {codes['p50']:,}, p99 {codes['p99']:,}, slowest 1% "
+                f"{codes['slowest_1pct_mean']:,}"
+                f"; list imbalance {r['list_imbalance']}")
     print(f"report: {args.out / 'index.json'}")
     return 0
