@@ -55,17 +55,37 @@ class TritonPythonModel:
 '''
 
 
+NO_DELAY = "_nodelay"  # the same model with max_queue_delay_microseconds 0
+
+
+def _add_model(repo: Path, name: str, config: str, files: Path | None) -> None:
+    """Model `name` in `repo` with `config` (renamed to it), version 1 hard-linked from
+    `files` (a version folder), or the floor's model.py when `files` is None."""
+    config = re.sub(r'^name: "[^"]*"', f'name: "{name}"', config, count=1, flags=re.M)
+    (repo / name).mkdir()
+    (repo / name / "config.pbtxt").write_text(config)
+    if files is None:
+        (repo / name / "1").mkdir()
+        (repo / name / "1" / "model.py").write_text(FLOOR_MODEL)
+    else:
+        subprocess.run(["cp", "-al", str(files), str(repo / name / "1")], check=True)
+
+
 def repository_with_floor(flavor: Path, where: Path) -> Path:
     """`flavor` hard-linked into `where`/repo, plus the floor model (config: the fused model's,
-    renamed, parameters dropped)."""
+    parameters dropped) and a copy of each with no dynamic-batching delay (the fused copy
+    serves the release's model.py as its version 1 and reads its steps at RELEASE, as the
+    fused model does)."""
     repo = where / "repo"
     subprocess.run(["cp", "-al", str(flavor), str(repo)], check=True)
     config = (flavor / FUSED / "config.pbtxt").read_text()
-    config = config.replace(f'name: "{FUSED}"', f'name: "{FLOOR}"', 1)
-    config = re.sub(r"\nparameters[\s\S]*\Z", "\n", config)  # the fused model's own settings
-    (repo / FLOOR / "1").mkdir(parents=True)
-    (repo / FLOOR / "config.pbtxt").write_text(config)
-    (repo / FLOOR / "1" / "model.py").write_text(FLOOR_MODEL)
+    release = re.search(r'key: "RELEASE" value: \{ string_value: "(\d+)"', config).group(1)
+    floor = re.sub(r"\nparameters[\s\S]*\Z", "\n", config)  # the fused model's own settings
+    _add_model(repo, FLOOR, floor, None)
+    for name, text, files in ((FUSED, config, flavor / FUSED / release), (FLOOR, floor, None)):
+        text = re.sub(r"max_queue_delay_microseconds: \d+", "max_queue_delay_microseconds: 0",
+                      text)
+        _add_model(repo, name + NO_DELAY, text, files)
     return repo
 
 
@@ -89,12 +109,13 @@ def main() -> None:
         raise SystemExit(f"{args.flavor} has no {FUSED}: deploy with --history-model")
     concurrency = tuple(int(c) for c in args.concurrency.split(","))
     where = Path(tempfile.mkdtemp(prefix="floor-"))
-    runs: dict[str, list] = {FUSED: [], FLOOR: []}
+    models = (FUSED, FUSED + NO_DELAY, FLOOR, FLOOR + NO_DELAY)
+    runs: dict[str, list] = {m: [] for m in models}
     try:
         repo = repository_with_floor(args.flavor, where)
         with start_server(repo, log_path=where / "triton.log") as srv:
             for repeat in range(args.repeats):
-                for model in (FUSED, FLOOR):
+                for model in models:
                     report = run(BenchConfig(url=srv.grpc_url, out=where / f"{model}-{repeat}",
                                              model=model, concurrency=concurrency,
                                              duration_s=args.duration, texts=500,
