@@ -313,6 +313,42 @@ def test_served_history_gives_the_in_process_ranking(served_history, ml_cases, m
 
 
 @pytest.mark.parametrize("model", ["recommend_history", "recommend_history_fused"])
+def test_histories_of_any_length_batch_together_and_answer_as_alone(served_history, ml_cases,
+                                                                    model):
+    """HISTORY and EXCLUDE allow ragged batches: concurrent requests of different lengths join
+    one execution of the batching model (history_encoder, or the fused model) and each gets
+    the answer it gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from towerlite.serving.bench.stats import delta, snapshot
+    from towerlite.serving.client import Client
+
+    server, *_ = served_history
+    ids = ml_cases.item_ids
+    asks = [([ids[r] for r in seen], [ids[(7 * i + j) % len(ids)] for j in range(i % 4)])
+            for i, seen in enumerate(ml_cases.seen[:40])]
+    assert len({len(h) for h, _ in asks}) > 5 and len({len(e) for _, e in asks}) == 4
+
+    def ask(history_exclude):
+        with Client(server.grpc_url) as client:
+            history, exclude = history_exclude
+            return client.recommend_history(history, k=10, exclude=exclude or None, model=model)
+
+    alone = [ask(a) for a in asks]
+    batching = "history_encoder" if model == "recommend_history" else model
+    before = snapshot(server.grpc_url, "grpc", [batching])
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(ask, asks * 4))
+    stats = delta(before, snapshot(server.grpc_url, "grpc", [batching]))[batching]
+    assert stats["requests"] == 4 * len(asks) and stats["executions"] < stats["requests"]
+    same = 0
+    for a, b in zip(alone * 4, together):
+        np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)  # padding: float rounding
+        same += a.item_ids == b.item_ids
+    assert same >= 0.95 * len(together), f"{same}/{len(together)} identical top-10 lists"
+
+
+@pytest.mark.parametrize("model", ["recommend_history", "recommend_history_fused"])
 def test_history_errors_are_clear_and_unknown_ids_are_skipped(served_history, ml_cases, model):
     from functools import partial
 
@@ -468,6 +504,10 @@ def test_both_flavors_write_the_history_models(tmp_path):
         chained = configs["recommend_history"]
         assert [t.name for t in fused.output] == [t.name for t in chained.output]
         assert [t.name for t in fused.input] == [t.name for t in chained.input]
+        # the batching models join histories (and EXCLUDE lists) of any length
+        for name in ("history_encoder", "recommend_history_fused"):
+            ragged = {t.name for t in configs[name].input if t.allow_ragged_batch}
+            assert ragged == {"HISTORY", "EXCLUDE"}, name
         assert (tmp_path / flavor / "history_encoder" / "1" / "model.py").is_file()
 
 

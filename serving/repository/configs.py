@@ -243,11 +243,11 @@ def _step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
         "\n".join(maps) + "\n    }"
 
 
-def _option_inputs() -> list[str]:
+def _option_inputs(ragged: bool = False) -> list[str]:
     """The optional inputs of `recommend`, `recommend_fused` and `recommend_history`."""
     return [_io("input", "K", "TYPE_INT32", [1], optional=True),
             _io("input", "DOMAIN", "TYPE_STRING", [1], optional=True),
-            _io("input", "EXCLUDE", "TYPE_STRING", [-1], optional=True),
+            _io("input", "EXCLUDE", "TYPE_STRING", [-1], optional=True, ragged=ragged),
             _io("input", "MIN_SCORE", "TYPE_FP32", [1], optional=True)]
 
 
@@ -305,8 +305,10 @@ def history_encoder_config(spec: RepositorySpec) -> str:
                 "table rows → causal transformer, ONNX); no tokenizer", backend="python",
                 max_batch_size=spec.max_batch_size),
         _block("input", [
-            _io("input", "HISTORY", "TYPE_STRING", [-1], comment="liked item ids, oldest → newest"),
-            _io("input", "EXCLUDE", "TYPE_STRING", [-1], optional=True)]),
+            _io("input", "HISTORY", "TYPE_STRING", [-1], comment="liked item ids, oldest → newest",
+                ragged=spec.ragged_batches),
+            _io("input", "EXCLUDE", "TYPE_STRING", [-1], optional=True,
+                ragged=spec.ragged_batches)]),
         _block("output", [
             _io("output", "EMBEDDING", "TYPE_FP32", [spec.history_dim]),
             _io("output", "EXCLUDE_ALL", "TYPE_STRING", [-1],
@@ -322,12 +324,16 @@ def history_encoder_config(spec: RepositorySpec) -> str:
     ]) + "\n"
 
 
-def _recommend_history_io() -> list[str]:
-    """Inputs and outputs of `recommend_history`, the same for the ensemble and the fused model."""
+def _recommend_history_io(ragged: bool = False) -> list[str]:
+    """Inputs and outputs of `recommend_history`, the same for the ensemble and the fused model.
+    `ragged` (the fused model): requests of any history length batch together — without it
+    Triton's batcher joins only equal shapes, and histories of 1…200 ids ran at an average
+    batch of 1.02 at concurrency 8 (docs/benchmarks.md)."""
     return [
         _block("input", [
-            _io("input", "HISTORY", "TYPE_STRING", [-1], comment="liked item ids, oldest → newest"),
-            *_option_inputs()]),
+            _io("input", "HISTORY", "TYPE_STRING", [-1], comment="liked item ids, oldest → newest",
+                ragged=ragged),
+            *_option_inputs(ragged)]),
         _block("output", [_io("output", "ITEM_IDS", "TYPE_STRING", [-1]),
                           _io("output", "SCORES", "TYPE_FP32", [-1]),
                           _io("output", "DOMAINS", "TYPE_STRING", [-1]),
@@ -339,8 +345,8 @@ def history_fused_config(spec: RepositorySpec) -> str:
         _header(HISTORY_FUSED, "liked item ids → top-k item ids, scores, domains: the "
                 "`recommend_history` ensemble's two models in one python model (one backend "
                 "crossing, not two)", backend="python", max_batch_size=spec.max_batch_size),
-        *_recommend_history_io(), _dynamic(spec, spec.user_queue_delay_us, []),
-        _instances(spec.history_instances),
+        *_recommend_history_io(ragged=spec.ragged_batches),
+        _dynamic(spec, spec.user_queue_delay_us, []), _instances(spec.history_instances),
         _params({"RELEASE": FIRST_RELEASE, "PATH": "history", "MAX_LEN": spec.history_max_len,
                  "MAX_HISTORY": spec.history_max_ids, "THREADS": 1, "CATALOG_DIR": "catalog",
                  "DEFAULT_K": spec.default_k, "MAX_K": spec.max_k, "INDEX": spec.scorer_index,
