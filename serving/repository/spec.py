@@ -39,7 +39,8 @@ class RepositorySpec:
     # TensorRT builds an engine profile per shape
     buckets: tuple[int, ...] = tuple(range(8, 129, 8))
     native_buckets: tuple[int, ...] = (16, 32, 64, 128)
-    ragged_batches: bool = True  # portable encoders: batch requests of different widths
+    # portable encoders and the history models: batch requests of different widths (lengths)
+    ragged_batches: bool = True
     # the item tower's tokenizer differs from the user tower's (e.g. teacher items, student users)
     item_tokenizer: bool = False
     max_batch_size: int = 64
