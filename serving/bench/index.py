@@ -265,7 +265,7 @@ def _row(kind: str, load: str, found, cold, warm, truth, k: int, **extra) -> dic
 def search_threads(count: int):
     """faiss' OpenMP threads and numpy's BLAS threads set to `count` for the block, as the
     served stubs run (OMP_NUM_THREADS=OPENBLAS_NUM_THREADS=1); the index was built with all.
-    Before 2026-12-02 only faiss' threads were set: the candidates' exact scores ran on
+    Until the 10M stage run of 2026-12-01 only faiss' threads were set: exact scores ran on
     OpenBLAS' threads, which wait for a busy core."""
     from threadpoolctl import threadpool_limits
 
