@@ -48,6 +48,13 @@ TRAIN_ROUNDS = {False: 25, True: 10}  # k-means iterations (25 is faiss' default
 # many are visited (recall 0.87 against 0.99 with every list visited)
 HNSW_EF_ADD = 16
 HNSW_EF_SEARCH = 128
+# From CODES_CAP_MIN_ITEMS a query scans at most CODES_CAP_FACTOR times the codes its nprobe
+# lists hold on average (faiss' max_codes; nearest lists first): the lists are unbalanced (the
+# items crowd where real ones do, and so do the queries), and at 10M items the crowded lists
+# were the p99 (41k codes scanned at the median query, 137k at the 99th percentile: 4.4 of its
+# ~6 ms; docs/serving.md Scale). Recorded in catalog.json; the scorer applies it.
+CODES_CAP_MIN_ITEMS = COARSE_HNSW_MIN_ITEMS
+CODES_CAP_FACTOR = 3.0
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +127,14 @@ def build_index(kind: str, embeddings: np.ndarray, nlist: int | None = None, see
     if graph is not None:
         graph.efSearch = HNSW_EF_SEARCH
     return index
+
+
+def max_codes(count: int, nlist: int, nprobe: int, factor: float) -> int:
+    """faiss' max_codes for a cap of `factor` times the codes of nprobe average lists; 0 (no
+    cap) when factor is 0 or every list is visited (an exhaustive search stays exhaustive)."""
+    if not factor or nprobe >= nlist:
+        return 0
+    return int(np.ceil(factor * nprobe * count / nlist))
 
 
 def coarse_centroids(index) -> np.ndarray:
@@ -238,16 +253,16 @@ def exact_top_k(embeddings: np.ndarray, queries: np.ndarray, k: int,
 
 
 def recall_at_k(index, embeddings: np.ndarray, queries: np.ndarray, k: int = 10,
-                nprobe: int = DEFAULT_NPROBE, rescore: int = 0) -> dict:
-    """recall@k of the index (re-scored as the scorer does when `rescore`) against exact
-    search, and per-query latency of both (batch 1)."""
+                nprobe: int = DEFAULT_NPROBE, rescore: int = 0, codes_cap: int = 0) -> dict:
+    """recall@k of the index (re-scored as the scorer does when `rescore`, scanning at most
+    `codes_cap` codes when > 0) against exact search, and per-query latency of both (batch 1)."""
     truth = exact_top_k(embeddings, queries, k)
     matrix_t = np.ascontiguousarray(embeddings.T)
     t0 = time.perf_counter()
     for q in queries:
         exact_top_k_t(matrix_t, q, k)
     exact_ms = (time.perf_counter() - t0) / len(queries) * 1e3
-    searcher = Searcher(index, matrix_t, nprobe, rescore)
+    searcher = Searcher(index, matrix_t, nprobe, rescore, max_codes=codes_cap)
     t0 = time.perf_counter()
     found = [searcher.top_k(q, k) for q in queries]
     ivf_ms = (time.perf_counter() - t0) / len(queries) * 1e3
@@ -261,7 +276,8 @@ def recall_at_k(index, embeddings: np.ndarray, queries: np.ndarray, k: int = 10,
         exact = set(t.tolist())
         hits += sum(1 for item, score in zip(f.tolist(), scores)
                     if item in exact or score >= kth - 1e-5 * max(1.0, abs(kth)))
-    return {"k": k, "nprobe": nprobe, "rescore": rescore, "queries": int(len(queries)),
+    return {"k": k, "nprobe": nprobe, "rescore": rescore, "max_codes": codes_cap,
+            "queries": int(len(queries)),
             "recall": round(hits / (k * len(queries)), 4),
             "exact_ms_per_query": round(exact_ms, 3), "ivf_ms_per_query": round(ivf_ms, 3)}
 
@@ -291,11 +307,13 @@ def write_catalog_index(folder: Path, embeddings: np.ndarray, meta: dict, nprobe
     rng = np.random.default_rng(0)
     queries = embeddings[rng.choice(len(embeddings), size=min(200, len(embeddings)),
                                     replace=False)]
-    measured = recall_at_k(index, embeddings, queries, k=10, nprobe=nprobe, rescore=rescore)
     nlist = faiss_ivf(index).nlist
+    factor = CODES_CAP_FACTOR if len(embeddings) >= CODES_CAP_MIN_ITEMS else 0.0
+    measured = recall_at_k(index, embeddings, queries, k=10, nprobe=nprobe, rescore=rescore,
+                           codes_cap=max_codes(len(embeddings), nlist, nprobe, factor))
     hnsw = len(embeddings) >= COARSE_HNSW_MIN_ITEMS
     meta = {**meta, "index": {"kind": META_KIND[kind], "file": "index.faiss", "nlist": nlist,
-                              "nprobe": nprobe, "rescore": rescore,
+                              "nprobe": nprobe, "rescore": rescore, "codes_cap_factor": factor,
                               "factory": factory_string(kind, embeddings.shape[1], nlist, hnsw),
                               "build_seconds": round(build_s, 2),
                               "recall_vs_exact": {**measured, "queries_from": "catalog items"}}}

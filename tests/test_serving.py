@@ -1137,3 +1137,29 @@ def test_served_ivf_index_answers_like_exact_when_it_visits_every_list(
                 assert books.item_ids == reference["top"](text, k=5, domain="book")[0]
         assert "index.faiss" in (tmp_path / "portable" / "scorer" / "1" / "catalog" /
                                  "catalog.json").read_text()
+    # a codes cap (catalog.json records none below index.CODES_CAP_MIN_ITEMS; the CODES_CAP_FACTOR
+    # parameter sets one): the served scorer answers as the in-process Searcher with the same
+    # max_codes over the same files
+    assert meta["codes_cap_factor"] == 0.0
+    config_path = tmp_path / "portable" / "scorer" / "config.pbtxt"
+    config_path.write_text(config_path.read_text() + '\nparameters { key: "NPROBE" value: '
+                           '{ string_value: "3" } }\nparameters { key: "CODES_CAP_FACTOR" '
+                           'value: { string_value: "1" } }\n')
+    index = ix.read_index(catalog / "index.faiss")
+    cap = ix.max_codes(index.ntotal, 12, 3, 1.0)
+    assert 0 < cap < index.ntotal and ix.max_codes(index.ntotal, 12, 12, 1.0) == 0
+    rows = ix.RowFile(catalog / ix.ROWS_FILE) if kind == "ivf_sq8" else None
+    matrix_t = np.load(catalog / "embeddings_t.npy")
+    _, ids, _ = cat.read_catalog(catalog)
+    searcher = ix.Searcher(index, matrix_t, 3, ix.RESCORE.get(kind, 0), rows=rows, max_codes=cap)
+    uncapped = ix.Searcher(index, matrix_t, 3, ix.RESCORE.get(kind, 0), rows=rows)
+    capped_differs = 0
+    with start_server(tmp_path / "portable", log_path=tmp_path / "triton2.log") as srv:
+        with Client(srv.grpc_url) as c:
+            for _, _, text in users[:4]:
+                got = c.recommend(text, k=10)
+                query = reference["user_vector"](text)
+                want = searcher.top_k(query, 10)
+                assert got.item_ids == [ids[r] for r in want]
+                capped_differs += list(want) != list(uncapped.top_k(query, 10))
+    assert capped_differs  # the cap changed what was scanned (else this checked nothing)

@@ -15,7 +15,10 @@ written by `towerlite deploy`:
                                domains or one domain
                                (IDSelectorRange); exact search answers MIN_SCORE requests,
                                several-domain filters, and any query the index returns too few
-                               results for after exclusion
+                               results for after exclusion; catalog.json's nprobe and
+                               codes_cap_factor (a query scans at most that many times the
+                               codes of nprobe average lists), overridden by the NPROBE and
+                               CODES_CAP_FACTOR parameters
 
     catalog/rows.npy           float32 (n, dim), beside a compressed index: the candidates'
                                rows, read with pread
@@ -130,6 +133,14 @@ class TritonPythonModel:
                 and hasattr(faiss, "IO_FLAG_MMAP_IFC")
             self.index = faiss.read_index(index_file, faiss.IO_FLAG_MMAP_IFC if mmap else 0)
             self.nprobe = int(params.get("NPROBE", self.meta["index"].get("nprobe", 32)))
+            # a query scans at most CODES_CAP_FACTOR times the codes of nprobe average lists
+            # (faiss' max_codes, nearest lists first): crowded lists made the tail at 10M
+            # items (deploy records the factor for large catalogs; 0 = no cap)
+            factor = float(params.get("CODES_CAP_FACTOR",
+                                      self.meta["index"].get("codes_cap_factor", 0)))
+            nlist = faiss.extract_index_ivf(self.index).nlist
+            self.max_codes = 0 if not factor or self.nprobe >= nlist else \
+                int(np.ceil(factor * self.nprobe * self.index.ntotal / nlist))
             # compressed kinds (ivf_sq8, ivf_pq): k·rescore candidates, re-scored exactly from
             # rows.npy (a catalog written before it: from the matrix's columns)
             self.rescore = int(self.meta["index"].get("rescore", 0))
@@ -211,7 +222,7 @@ class TritonPythonModel:
         skip = set() if excluded is None else set(excluded.tolist())
         wanted = max(ks) * max(1, self.rescore)
         fetch = min(wanted + len(skip), sum(b - a for a, b in ranges))
-        options = {"nprobe": self.nprobe}
+        options = {"nprobe": self.nprobe, "max_codes": self.max_codes}
         if not everything:
             options["sel"] = self.faiss.IDSelectorRange(ranges[0][0], ranges[0][1])
         scores, rows = self.index.search(np.ascontiguousarray(emb), fetch,
