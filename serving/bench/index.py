@@ -21,7 +21,10 @@ Past `--in-memory-max` items (2M: a float32 copy of 10M × 384 is 15 GB) the cat
 chunk of rows at a time) but not timed, IVF-Flat is left out (a float32 copy again), and the
 compressed kinds re-score from the fp16 rows, read with pread as the served scorer reads its
 rows.npy (`index.RowFile`). Each such row also gives the RSS of a fresh process that reads the
-index, opens the rows and answers the queries: what a scorer holds.
+index, opens the rows and answers the queries: what a scorer holds, and the query time by
+stage (coarse quantizer, list scan, rows read, exact scores) with the codes each query scanned.
+`--max-codes` caps the scan (faiss' max_codes, nearest lists first), as the served scorer's
+codes cap does for large catalogs.
 """
 
 from __future__ import annotations
@@ -314,9 +317,9 @@ def measure(kind: str, matrix: np.ndarray, matrix_t: np.ndarray | None, queries:
             if matrix_t is None:
                 np.save(scratch / "queries.npy", queries)
                 extra |= {"rescore_from": "fp16 rows, read with pread",
-                         "serving_rss_mb": _serving_rss_mb(path, load, Path(matrix.filename),
-                                                           scratch / "queries.npy", nprobe,
-                                                           rescore)}
+                          "serving_rss_mb": _serving_rss_mb(path, load, Path(matrix.filename),
+                                                            scratch / "queries.npy", nprobe,
+                                                            rescore)}
             rows.append(_row(kind, load, found, cold, warm, truth, k, build_s=build_s,
                              lists_from_previous_kind=shared_lists,
                              file_mb=path.stat().st_size / 1e6, instance_mb=instance_mb,
