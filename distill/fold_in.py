@@ -118,6 +118,9 @@ class FoldIn:
         if not dataset:
             raise TowerliteError(f"{self.model}/history_report.json names no dataset: the "
                                  "interactions to replay are unknown")
+        if dataset == "both":  # user ids are per dataset, and feedback names no dataset
+            raise TowerliteError(f"{self.model} was trained on both datasets: fold-in replays "
+                                 "one dataset's likes; fold feedback into a one-dataset tower")
         likes, threshold = dataset_likes(dataset)
         # the tower's catalog may be a sample of the dataset's (Book-Crossing: 20,000 items)
         likes = likes[likes["item_id"].isin(set(self.item_ids))]
@@ -158,7 +161,7 @@ class FoldIn:
         from towerlite.sequential import WEIGHTS_FILE, train
 
         cfg = self.tower.config
-        cfg = replace(cfg, epochs=self.epochs, lr=self.lr or cfg.lr / 2)
+        cfg = replace(cfg, epochs=self.epochs, lr=self.lr or cfg.lr / 2, validation=0.0)
         row_of = {item: r for r, item in enumerate(self.item_ids)}
         fresh = sequences(self.new, row_of)
         users = sorted(fresh)

@@ -45,41 +45,59 @@ DESCRIPTION = (
 CHECKPOINTS = "checkpoints"
 
 
+DATASETS = {"movielens": ("movielens",), "bookcrossing": ("bookcrossing",),
+            "both": ("movielens", "bookcrossing")}
+
+
 @dataclass
 class HistoryRun:
-    """One run's state, setup → train → evaluate → report."""
+    """One run's state, setup → train → evaluate → report. `dataset` "both": one tower over
+    both catalogs (MovieLens' rows first), trained on both datasets' training users, evaluated
+    on each dataset's cases over its own catalog (what the DOMAIN filter serves)."""
 
     dataset: str
     item_model: str
     out: Path
     cfg: HistoryConfig
-    catalog_items: int = 0
+    catalog_items: dict = field(default_factory=dict)  # per dataset; 0 or absent: whole
     parts: bool = False
     cold_max: int = 2
     progress: bool = True
     variants: tuple = ()
-    cases: object = None
+    evaluated: list = field(default_factory=list)  # (Cases, text embeddings or None) per dataset
+    item_ids: list = field(default_factory=list)
+    sequences: list = field(default_factory=list)
     text: object = None
     rows: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
 
     def setup(self) -> None:
+        import numpy as np
+
         from towerlite.evaluation.cases import build_cases
         from towerlite.evaluation.towers import towers_of
 
         t0 = time.perf_counter()
-        self.cases = build_cases(self.dataset, users=0, max_history=10,
-                                 catalog_items=self.catalog_items)
-        if self.cfg.use_text:
-            (tower,) = towers_of(self.item_model)[:1]
-            self.text = tower.embed(self.cases.item_texts, f"{self.dataset} catalog")
+        tower = towers_of(self.item_model)[0] if self.cfg.use_text else None
+        for name in DATASETS[self.dataset]:
+            cases = build_cases(name, users=0, max_history=10,
+                                catalog_items=self.catalog_items.get(name, 0))
+            text = tower.embed(cases.item_texts, f"{name} catalog") if tower else None
+            offset = len(self.item_ids)
+            self.sequences += [[offset + r for r in s] for s in cases.train_sequences]
+            self.item_ids += cases.item_ids
+            self.evaluated.append((cases, text))
+            log.info("%s: %d training users, %d held-out users evaluated, %d items", name,
+                     len(cases.train_sequences), len(cases.users), len(cases.item_ids))
+        if tower:
+            self.text = np.concatenate([text for _, text in self.evaluated])
         self.timings["setup_s"] = round(time.perf_counter() - t0, 1)
-        log.info("%s: %d training users, %d held-out users evaluated, %d items", self.dataset,
-                 len(self.cases.train_sequences), len(self.cases.users), len(self.cases.item_ids))
 
     def checkpoint(self, cfg: HistoryConfig) -> Path:
-        key = json.dumps([asdict(cfg), self.dataset, self.item_model, self.catalog_items,
-                          len(self.cases.item_ids)], sort_keys=True)
+        sizes = [self.catalog_items.get(n, 0) for n in DATASETS[self.dataset]]
+        key = json.dumps([asdict(cfg), self.dataset, self.item_model,
+                          sizes if len(sizes) > 1 else sizes[0], len(self.item_ids)],
+                         sort_keys=True)
         folder = self.out / CHECKPOINTS
         folder.mkdir(parents=True, exist_ok=True)
         return folder / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
@@ -88,54 +106,59 @@ class HistoryRun:
         from towerlite.sequential import train
 
         t0 = time.perf_counter()
-        model, state = train(self.cfg, self.cases.train_sequences, len(self.cases.item_ids),
-                             self.text, checkpoint=self.checkpoint(self.cfg),
-                             progress=self.progress, dist=dist)
+        ranges, start = [], 0
+        for cases, _ in self.evaluated:
+            ranges.append((start, start + len(cases.item_ids)))
+            start += len(cases.item_ids)
+        model, state = train(self.cfg, self.sequences, len(self.item_ids), self.text,
+                             checkpoint=self.checkpoint(self.cfg), progress=self.progress,
+                             dist=dist, domains=ranges if len(ranges) > 1 else None)
         self.timings["train_s"] = round(time.perf_counter() - t0, 1)
         return model, state
 
     def save(self, model, state) -> Path:
         from towerlite.sequential import save
 
-        about = {"dataset": self.dataset, "training_users": len(self.cases.train_sequences),
-                 "catalog_items": len(self.cases.item_ids), "epochs": state.epoch,
-                 "losses": state.losses, "train_seconds": round(state.seconds, 1)}
-        return save(self.out / "model", model, self.cfg, self.cases.item_ids, self.item_model,
-                    about)
+        about = {"dataset": self.dataset, "training_users": len(self.sequences),
+                 "catalog_items": len(self.item_ids), "epochs": state.epoch,
+                 "losses": state.losses, "validation_recall@10": state.validation,
+                 "best_epoch": state.best_epoch, "train_seconds": round(state.seconds, 1)}
+        return save(self.out / "model", model, self.cfg, self.item_ids, self.item_model, about)
+
+    def label(self, cases, row: str) -> str:
+        return f"{cases.dataset}: {row}" if len(self.evaluated) > 1 else row
+
+    def add(self, cases, label: str, scores, about) -> None:
+        from towerlite.evaluation.recommend import metric_rows
+
+        overall, cold_start = metric_rows(cases, scores, cases.target_counts <= self.cold_max)
+        label = self.label(cases, label)
+        self.rows[label] = {**about, "metrics": overall, "cold_start": cold_start}
+        log.info("%s: Recall@10 %s (cold %s)", label, overall["recall@10"],
+                 cold_start["recall@10"])
 
     def evaluate(self, folder: Path) -> None:
-        import numpy as np
-
         from towerlite.evaluation.baselines import BASELINES
-        from towerlite.evaluation.recommend import metric_rows
         from towerlite.evaluation.sequential import saved, trained
         from towerlite.sequential import SavedTower
 
-        cases = self.cases
-        cold = cases.target_counts <= self.cold_max
+        tower = SavedTower.load(folder)
+        for cases, text in self.evaluated:
+            self.add(cases, f"history tower, {self.cfg.kind} (ONNX, as served)",
+                     *saved(cases, tower, text))
+            if self.parts:
+                for use_text, use_ids in ((True, False), (False, True)):
+                    cfg = replace(self.cfg, use_text=use_text, use_ids=use_ids,
+                                  id_min_likes=self.cfg.id_min_likes if use_text else 1)
+                    self.add(cases, f"history tower, {cfg.kind}",
+                             *trained(cases, cfg, text if use_text else None, self.progress))
+            for name, build in BASELINES.items():
+                self.add(cases, name, build(cases), {"model": name})
+        self.graph_variants(folder)
 
-        def add(label, scores, about):
-            overall, cold_start = metric_rows(cases, scores, cold)
-            self.rows[label] = {**about, "metrics": overall, "cold_start": cold_start}
-            log.info("%s: Recall@10 %s (cold %s)", label, overall["recall@10"],
-                     cold_start["recall@10"])
-
-        add(f"history tower, {self.cfg.kind} (ONNX, as served)",
-            *saved(cases, SavedTower.load(folder), self.text))
-        if self.parts:
-            for use_text, use_ids in ((True, False), (False, True)):
-                cfg = replace(self.cfg, use_text=use_text, use_ids=use_ids,
-                              id_min_likes=self.cfg.id_min_likes if use_text else 1)
-                add(f"history tower, {cfg.kind}", *trained(cases, cfg, self.text if use_text
-                                                           else None, self.progress))
-        for name, build in BASELINES.items():
-            add(name, build(cases), {"model": name})
-        self.timings["cold_users"] = int(np.sum(cold))
-        self.graph_variants(folder, add)
-
-    def graph_variants(self, folder: Path, add) -> None:
-        """Each of --variants written beside OUT/model, compared with it; removed again
-        (and reported) when its top-10 falls under the gate."""
+    def graph_variants(self, folder: Path) -> None:
+        """Each of --variants written beside OUT/model, compared with it on every dataset;
+        removed again (and reported) when its top-10 falls under the gate on any."""
         import shutil
 
         from towerlite.evaluation.sequential import saved
@@ -147,26 +170,38 @@ class HistoryRun:
         for variant in self.variants:
             written = history_variants.write(folder, variant)
             tower = SavedTower.load(written)
-            measured = history_variants.compare(self.cases, reference, tower, self.text)
-            label = f"history tower, {self.cfg.kind}, {variant} graph"
-            add(label, *saved(self.cases, tower, self.text))
-            self.rows[label]["graph_variant"] = measured
-            if not measured["gate"]["passed"]:
+            passed = True
+            for cases, text in self.evaluated:
+                measured = history_variants.compare(cases, reference, tower, text)
+                label = f"history tower, {self.cfg.kind}, {variant} graph"
+                self.add(cases, label, *saved(cases, tower, text))
+                self.rows[self.label(cases, label)]["graph_variant"] = measured
+                passed = passed and measured["gate"]["passed"]
+                log.info("%s: top-10 overlap with fp32 %.3f on %s", variant,
+                         measured["top10_overlap"], cases.dataset)
+            if not passed:
                 shutil.rmtree(written)
-            log.info("%s: top-10 overlap with fp32 %.3f, %s", variant, measured["top10_overlap"],
-                     f"written to {written}" if measured["gate"]["passed"] else "under the gate")
+            log.info("%s: %s", variant, f"written to {written}" if passed else "under the gate")
 
     def report(self) -> dict:
         from importlib.metadata import version
 
+        import numpy as np
+
         from towerlite.files import write_json_atomic, write_text_atomic
         from towerlite.machine import cpu_info
 
+        cold = {c.dataset: int(np.sum(c.target_counts <= self.cold_max))
+                for c, _ in self.evaluated}
+        settings = {c.dataset: c.settings for c, _ in self.evaluated}
+        one = len(self.evaluated) == 1
         report = {"dataset": self.dataset, "item_model": self.item_model,
-                  "config": asdict(self.cfg), "cases": self.cases.settings,
+                  "config": asdict(self.cfg),
+                  # one dataset: its settings and cold-start users; both: a dict of each, by name
+                  "cases": next(iter(settings.values())) if one else settings,
                   "cold_start_max_other_likes": self.cold_max,
-                  "cold_start_users": self.timings.get("cold_users"),
-                  "training_users": len(self.cases.train_sequences), "rows": self.rows,
+                  "cold_start_users": next(iter(cold.values())) if one else cold,
+                  "training_users": len(self.sequences), "rows": self.rows,
                   "timings": self.timings, "machine": cpu_info(),
                   "versions": {p: version(p) for p in ("torch", "onnxruntime", "numpy")}}
         write_json_atomic(self.out / "history_report.json", report)
@@ -182,11 +217,18 @@ def _with_ci(metrics: dict, name: str) -> str:
 
 
 def markdown(report: dict) -> str:
-    cases = report["cases"]
-    lines = [f"### {report['dataset']}: {cases['users']:,} held-out users, leave-last-out, "
-             f"{cases['catalog_items']:,} items; history tower over {report['item_model']}", "",
-             "| row | Recall@10 [95% CI] | NDCG@10 [95% CI] | Recall@50 | cold-start R@10 "
-             f"({report['cold_start_users']} users) |", "|---|---|---|---|---|"]
+    cases, cold = report["cases"], report["cold_start_users"]
+    if isinstance(cold, dict):  # both datasets: each one's settings by name
+        about = "; ".join(f"{name} {c['users']:,} held-out users over its {c['catalog_items']:,} "
+                          f"items ({cold[name]} cold)" for name, c in cases.items())
+        cold = "see above"
+    else:
+        about = f"{cases['users']:,} held-out users, {cases['catalog_items']:,} items"
+        cold = f"{cold} users"
+    lines = [f"### {report['dataset']}: {about}, leave-last-out; history tower over "
+             f"{report['item_model']}", "",
+             f"| row | Recall@10 [95% CI] | NDCG@10 [95% CI] | Recall@50 | cold-start R@10 "
+             f"({cold}) |", "|---|---|---|---|---|"]
     for name, row in report["rows"].items():
         metrics, cold = row["metrics"], row["cold_start"]
         lines.append(f"| {name} | {_with_ci(metrics, 'recall@10')} | "
@@ -213,7 +255,9 @@ def markdown(report: dict) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="movielens", choices=["movielens", "bookcrossing"])
+    p.add_argument("--dataset", default="movielens", choices=list(DATASETS),
+                   help="both: one tower over both catalogs, trained on both datasets' training "
+                        "users, evaluated on each")
     p.add_argument("--item-model", default="student-start", metavar="SPEC",
                    help="the item tower whose embeddings the tower reads: the export you deploy "
                         "(FOLDER:VARIANT, e.g. runs/export/student:int8_dynamic), a Hugging Face "
@@ -231,7 +275,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a HistoryConfig field (dim, layers, heads, max_len, dropout, "
                         "id_min_likes, epochs, batch_size, lr, weight_decay, negatives, "
-                        "text_skip, skip_gain, logit_adjust, id_dropout, seed)")
+                        "text_skip, skip_gain, logit_adjust, id_dropout, validation, patience, "
+                        "bucket_by_length, seed)")
     p.add_argument("--variants", default=",".join(VARIANTS), metavar="LIST",
                    help=f"graph variants to write beside OUT/model where their top-10 agrees "
                         f"with fp32's ({', '.join(VARIANTS)}; default both; '' none)")
@@ -263,6 +308,9 @@ def config_of(args) -> HistoryConfig:
                              "text_skip=true")
     if cfg.logit_adjust < 0 or not 0 <= cfg.id_dropout < 1:
         raise TowerliteError("logit_adjust is a number ≥ 0; id_dropout a share in [0, 1)")
+    if not 0 <= cfg.validation < 1 or cfg.patience < 0 or (cfg.patience and not cfg.validation):
+        raise TowerliteError("validation is a share in [0, 1); patience a count ≥ 0, with "
+                             "validation > 0")
     return cfg
 
 
@@ -272,13 +320,16 @@ def command(args: argparse.Namespace) -> int:
     from .train import first_rank_logs, init_distributed
 
     ensure_writable_dir(args.out, "history output folder")
-    size = args.catalog_items if args.catalog_items is not None else \
-        (20_000 if args.dataset == "bookcrossing" else 0)
+    sizes = {name: args.catalog_items if args.catalog_items is not None else
+             (20_000 if name == "bookcrossing" else 0) for name in DATASETS[args.dataset]}
+    if args.dataset == "both" and (args.parts or config_of(args).negatives):
+        raise TowerliteError("--parts and negatives=N train on one dataset: not with --dataset "
+                             "both")
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise TowerliteError(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
-    run = HistoryRun(args.dataset, args.item_model, args.out, config_of(args), size, args.parts,
+    run = HistoryRun(args.dataset, args.item_model, args.out, config_of(args), sizes, args.parts,
                      progress=not args.no_progress, variants=variants)
     started = time.perf_counter()
     # under torchrun every process trains on its share of each batch; the first one alone

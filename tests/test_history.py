@@ -26,8 +26,10 @@ from towerlite.sequential import (
     item_table,
     onnx_user_vectors,
     save,
+    split_validation,
     train,
     user_vectors,
+    validation_recall,
     windows,
 )
 
@@ -165,6 +167,78 @@ def test_logit_adjustment_and_id_dropout_act_in_training_only(tmp_path):
     np.testing.assert_allclose(served, table, atol=1e-5)
 
 
+def test_validation_keeps_the_best_epoch_and_never_trains_on_its_targets():
+    """Validation holds back some training users' last likes (their counts and windows lack
+    them), ranks them before training and after every epoch, and returns the best epoch's
+    weights; with patience, training stops once no epoch has been better for that many."""
+    seqs, text = synthetic(users=200)
+    cfg = replace(TINY, epochs=5, validation=0.2)
+    trained_on, histories, targets = split_validation(seqs, cfg.validation, cfg.seed)
+    assert 20 <= len(targets) <= 60
+    assert [len(s) for s in trained_on].count(0) == 0
+    held = [r for r, (a, b) in enumerate(zip(seqs, trained_on)) if a != b]
+    assert len(held) == len(targets)
+    for r, h, t in zip(held, histories, targets):
+        assert trained_on[r] == h == seqs[r][:-1] and seqs[r][-1] == t
+    model, state = train(cfg, seqs, 40, text, progress=False)
+    assert len(state.validation) == cfg.epochs + 1 and state.epoch == cfg.epochs
+    assert state.validation[state.best_epoch] == max(state.validation)
+    assert max(state.validation) > state.validation[0]  # training helps on these sequences
+    assert validation_recall(model, histories, targets, cfg.max_len) == pytest.approx(
+        max(state.validation), abs=1e-5)
+    # nothing to learn at lr 0: no epoch beats the untrained tower, 2 epochs of patience
+    stuck, stopped = train(replace(cfg, lr=0.0, patience=2), seqs, 40, text, progress=False)
+    assert stopped.epoch == 2 and stopped.best_epoch == 0 and len(stopped.validation) == 3
+
+
+def test_a_fixed_text_skip_starts_from_the_historys_mean_text_similarity():
+    """With skip_gain, the learned part of the user vector starts at zero: the untrained tower
+    scores each item by skip_gain × cosine(the mean of the history's unit text vectors, the
+    item's), the zero-shot similarity training (with validation) moves from."""
+    from towerlite.sequential import build_model
+
+    seqs, text = synthetic()
+    cfg = replace(TINY, text_skip=True, skip_gain=20.0)
+    model = build_model(cfg, 40, text, np.ones(40, bool)).eval()
+    histories = [s[:-1] for s in seqs[:20]]
+    users = user_vectors(model, histories, cfg.max_len)
+    assert not users[:, :cfg.dim].any()
+    unit = text / np.linalg.norm(text, axis=1, keepdims=True)
+    expected = np.stack([unit[h[-cfg.max_len:]].mean(0) for h in histories]) @ unit.T * 20.0
+    np.testing.assert_allclose(users @ item_table(model).T, expected, atol=1e-4)
+
+
+def test_length_buckets_cover_every_window_once_and_trimming_keeps_the_states():
+    """Batches by length hold every window once, alike in length; cutting off the columns that
+    are padding in every window of a batch leaves each real position's state as it was."""
+    import torch
+
+    from towerlite.sequential import batches, build_model
+
+    seqs, text = synthetic(users=200)
+    seqs += [s[:2] for s in seqs]  # short histories beside long ones, as Book-Crossing's
+    data = windows(seqs, TINY.max_len)
+    lengths = (data >= 0).sum(1)
+    plain, bucketed = (batches(lengths, 16, 0, 3, by) for by in (False, True))
+    for found in (plain, bucketed):
+        assert sorted(np.concatenate(found).tolist()) == list(range(len(data)))
+    assert [b.tolist() for b in batches(lengths, 16, 0, 3, True)] == [b.tolist() for b in bucketed]
+
+    def spread(found):
+        return np.mean([np.ptp(lengths[b]) for b in found])
+
+    assert spread(bucketed) < spread(plain) / 2
+    model = build_model(TINY, 40, text, np.ones(40, bool)).eval()
+    batch = torch.as_tensor(data[bucketed[-1]])[:, :-1]
+    first = int((batch >= 0).any(0).float().argmax())
+    assert first > 0 or (batch >= 0).all(0).any()
+    with torch.no_grad():
+        whole, _ = model(batch)
+        cut, _ = model(batch[:, first:])
+    real = (batch >= 0)[:, first:]
+    np.testing.assert_allclose(cut[real].numpy(), whole[:, first:][real].numpy(), atol=1e-5)
+
+
 def test_cold_items_score_by_text_alone(tmp_path):
     seqs, text = synthetic()
     model, _ = train(TINY, seqs, 40, text, progress=False)
@@ -192,10 +266,10 @@ from dataclasses import replace
 from pathlib import Path
 from towerlite.sequential import train
 seqs, text = synthetic()
-cfg = replace(TINY, epochs=6)
+cfg = replace(TINY, epochs=6, validation=0.2)  # the kept epoch's weights resume too
 model, state = train(cfg, seqs, 40, text, checkpoint=Path(sys.argv[1]), progress=False)
 np.save(sys.argv[2], model.encoder.pos.weight.detach().numpy())
-print("losses", state.losses)
+print("losses", state.losses, "validation", state.validation, "best", state.best_epoch)
 """
 
 
@@ -539,6 +613,53 @@ def test_history_cli_trains_saves_and_reports(cache, tmp_path):
     assert bad.returncode == 1 and "layers takes an integer, not 'two'" in bad.stderr
     bad = run_cli("history", "--set", "colour=red", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 1 and "not FIELD=VALUE with a HistoryConfig field" in bad.stderr
+
+
+def test_one_history_tower_over_both_datasets(cache, tiny_export, tmp_path):
+    """--dataset both: one tower over both catalogs (MovieLens' rows first) with ID vectors in
+    each, trained on both datasets' training users, evaluated on each over its own catalog as a
+    one-dataset tower is; fold-in, which replays one dataset's likes, refuses it."""
+    from conftest import run_cli
+
+    from towerlite.evaluation.cases import build_cases
+    from towerlite.evaluation.recommend import metric_rows
+    from towerlite.evaluation.sequential import saved
+    from towerlite.evaluation.towers import towers_of
+
+    item_model = f"{tiny_export}:fp32"
+    proc = run_cli("history", "--dataset", "both", "--item-model", item_model, "--catalog-items",
+                   "300", "--set", "epochs=2", "--set", "dim=16", "--set", "max_len=10", "--set",
+                   "bucket_by_length=true", "--set", "validation=0.05", "--variants", "",
+                   "--no-progress", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "history_report.json").read_text())
+    sizes = {name: c["catalog_items"] for name, c in report["cases"].items()}
+    assert set(sizes) == {"movielens", "bookcrossing"} and report["dataset"] == "both"
+    label = "history tower, text + ID (ONNX, as served)"
+    for name in sizes:
+        assert {f"{name}: {label}", f"{name}: popularity", f"{name}: co-occurrence"} <= set(
+            report["rows"])
+    folder = tmp_path / "model"
+    ids = json.loads((folder / "item_ids.json").read_text())
+    assert len(ids) == sizes["movielens"] + sizes["bookcrossing"]
+    movies = set(ids[:sizes["movielens"]])
+    warm = json.loads((folder / "id_items.json").read_text())
+    assert any(i in movies for i in warm) and any(i not in movies for i in warm)
+    about = json.loads((folder / "history_report.json").read_text())
+    assert len(about["validation_recall@10"]) == 3 and 0 <= about["best_epoch"] <= 2
+    # MovieLens' row: the joint tower over MovieLens' catalog alone, as the eval ranks it
+    cases = build_cases("movielens", users=0, max_history=10, catalog_items=300)
+    text = towers_of(item_model)[0].embed(cases.item_texts, "movielens catalog")
+    overall, _ = metric_rows(cases, saved(cases, SavedTower.load(folder), text)[0],
+                             cases.target_counts <= 2)
+    assert report["rows"][f"movielens: {label}"]["metrics"] == overall
+    feedback = tmp_path / "feedback.csv"
+    feedback.write_text("user_id,item_id,rating,timestamp\n")
+    refused = run_cli("fold-in", "--model", str(folder), "--feedback", str(feedback),
+                      "--out", str(tmp_path / "fold"))
+    assert refused.returncode == 1 and "trained on both datasets" in refused.stderr
+    bad = run_cli("history", "--dataset", "both", "--parts", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 1 and "not with --dataset both" in bad.stderr
 
 
 def test_history_trains_under_torchrun(cache, tmp_path):

@@ -49,7 +49,8 @@ def trained(cases: Cases, cfg: HistoryConfig, text: np.ndarray | None = None,
     users = user_vectors(model, cases.seen, cfg.max_len)
     about = {"model": cfg.kind, "settings": cfg.__dict__.copy(),
              "train_s": round(time.perf_counter() - started, 1),
-             "losses": state.losses, "training_users": len(cases.train_sequences)}
+             "losses": state.losses, "validation_recall@10": state.validation,
+             "best_epoch": state.best_epoch, "training_users": len(cases.train_sequences)}
     return dot_scores(users, item_table(model)), about
 
 
