@@ -615,53 +615,6 @@ def test_history_cli_trains_saves_and_reports(cache, tmp_path):
     assert bad.returncode == 1 and "not FIELD=VALUE with a HistoryConfig field" in bad.stderr
 
 
-def test_one_history_tower_over_both_datasets(cache, tiny_export, tmp_path):
-    """--dataset both: one tower over both catalogs (MovieLens' rows first) with ID vectors in
-    each, trained on both datasets' training users, evaluated on each over its own catalog as a
-    one-dataset tower is; fold-in, which replays one dataset's likes, refuses it."""
-    from conftest import run_cli
-
-    from towerlite.evaluation.cases import build_cases
-    from towerlite.evaluation.recommend import metric_rows
-    from towerlite.evaluation.sequential import saved
-    from towerlite.evaluation.towers import towers_of
-
-    item_model = f"{tiny_export}:fp32"
-    proc = run_cli("history", "--dataset", "both", "--item-model", item_model, "--catalog-items",
-                   "300", "--set", "epochs=2", "--set", "dim=16", "--set", "max_len=10", "--set",
-                   "bucket_by_length=true", "--set", "validation=0.05", "--variants", "",
-                   "--no-progress", "--out", str(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads((tmp_path / "history_report.json").read_text())
-    sizes = {name: c["catalog_items"] for name, c in report["cases"].items()}
-    assert set(sizes) == {"movielens", "bookcrossing"} and report["dataset"] == "both"
-    label = "history tower, text + ID (ONNX, as served)"
-    for name in sizes:
-        assert {f"{name}: {label}", f"{name}: popularity", f"{name}: co-occurrence"} <= set(
-            report["rows"])
-    folder = tmp_path / "model"
-    ids = json.loads((folder / "item_ids.json").read_text())
-    assert len(ids) == sizes["movielens"] + sizes["bookcrossing"]
-    movies = set(ids[:sizes["movielens"]])
-    warm = json.loads((folder / "id_items.json").read_text())
-    assert any(i in movies for i in warm) and any(i not in movies for i in warm)
-    about = json.loads((folder / "history_report.json").read_text())
-    assert len(about["validation_recall@10"]) == 3 and 0 <= about["best_epoch"] <= 2
-    # MovieLens' row: the joint tower over MovieLens' catalog alone, as the eval ranks it
-    cases = build_cases("movielens", users=0, max_history=10, catalog_items=300)
-    text = towers_of(item_model)[0].embed(cases.item_texts, "movielens catalog")
-    overall, _ = metric_rows(cases, saved(cases, SavedTower.load(folder), text)[0],
-                             cases.target_counts <= 2)
-    assert report["rows"][f"movielens: {label}"]["metrics"] == overall
-    feedback = tmp_path / "feedback.csv"
-    feedback.write_text("user_id,item_id,rating,timestamp\n")
-    refused = run_cli("fold-in", "--model", str(folder), "--feedback", str(feedback),
-                      "--out", str(tmp_path / "fold"))
-    assert refused.returncode == 1 and "trained on both datasets" in refused.stderr
-    bad = run_cli("history", "--dataset", "both", "--parts", "--out", str(tmp_path / "bad"))
-    assert bad.returncode == 1 and "not with --dataset both" in bad.stderr
-
-
 def test_history_trains_under_torchrun(cache, tmp_path):
     """Two processes (gloo): each trains on its half of every batch, the first alone writes
     the checkpoint, the tower and the report."""
@@ -730,6 +683,63 @@ def test_tiny_history_tower_is_evaluated_through_its_saved_graph(tiny_export, tm
     users = onnx_user_vectors(tower.session(), tower.item_table(cases.item_ids, text), cases.seen,
                               cfg.max_len)
     np.testing.assert_allclose(users, user_vectors(model, cases.seen, cfg.max_len), atol=1e-4)
+
+
+def test_one_history_tower_over_both_datasets(tiny_export, tmp_path, monkeypatch):
+    """--dataset both (synthetic cases standing in for the two datasets): one tower over both
+    catalogs, the first dataset's rows first, ID vectors in each; each dataset evaluated over its
+    own catalog as a one-dataset tower is; the softmax within a target's domain; fold-in, which
+    replays one dataset's likes, and --parts refuse it."""
+    from conftest import run_cli, tiny_cases
+
+    from towerlite.distill.history import HistoryRun
+    from towerlite.evaluation import cases as cases_module
+    from towerlite.evaluation.recommend import metric_rows
+    from towerlite.evaluation.sequential import saved
+    from towerlite.sequential import _domain_loss
+
+    def fake(name, **_):  # the second dataset: its own ids, catalog size and users
+        c = tiny_cases(n_items=60 if name == "movielens" else 45, seed=len(name))
+        ids = [f"{name[:2]}{i}" for i in range(len(c.item_ids))]
+        return replace(c, dataset=name, item_ids=ids)
+
+    monkeypatch.setattr(cases_module, "build_cases", fake)
+    cfg = replace(TINY, epochs=2, validation=0.2, bucket_by_length=True)
+    run = HistoryRun("both", f"{tiny_export}:fp32", tmp_path, cfg)
+    run.setup()
+    model, state = run.train()
+    folder = run.save(model, state)
+    run.evaluate(folder)
+    report = run.report()
+    assert report["cases"].keys() == {"movielens", "bookcrossing"}
+    ids = json.loads((folder / "item_ids.json").read_text())
+    assert ids == [f"mo{i}" for i in range(60)] + [f"bo{i}" for i in range(45)]
+    warm = json.loads((folder / "id_items.json").read_text())
+    assert {i[:2] for i in warm} == {"mo", "bo"}
+    assert len(state.validation) == 3 and report["training_users"] == len(run.sequences)
+    label = "history tower, text + ID (ONNX, as served)"
+    for (cases, text), offset in zip(run.evaluated, (0, 60)):
+        overall, _ = metric_rows(cases, saved(cases, SavedTower.load(folder), text)[0],
+                                 cases.target_counts <= 2)
+        assert report["rows"][f"{cases.dataset}: {label}"]["metrics"] == overall
+        assert f"{cases.dataset}: popularity" in report["rows"]
+        assert [[r - offset for r in s] for s in run.sequences if min(s) >= offset
+                and max(s) < offset + len(cases.item_ids)] == cases.train_sequences
+    # within domains: each target against its own domain's rows, the losses averaged
+    import torch
+
+    h, table, t = torch.randn(30, 16), torch.randn(105, 16), torch.randint(0, 105, (30,))
+    each = [torch.nn.functional.cross_entropy(h[i:i + 1] @ (table[:60] if t[i] < 60 else
+            table[60:]).T, t[i:i + 1] - (0 if t[i] < 60 else 60)) for i in range(30)]
+    assert float(_domain_loss(TINY, h, t, table, torch.zeros(105), [(0, 60), (60, 105)])) == \
+        pytest.approx(float(torch.stack(each).mean()), rel=1e-5)
+    feedback = tmp_path / "feedback.csv"
+    feedback.write_text("user_id,item_id,rating,timestamp\n")
+    refused = run_cli("fold-in", "--model", str(folder), "--feedback", str(feedback),
+                      "--out", str(tmp_path / "fold"))
+    assert refused.returncode == 1 and "trained on both datasets" in refused.stderr
+    bad = run_cli("history", "--dataset", "both", "--parts", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 1 and "not with --dataset both" in bad.stderr
 
 
 def test_graph_variants_are_written_and_gated_on_top10_agreement(tiny_export, tmp_path):
