@@ -75,6 +75,17 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
     tmp.replace(path)
 
 
+def embedding_providers() -> list[str]:
+    """onnxruntime's providers for embedding a catalog: CUDA first where this onnxruntime has it
+    (onnxruntime-gpu on a machine with a GPU: one process, large batches; the 3-layer student at
+    fp16 embedded 219k catalog texts/s on an H100, docs/benchmarks.md), else the CPU."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
 def embed_catalog(texts: Sequence[str], encoder, cache_dir: Path | None = None,
                   batch_size: int = 64, progress: bool = True, workers: int = 1,
                   chunk: int | None = None) -> np.ndarray:

@@ -324,15 +324,23 @@ def embed_items(prepared, item: EncoderExport, max_length: int, threads: int = 2
     release's new item tower's."""
     from towerlite.runtime import OnnxEncoder
 
-    encoder = OnnxEncoder(item.onnx, item.tokenizer_json, max_length=max_length, threads=threads)
+    providers = cat.embedding_providers()
+    encoder = OnnxEncoder(item.onnx, item.tokenizer_json, max_length=max_length, threads=threads,
+                          providers=providers)
+    used = encoder.session.get_providers()[0]
+    if used == "CUDAExecutionProvider":  # one process owns the GPU: no CPU worker processes
+        workers = 1
     texts = prepared["text"].tolist()
+    # the cache key is the model file and the texts, not the provider: GPU and CPU vectors of
+    # one model agree to rounding (fp16 students excepted: their file differs)
     cache = cat.cache_dir_for(cat.sha256_file(item.onnx), texts, max_length)
     cached = (cache / "embeddings.npy").is_file()
     t0 = time.perf_counter()
     embeddings = cat.embed_catalog(texts, encoder, cache_dir=cache, progress=progress,
-                                   workers=workers)
+                                   workers=workers,
+                                   batch_size=256 if used == "CUDAExecutionProvider" else 64)
     log.info(f"catalog embeddings: {'cache hit' if cached else f'{time.perf_counter() - t0:.1f} s'}"
-             f" ({cache})")
+             f" on {used} ({cache})")
     return embeddings, cache, cached
 
 

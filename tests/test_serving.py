@@ -253,6 +253,21 @@ def test_catalog_embedding_in_worker_processes_resumes_and_equals_one_process(ti
     assert (folder / "embeddings.npy").is_file() and not list(folder.glob("chunk-*"))
 
 
+def test_catalog_embedding_takes_cuda_only_where_onnxruntime_has_it(monkeypatch):
+    """deploy embeds the catalog on onnxruntime's CUDA provider when this onnxruntime has it
+    (onnxruntime-gpu), the CPU otherwise (no GPU here: the CUDA branch is not run)."""
+    import onnxruntime as ort
+
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    assert cat.embedding_providers()[0] == ("CUDAExecutionProvider" if has_cuda
+                                            else "CPUExecutionProvider")
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert cat.embedding_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert cat.embedding_providers() == ["CPUExecutionProvider"]
+
+
 def test_deploy_refuses_a_worker_count_below_one(tmp_path):
     from towerlite.serving.deploy import DeployRequest
 
