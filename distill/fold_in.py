@@ -161,7 +161,7 @@ class FoldIn:
         from towerlite.sequential import WEIGHTS_FILE, train
 
         cfg = self.tower.config
-        cfg = replace(cfg, epochs=self.epochs, lr=self.lr or cfg.lr / 2, validation=0.0)
+        cfg = replace(cfg, epochs=self.epochs, lr=self.lr or cfg.lr / 2)
         row_of = {item: r for r, item in enumerate(self.item_ids)}
         fresh = sequences(self.new, row_of)
         users = sorted(fresh)

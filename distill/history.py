@@ -95,14 +95,14 @@ class HistoryRun:
 
     def checkpoint(self, cfg: HistoryConfig) -> Path:
         sizes = [self.catalog_items.get(n, 0) for n in DATASETS[self.dataset]]
-        key = json.dumps([asdict(cfg), self.dataset, self.item_model,
-                          sizes if len(sizes) > 1 else sizes[0], len(self.item_ids)],
-                         sort_keys=True)
+        key = json.dumps([asdict(cfg), self.dataset, self.item_model, sizes,
+                          len(self.item_ids)], sort_keys=True)
         folder = self.out / CHECKPOINTS
         folder.mkdir(parents=True, exist_ok=True)
         return folder / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
 
     def train(self, dist=None):
+        from towerlite.evaluation.sequential import validation
         from towerlite.sequential import train
 
         t0 = time.perf_counter()
@@ -110,9 +110,11 @@ class HistoryRun:
         for cases, _ in self.evaluated:
             ranges.append((start, start + len(cases.item_ids)))
             start += len(cases.item_ids)
-        model, state = train(self.cfg, self.sequences, len(self.item_ids), self.text,
+        domains = ranges if len(ranges) > 1 else None
+        sequences, validator = validation(self.cfg, self.sequences, domains)
+        model, state = train(self.cfg, sequences, len(self.item_ids), self.text,
                              checkpoint=self.checkpoint(self.cfg), progress=self.progress,
-                             dist=dist, domains=ranges if len(ranges) > 1 else None)
+                             dist=dist, domains=domains, validator=validator)
         self.timings["train_s"] = round(time.perf_counter() - t0, 1)
         return model, state
 

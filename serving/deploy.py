@@ -324,12 +324,10 @@ def embed_items(prepared, item: EncoderExport, max_length: int, threads: int = 2
     release's new item tower's."""
     from towerlite.runtime import OnnxEncoder
 
-    providers = cat.embedding_providers()
     encoder = OnnxEncoder(item.onnx, item.tokenizer_json, max_length=max_length, threads=threads,
-                          providers=providers)
+                          providers=cat.embedding_providers())
     used = encoder.session.get_providers()[0]
-    if used == "CUDAExecutionProvider":  # one process owns the GPU: no CPU worker processes
-        workers = 1
+    on_gpu = used == "CUDAExecutionProvider"  # one process owns the GPU: no worker processes
     texts = prepared["text"].tolist()
     # the cache key is the model file and the texts, not the provider: GPU and CPU vectors of
     # one model agree to rounding (fp16 students excepted: their file differs)
@@ -337,8 +335,8 @@ def embed_items(prepared, item: EncoderExport, max_length: int, threads: int = 2
     cached = (cache / "embeddings.npy").is_file()
     t0 = time.perf_counter()
     embeddings = cat.embed_catalog(texts, encoder, cache_dir=cache, progress=progress,
-                                   workers=workers,
-                                   batch_size=256 if used == "CUDAExecutionProvider" else 64)
+                                   workers=1 if on_gpu else workers,
+                                   batch_size=256 if on_gpu else 64)
     log.info(f"catalog embeddings: {'cache hit' if cached else f'{time.perf_counter() - t0:.1f} s'}"
              f" on {used} ({cache})")
     return embeddings, cache, cached

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from towerlite.evaluation.sequential import validation
 from towerlite.sequential import (
     PAD,
     SKIP_SCALE,
@@ -29,7 +30,6 @@ from towerlite.sequential import (
     split_validation,
     train,
     user_vectors,
-    validation_recall,
     windows,
 )
 
@@ -180,15 +180,21 @@ def test_validation_keeps_the_best_epoch_and_never_trains_on_its_targets():
     assert len(held) == len(targets)
     for r, h, t in zip(held, histories, targets):
         assert trained_on[r] == h == seqs[r][:-1] and seqs[r][-1] == t
-    model, state = train(cfg, seqs, 40, text, progress=False)
+    sequences, validator = validation(cfg, seqs)
+    assert sequences == trained_on
+    model, state = train(cfg, sequences, 40, text, progress=False, validator=validator)
     assert len(state.validation) == cfg.epochs + 1 and state.epoch == cfg.epochs
     assert state.validation[state.best_epoch] == max(state.validation)
     assert max(state.validation) > state.validation[0]  # training helps on these sequences
-    assert validation_recall(model, histories, targets, cfg.max_len) == pytest.approx(
-        max(state.validation), abs=1e-5)
+    assert validator(model) == pytest.approx(max(state.validation), abs=1e-5)
+    # ranked within the target's domain (rows 0–19, 20–39): fewer candidates, never a worse rank
+    _, within = validation(cfg, seqs, domains=[(0, 20), (20, 40)])
+    assert within(model) >= validator(model)
     # nothing to learn at lr 0: no epoch beats the untrained tower, 2 epochs of patience
-    stuck, stopped = train(replace(cfg, lr=0.0, patience=2), seqs, 40, text, progress=False)
+    stuck, stopped = train(replace(cfg, lr=0.0, patience=2), sequences, 40, text, progress=False,
+                           validator=validator)
     assert stopped.epoch == 2 and stopped.best_epoch == 0 and len(stopped.validation) == 3
+    assert validation(TINY, seqs) == (seqs, None)  # no validation: every like trains
 
 
 def test_a_fixed_text_skip_starts_from_the_historys_mean_text_similarity():
@@ -264,10 +270,13 @@ torch.set_num_threads(1)
 from test_history import TINY, synthetic
 from dataclasses import replace
 from pathlib import Path
+from towerlite.evaluation.sequential import validation
 from towerlite.sequential import train
 seqs, text = synthetic()
 cfg = replace(TINY, epochs=6, validation=0.2)  # the kept epoch's weights resume too
-model, state = train(cfg, seqs, 40, text, checkpoint=Path(sys.argv[1]), progress=False)
+seqs, validator = validation(cfg, seqs)
+model, state = train(cfg, seqs, 40, text, checkpoint=Path(sys.argv[1]), progress=False,
+                     validator=validator)
 np.save(sys.argv[2], model.encoder.pos.weight.detach().numpy())
 print("losses", state.losses, "validation", state.validation, "best", state.best_epoch)
 """

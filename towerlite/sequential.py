@@ -78,8 +78,9 @@ class HistoryConfig:
     # (Volkovs et al. 2017) trains for cold start: the user vector must also match text rows
     id_dropout: float = 0.0
     # share of the training users (with 2+ likes) whose last like is held back from training
-    # and ranked after every epoch (and before the first): the epoch with the best validation
-    # Recall@10 is the one kept. 0: no validation, the last epoch is kept
+    # (split_validation) and ranked after every epoch and before the first: the epoch with the
+    # best validation Recall@10 is the one kept (towerlite.evaluation.sequential.validation
+    # builds the split and the ranking). 0: no validation, the last epoch is kept
     validation: float = 0.0
     patience: int = 0  # with validation: stop after this many epochs with no better one (0: never)
     # batch windows of like length together (see `batches`): for mixed short and long histories
@@ -291,29 +292,6 @@ def split_validation(sequences: list[list[int]], share: float, seed: int):
             np.array([sequences[r][-1] for r in sorted(chosen)], np.int64))
 
 
-def validation_recall(model, histories: list[list[int]], targets: np.ndarray, max_len: int,
-                      k: int = 10, batch: int = 256,
-                      domains: list[tuple[int, int]] | None = None) -> float:
-    """Recall@k of `targets` over the whole catalog (with `domains`, row ranges: over the
-    target's domain), each history's own items excluded (the eval's protocol), from the model
-    in torch."""
-    if not len(targets):
-        return 0.0
-    model.eval()
-    table = item_table(model)
-    hits = 0
-    for a in range(0, len(targets), batch):
-        scores = user_vectors(model, histories[a:a + batch], max_len) @ table.T
-        for r, h in enumerate(histories[a:a + batch]):
-            scores[r, h] = -np.inf
-        for lo, hi in domains or ():
-            inside = (targets[a:a + batch] >= lo) & (targets[a:a + batch] < hi)
-            scores[np.ix_(inside, np.r_[0:lo, hi:scores.shape[1]])] = -np.inf
-        target = scores[np.arange(len(scores)), targets[a:a + batch]]
-        hits += int(np.sum((scores > target[:, None]).sum(1) < k))
-    return hits / len(targets)
-
-
 def _save_checkpoint(path: Path, model, opt, state: TrainState, best: dict | None) -> None:
     torch = _torch()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -325,7 +303,7 @@ def _save_checkpoint(path: Path, model, opt, state: TrainState, best: dict | Non
 def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np.ndarray | None,
           checkpoint: Path | None = None, progress: bool = True, start: Path | None = None,
           counts: np.ndarray | None = None, dist=None,
-          domains: list[tuple[int, int]] | None = None):
+          domains: list[tuple[int, int]] | None = None, validator=None):
     """Train on `sequences` (catalog rows, oldest → newest; training users only). Resumes from
     `checkpoint` when it exists (written after every epoch). `start`: a saved tower's weights
     (WEIGHTS_FILE) to fine-tune from instead of a fresh start (`towerlite fold-in`); `counts`:
@@ -333,19 +311,16 @@ def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np
     `sequences`). `dist` (rank, world, barrier(): towerlite.distill.train.Dist under torchrun):
     each process takes every world-th window of each global batch, DDP averages the gradients,
     the first process writes the checkpoints. `domains`: the catalog's domains as row ranges
-    [start, stop) (one tower over several datasets): each target is ranked, in training and
-    validation, against its own domain's items only. With `cfg.validation`, part of `sequences` is
-    held back (split_validation) and the best epoch's weights are returned. Returns (model,
-    TrainState)."""
+    [start, stop) (one tower over several datasets): each target is ranked against its own
+    domain's items only. `validator(model) → score` (higher is better): run before training and
+    after every epoch, the best epoch's weights are returned (`cfg.patience`: stop after that
+    many epochs without a better one). Returns (model, TrainState)."""
     torch = _torch()
     from tqdm.auto import tqdm
 
     rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
 
     torch.manual_seed(cfg.seed)
-    held = None
-    if cfg.validation:
-        sequences, *held = split_validation(sequences, cfg.validation, cfg.seed)
     if counts is None:
         counts = np.bincount(np.concatenate([np.asarray(s, np.int64) for s in sequences if s]),
                              minlength=n_items)
@@ -368,18 +343,18 @@ def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np
 
     def validate(epoch: int) -> None:  # every process the same (weights are in step under DDP)
         nonlocal state, best
-        if held is None:
+        if validator is None:
             return
         rng_state = torch.get_rng_state()  # so a run validates without changing its training
-        recall = round(validation_recall(module, *held, cfg.max_len, domains=domains), 5)
+        recall = round(float(validator(module)), 5)
         torch.set_rng_state(rng_state)
         better = not state.validation or recall > max(state.validation)
         state = replace(state, validation=state.validation + [recall],
                         best_epoch=epoch if better else state.best_epoch)
         if better:
             best = {k: v.clone() for k, v in module.state_dict().items()}
-        log.info("validation Recall@10 after epoch %d: %.4f (%d users; best: epoch %d)",
-                 epoch, recall, len(held[1]), state.best_epoch)
+        log.info("validation after epoch %d: %.4f (best: epoch %d)", epoch, recall,
+                 state.best_epoch)
 
     data = torch.as_tensor(windows(sequences, cfg.max_len))
     lengths = (data >= 0).sum(1).numpy()
@@ -389,7 +364,7 @@ def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(module)
     for epoch in range(state.epoch, cfg.epochs):
-        if held is not None and cfg.patience and epoch - state.best_epoch >= cfg.patience:
+        if validator is not None and cfg.patience and epoch - state.best_epoch >= cfg.patience:
             log.info("no better validation for %d epochs: stopping after epoch %d",
                      cfg.patience, epoch)
             break

@@ -6,6 +6,8 @@
                                     table of `towerlite history`: text + ID, text only, ID only)
     saved(cases, folder)            a saved history tower (`towerlite history` output) through
                                     its ONNX graph, as the served model runs it
+    validation(cfg, sequences)      the training users' split and the validator `train` chooses
+                                    its epoch by (cfg.validation)
 
 (The same tower through Triton: `towerlite.serving.served_quality.served_agreement`.)
 
@@ -22,12 +24,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from towerlite.evaluation.metrics import ScoreBlock, dot_scores
+from towerlite.evaluation.metrics import ScoreBlock, dot_scores, per_user, target_ranks
 from towerlite.sequential import (
     HistoryConfig,
     SavedTower,
     item_table,
     onnx_user_vectors,
+    split_validation,
     train,
     user_vectors,
 )
@@ -41,11 +44,40 @@ log = logging.getLogger(__name__)
 SASREC = HistoryConfig(use_text=False, use_ids=True, id_min_likes=1)
 
 
+def validation(cfg: HistoryConfig, sequences: list[list[int]],
+               domains: list[tuple[int, int]] | None = None):
+    """(the sequences to train on, a validator for `train` or None): with cfg.validation, a
+    seeded share of the training users' last likes held back (split_validation) and ranked as
+    the eval ranks (metrics.target_ranks: each history excluded; with `domains`, row ranges, only
+    the target's domain's items are candidates); the validator gives their mean Recall@10."""
+    if not cfg.validation:
+        return sequences, None
+    sequences, histories, targets = split_validation(sequences, cfg.validation, cfg.seed)
+
+    def validator(model) -> float:
+        model.eval()
+        users, table = user_vectors(model, histories, cfg.max_len), item_table(model)
+
+        def scores(a: int, b: int) -> np.ndarray:
+            block = users[a:b] @ table.T
+            for lo, hi in domains or ():
+                outside = (targets[a:b] < lo) | (targets[a:b] >= hi)
+                block[:, lo:hi][outside] = -np.inf
+            return block
+
+        above, tied = target_ranks(scores, targets, histories)
+        return float(per_user(above, tied)["recall@10"].mean()) if len(targets) else 0.0
+
+    return sequences, validator
+
+
 def trained(cases: Cases, cfg: HistoryConfig, text: np.ndarray | None = None,
             progress: bool = True) -> tuple[ScoreBlock, dict]:
     """Train `cfg` on the cases' training users; (scores, about) with its training record."""
     started = time.perf_counter()
-    model, state = train(cfg, cases.train_sequences, len(cases.item_ids), text, progress=progress)
+    sequences, validator = validation(cfg, cases.train_sequences)
+    model, state = train(cfg, sequences, len(cases.item_ids), text, progress=progress,
+                         validator=validator)
     users = user_vectors(model, cases.seen, cfg.max_len)
     about = {"model": cfg.kind, "settings": cfg.__dict__.copy(),
              "train_s": round(time.perf_counter() - started, 1),
