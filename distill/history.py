@@ -60,12 +60,17 @@ class HistoryRun:
     out: Path
     cfg: HistoryConfig
     catalog_items: dict = field(default_factory=dict)  # per dataset; 0 or absent: whole
+    # train over each dataset's whole catalog (every training history complete), evaluate over
+    # catalog_items all the same: a sampled catalog keeps every evaluated user's items but
+    # only the training users' items that fall into it, mostly the popular ones
+    train_whole: bool = False
     parts: bool = False
     cold_max: int = 2
     progress: bool = True
     variants: tuple = ()
     evaluated: list = field(default_factory=list)  # (Cases, text embeddings or None) per dataset
-    item_ids: list = field(default_factory=list)
+    item_ids: list = field(default_factory=list)  # the training catalog, datasets in turn
+    domains: list = field(default_factory=list)  # each dataset's [start, stop) in it
     sequences: list = field(default_factory=list)
     text: object = None
     rows: dict = field(default_factory=dict)
@@ -79,24 +84,33 @@ class HistoryRun:
 
         t0 = time.perf_counter()
         tower = towers_of(self.item_model)[0] if self.cfg.use_text else None
+        texts = []
         for name in DATASETS[self.dataset]:
             cases = build_cases(name, users=0, max_history=10,
                                 catalog_items=self.catalog_items.get(name, 0))
             text = tower.embed(cases.item_texts, f"{name} catalog") if tower else None
+            self.evaluated.append((cases, text))
+            if self.train_whole and not cases.settings["catalog_full"]:
+                # the same held-out users (none of them read), every training like kept
+                cases = build_cases(name, users=0, max_history=10, catalog_items=0)
+                text = tower.embed(cases.item_texts, f"{name} whole catalog") if tower else None
             offset = len(self.item_ids)
             self.sequences += [[offset + r for r in s] for s in cases.train_sequences]
             self.item_ids += cases.item_ids
-            self.evaluated.append((cases, text))
-            log.info("%s: %d training users, %d held-out users evaluated, %d items", name,
-                     len(cases.train_sequences), len(cases.users), len(cases.item_ids))
+            self.domains.append((offset, len(self.item_ids)))
+            texts.append(text)
+            log.info("%s: %d training users over %d items, %d held-out users evaluated over %d",
+                     name, len(cases.train_sequences), len(cases.item_ids),
+                     len(self.evaluated[-1][0].users), len(self.evaluated[-1][0].item_ids))
         if tower:
-            self.text = np.concatenate([text for _, text in self.evaluated])
+            self.text = np.concatenate(texts)
         self.timings["setup_s"] = round(time.perf_counter() - t0, 1)
 
     def checkpoint(self, cfg: HistoryConfig) -> Path:
         sizes = [self.catalog_items.get(n, 0) for n in DATASETS[self.dataset]]
         key = json.dumps([asdict(cfg), self.dataset, self.item_model, sizes,
-                          len(self.item_ids)], sort_keys=True)
+                          len(self.item_ids)] + (["whole"] if self.train_whole else []),
+                         sort_keys=True)
         folder = self.out / CHECKPOINTS
         folder.mkdir(parents=True, exist_ok=True)
         return folder / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
@@ -106,11 +120,7 @@ class HistoryRun:
         from towerlite.sequential import train
 
         t0 = time.perf_counter()
-        ranges, start = [], 0
-        for cases, _ in self.evaluated:
-            ranges.append((start, start + len(cases.item_ids)))
-            start += len(cases.item_ids)
-        domains = ranges if len(ranges) > 1 else None
+        domains = self.domains if len(self.domains) > 1 else None
         sequences, validator = validation(self.cfg, self.sequences, domains)
         model, state = train(self.cfg, sequences, len(self.item_ids), self.text,
                              checkpoint=self.checkpoint(self.cfg), progress=self.progress,
@@ -122,7 +132,8 @@ class HistoryRun:
         from towerlite.sequential import save
 
         about = {"dataset": self.dataset, "training_users": len(self.sequences),
-                 "catalog_items": len(self.item_ids), "epochs": state.epoch,
+                 "catalog_items": len(self.item_ids), "trained_on_whole_catalog": self.train_whole,
+                 "epochs": state.epoch,
                  "losses": state.losses, "validation_recall@10": state.validation,
                  "best_epoch": state.best_epoch, "train_seconds": round(state.seconds, 1)}
         return save(self.out / "model", model, self.cfg, self.item_ids, self.item_model, about)
@@ -203,7 +214,9 @@ class HistoryRun:
                   "cases": next(iter(settings.values())) if one else settings,
                   "cold_start_max_other_likes": self.cold_max,
                   "cold_start_users": next(iter(cold.values())) if one else cold,
-                  "training_users": len(self.sequences), "rows": self.rows,
+                  "training_users": len(self.sequences),
+                  "training_catalog_items": len(self.item_ids),
+                  "trained_on_whole_catalog": self.train_whole, "rows": self.rows,
                   "timings": self.timings, "machine": cpu_info(),
                   "versions": {p: version(p) for p in ("torch", "onnxruntime", "numpy")}}
         write_json_atomic(self.out / "history_report.json", report)
@@ -226,6 +239,8 @@ def markdown(report: dict) -> str:
         cold = "see above"
     else:
         about = f"{cases['users']:,} held-out users, {cases['catalog_items']:,} items"
+    if report.get("trained_on_whole_catalog"):
+        about += f"; trained over the whole catalog ({report['training_catalog_items']:,} items)"
         cold = f"{cold} users"
     lines = [f"### {report['dataset']}: {about}, leave-last-out; history tower over "
              f"{report['item_model']}", "",
@@ -267,6 +282,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--catalog-items", type=int, default=None,
                    help="candidate catalog size (0 = whole; default whole for movielens, 20,000 "
                         "sampled for bookcrossing)")
+    p.add_argument("--train-catalog", default="eval", choices=["eval", "whole"],
+                   help="train over the candidate catalog (eval, default) or the dataset's whole "
+                        "one (whole: every training user's history complete, where a sampled "
+                        "catalog keeps mostly their popular items; evaluated over the candidate "
+                        "catalog all the same; Book-Crossing's 271k books want --set negatives=N)")
     p.add_argument("--parts", action="store_true",
                    help="also train and measure the text-only and ID-only (SASRec) settings")
     only = p.add_mutually_exclusive_group()
@@ -324,15 +344,19 @@ def command(args: argparse.Namespace) -> int:
     ensure_writable_dir(args.out, "history output folder")
     sizes = {name: args.catalog_items if args.catalog_items is not None else
              (20_000 if name == "bookcrossing" else 0) for name in DATASETS[args.dataset]}
-    if args.dataset == "both" and (args.parts or config_of(args).negatives):
-        raise TowerliteError("--parts and negatives=N train on one dataset: not with --dataset "
-                             "both")
+    whole = args.train_catalog == "whole"
+    if args.dataset == "both" and (args.parts or config_of(args).negatives or whole):
+        raise TowerliteError("--parts, negatives=N and --train-catalog whole train on one "
+                             "dataset: not with --dataset both")
+    if whole and args.parts:
+        raise TowerliteError("--parts trains its settings over the candidate catalog: not with "
+                             "--train-catalog whole")
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise TowerliteError(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
-    run = HistoryRun(args.dataset, args.item_model, args.out, config_of(args), sizes, args.parts,
-                     progress=not args.no_progress, variants=variants)
+    run = HistoryRun(args.dataset, args.item_model, args.out, config_of(args), sizes, whole,
+                     args.parts, progress=not args.no_progress, variants=variants)
     started = time.perf_counter()
     # under torchrun every process trains on its share of each batch; the first one alone
     # saves, evaluates and reports

@@ -245,6 +245,36 @@ def test_length_buckets_cover_every_window_once_and_trimming_keeps_the_states():
     np.testing.assert_allclose(cut[real].numpy(), whole[:, first:][real].numpy(), atol=1e-5)
 
 
+def test_a_sampled_softmax_step_computes_only_its_rows_of_the_table(tmp_path):
+    """With negatives the model builds the item vectors of the batch's and the sample's rows
+    alone (Book-Crossing's whole 271k-book table was most of a step): the same states and rows
+    as from the whole table; such a run learns, and its checkpoint leaves out the derived
+    buffers (the whitened and unit text vectors: the catalog's size × the text width each)."""
+    import torch
+
+    from towerlite.sequential import DERIVED, build_model
+
+    seqs, text = synthetic(users=120)
+    cfg = replace(TINY, text_skip=True, skip_gain=20.0)
+    model = build_model(cfg, 40, text, np.arange(40) % 3 > 0).eval()
+    batch = torch.as_tensor(windows(seqs, cfg.max_len)[:16])
+    sample = torch.tensor([3, 3, 17, 39])
+    needed = torch.unique(torch.cat([batch[batch >= 0], sample]))
+    assert len(needed) < 40  # a proper subset, or the check below proves nothing
+    with torch.no_grad():
+        states, table = model(batch[:, :-1], needed)
+        whole_states, whole_table = model(batch[:, :-1])
+    real = batch[:, :-1] >= 0
+    np.testing.assert_allclose(states[real].numpy(), whole_states[real].numpy(), atol=1e-5)
+    np.testing.assert_allclose(table.numpy(), whole_table[needed].numpy(), atol=1e-6)
+    sampled = replace(cfg, negatives=12, epochs=4)
+    ckpt = tmp_path / "ckpt.pt"
+    trained, state = train(sampled, seqs, 40, text, checkpoint=ckpt, progress=False)
+    assert state.losses[-1] < state.losses[0]
+    saved = torch.load(ckpt, weights_only=False)
+    assert not set(saved["model"]) & set(DERIVED) and "ids.weight" in saved["model"]
+
+
 def test_cold_items_score_by_text_alone(tmp_path):
     seqs, text = synthetic()
     model, _ = train(TINY, seqs, 40, text, progress=False)
@@ -749,6 +779,59 @@ def test_one_history_tower_over_both_datasets(tiny_export, tmp_path, monkeypatch
     assert refused.returncode == 1 and "trained on both datasets" in refused.stderr
     bad = run_cli("history", "--dataset", "both", "--parts", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 1 and "not with --dataset both" in bad.stderr
+
+
+def test_a_tower_trained_over_the_whole_catalog_is_evaluated_over_the_sample(
+        tiny_export, tmp_path, monkeypatch):
+    """--train-catalog whole (synthetic cases standing in for Book-Crossing): the tower trains
+    over the whole catalog on every training user's complete history, and is evaluated over the
+    sampled candidate catalog (every evaluated user's items, a share of the others) exactly as a
+    saved tower is; no held-out user is read either way."""
+    from conftest import run_cli, tiny_cases
+
+    from towerlite.distill.history import HistoryRun
+    from towerlite.evaluation import cases as cases_module
+    from towerlite.evaluation.recommend import metric_rows
+    from towerlite.evaluation.sequential import saved
+
+    whole = tiny_cases(n_items=60)
+    needed = {r for rows in whole.seen for r in rows} | set(whole.targets.tolist())
+    keep = sorted(needed | set(range(0, 60, 3)))
+    assert len(keep) < 60
+    new = {r: i for i, r in enumerate(keep)}
+
+    def remap(rows):
+        return [new[r] for r in rows if r in new]
+
+    sample = replace(
+        whole, item_ids=[whole.item_ids[r] for r in keep],
+        item_texts=[whole.item_texts[r] for r in keep],
+        histories=[remap(h) for h in whole.histories], seen=[remap(h) for h in whole.seen],
+        targets=np.array([new[t] for t in whole.targets]),
+        train_likes=[r for r in map(remap, whole.train_likes) if r],
+        train_sequences=[r for r in map(remap, whole.train_sequences) if r],
+        settings={**whole.settings, "catalog_items": len(keep), "catalog_full": False})
+    monkeypatch.setattr(cases_module, "build_cases",
+                        lambda name, catalog_items=0, **_: sample if catalog_items else whole)
+    run = HistoryRun("bookcrossing", f"{tiny_export}:fp32", tmp_path, replace(TINY, epochs=2),
+                     {"bookcrossing": len(keep)}, train_whole=True)
+    run.setup()
+    assert run.item_ids == whole.item_ids and run.sequences == whole.train_sequences
+    assert sum(map(len, sample.train_sequences)) < sum(map(len, run.sequences))
+    (cases, text), = run.evaluated
+    assert cases is sample and len(text) == len(keep) and len(run.text) == 60
+    model, state = run.train()
+    folder = run.save(model, state)
+    run.evaluate(folder)
+    report = run.report()
+    assert json.loads((folder / "item_ids.json").read_text()) == whole.item_ids
+    assert report["trained_on_whole_catalog"] and report["training_catalog_items"] == 60
+    overall, _ = metric_rows(sample, saved(sample, SavedTower.load(folder), text)[0],
+                             sample.target_counts <= 2)
+    assert report["rows"]["history tower, text + ID (ONNX, as served)"]["metrics"] == overall
+    bad = run_cli("history", "--dataset", "bookcrossing", "--train-catalog", "whole", "--parts",
+                  "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 1 and "not with --train-catalog whole" in bad.stderr
 
 
 def test_graph_variants_are_written_and_gated_on_top10_agreement(tiny_export, tmp_path):

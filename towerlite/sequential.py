@@ -12,7 +12,8 @@ learned linear map into the tower's width. The sequence model is SASRec's: learn
 (counted back from the newest item, so any history length reads alike), pre-norm causal
 self-attention blocks, the last position's state is the user vector. Training is SASRec+'s
 (Klenitskiy & Vasilev 2023): cross-entropy over the whole catalog at every position, or over a
-shared uniform sample of `negatives` items for large catalogs (uniform, so no logQ term).
+shared uniform sample of `negatives` items for large catalogs (uniform, so no logQ term; each
+step then computes the item vectors of its batch's and its sample's rows alone).
 
 With `text_skip` the item table is wider: each row also carries the item's own normalized text
 embedding times a scale (learned, or fixed by `skip_gain`), and the user vector the mean of its
@@ -205,17 +206,24 @@ def build_model(cfg: HistoryConfig, n_items: int, text: np.ndarray | None, warm:
                 self.ids = nn.Embedding(n_items, cfg.dim)
                 nn.init.normal_(self.ids.weight, std=cfg.dim ** -0.5)
 
-        def item_table(self):
+        def item_table(self, rows=None):
+            """The item vectors of catalog `rows` (sorted; None: every item). A sampled
+            softmax needs only its batch's and its sample's rows: over Book-Crossing's 271k
+            books the whole table was most of a step."""
+            def pick(x):
+                return x if rows is None else x[rows]
+
             table = 0
             if cfg.use_text:
-                table = self.adapter(self.text_white)
+                table = self.adapter(pick(self.text_white))
             if cfg.use_ids:
-                warm = self.warm
+                warm = pick(self.warm)
                 if self.training and cfg.id_dropout and cfg.use_text:
                     warm = warm & (torch.rand(warm.shape) >= cfg.id_dropout)
-                table = table + self.ids.weight * warm.unsqueeze(-1)
+                ids = self.ids.weight if rows is None else self.ids(rows)
+                table = table + ids * warm.unsqueeze(-1)
             if cfg.text_skip and cfg.use_text:
-                table = torch.cat([table, self.skip_scale() * self.text_unit], -1)
+                table = torch.cat([table, self.skip_scale() * pick(self.text_unit)], -1)
             return table
 
         def skip_scale(self):
@@ -223,10 +231,15 @@ def build_model(cfg: HistoryConfig, n_items: int, text: np.ndarray | None, warm:
                 return math.sqrt(cfg.skip_gain)  # user and item rows both carry it
             return SKIP_SCALE * self.skip_log_scale.exp()
 
-        def forward(self, rows):  # (B, L) catalog rows, PAD on the left → (B, L, dim) states
+        def forward(self, rows, needed=None):
+            """(B, L) catalog rows, PAD on the left → ((B, L, dim) states, the item table over
+            `needed`: sorted catalog rows holding every row of `rows`; None: the whole one)."""
             mask = rows >= 0
-            table = self.item_table()
-            return self.encoder.states(table[rows.clamp(min=0)], mask.float()), table
+            table = self.item_table(needed)
+            lookup = rows.clamp(min=0)
+            if needed is not None:
+                lookup = torch.searchsorted(needed, lookup).clamp(max=len(needed) - 1)
+            return self.encoder.states(table[lookup], mask.float()), table
 
     return HistoryTower()
 
@@ -295,7 +308,7 @@ def split_validation(sequences: list[list[int]], share: float, seed: int):
 def _save_checkpoint(path: Path, model, opt, state: TrainState, best: dict | None) -> None:
     torch = _torch()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": asdict(state),
+    torch.save({"model": trained_state(model), "opt": opt.state_dict(), "state": asdict(state),
                 "rng": torch.get_rng_state(), "best": best}, tmp)
     tmp.replace(path)
 
@@ -335,7 +348,7 @@ def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np
     state, best = TrainState(0, 0.0, []), None
     if checkpoint is not None and checkpoint.is_file():
         saved = torch.load(checkpoint, weights_only=False)
-        model.load_state_dict(saved["model"])
+        load_trained(model, saved["model"], checkpoint)
         opt.load_state_dict(saved["opt"])
         torch.set_rng_state(saved["rng"])
         state, best = TrainState(**saved["state"]), saved.get("best")
@@ -352,7 +365,7 @@ def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np
         state = replace(state, validation=state.validation + [recall],
                         best_epoch=epoch if better else state.best_epoch)
         if better:
-            best = {k: v.clone() for k, v in module.state_dict().items()}
+            best = {k: v.clone() for k, v in trained_state(module).items()}
         log.info("validation after epoch %d: %.4f (best: epoch %d)", epoch, recall,
                  state.best_epoch)
 
@@ -382,16 +395,20 @@ def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np
             # (real positions read only real items, so their states do not change)
             batch = batch[:, int((batch >= 0).any(0).float().argmax()):]
             inputs, targets = batch[:, :-1], batch[:, 1:]
-            states, table = model(inputs)
             keep = (inputs >= 0) & (targets >= 0)
-            h, t = states[keep], targets[keep]
             if cfg.negatives and cfg.negatives < n_items:
                 sample = torch.randint(0, n_items, (cfg.negatives,))
+                needed = torch.unique(torch.cat([batch[batch >= 0], sample]))  # sorted
+                states, table = model(inputs, needed)
+                h, t = states[keep], targets[keep]
                 cand = torch.cat([t, sample])
-                logits = _logits(cfg, h, table[cand]) + adjust[cand]
+                logits = (_logits(cfg, h, table[torch.searchsorted(needed, cand)])
+                          + adjust[cand])
                 logits[:, len(t):][sample.unsqueeze(0) == t.unsqueeze(1)] = -1e9  # not the target
                 loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(t)))
             else:
+                states, table = model(inputs)
+                h, t = states[keep], targets[keep]
                 loss = _domain_loss(cfg, h, t, table, adjust, domains or [(0, n_items)])
             opt.zero_grad()
             loss.backward()
@@ -408,7 +425,7 @@ def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np
     if dist is not None:
         dist.barrier()
     if best is not None:
-        module.load_state_dict(best)
+        load_trained(module, best, "the best epoch")
     module.eval()
     return module, state
 
@@ -444,17 +461,27 @@ WEIGHTS_FILE = "weights.pt"
 DERIVED = ("warm", "text_white", "text_unit")
 
 
+def trained_state(model) -> dict:
+    """The model's state without the derived buffers: what checkpoints and weights.pt hold
+    (the whitened and unit text vectors alone would be the catalog's size × the text width
+    twice: 830 MB for Book-Crossing's 271k books)."""
+    return {k: v for k, v in model.state_dict().items() if k not in DERIVED}
+
+
 def load_weights(model, path: Path) -> None:
     """A saved tower's trained weights into `model` (built for the same catalog and settings;
     its `warm` items may be more: an item newly warm starts from its initial ID vector)."""
+    load_trained(model, _torch().load(path, weights_only=True), path)
+
+
+def load_trained(model, state: dict, source) -> None:
+    """`trained_state` of a model with the same settings and catalog into `model`."""
     from .errors import TowerliteError
 
-    torch = _torch()
-    saved = torch.load(path, weights_only=True)
-    missing, unexpected = model.load_state_dict(saved, strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
     wrong = [k for k in missing if k not in DERIVED] + list(unexpected)
     if wrong:
-        raise TowerliteError(f"{path} does not fit this tower (settings or catalog differ): "
+        raise TowerliteError(f"{source} does not fit this tower (settings or catalog differ): "
                              f"{', '.join(wrong[:5])}")
 
 
@@ -520,10 +547,8 @@ def save(folder: Path, model, cfg: HistoryConfig, item_ids: list[str], item_mode
             warm_ids = [item for item, is_warm in zip(item_ids, warm) if is_warm]
             (staging / "id_items.json").write_text(json.dumps(warm_ids))
 
-        # the trained weights, for `towerlite fold-in` to continue from (not the derived buffers:
-        # the whitened item vectors alone would be the catalog's size × the text width)
-        torch.save({k: v for k, v in model.state_dict().items() if k not in DERIVED},
-                   staging / WEIGHTS_FILE)
+        # the trained weights, for `towerlite fold-in` to continue from
+        torch.save(trained_state(model), staging / WEIGHTS_FILE)
     (staging / "item_ids.json").write_text(json.dumps(list(item_ids)))
     (staging / "config.json").write_text(json.dumps({**asdict(cfg), "item_model": item_model},
                                                     indent=2))
