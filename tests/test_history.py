@@ -273,6 +273,10 @@ def test_a_sampled_softmax_step_computes_only_its_rows_of_the_table(tmp_path):
     assert state.losses[-1] < state.losses[0]
     saved = torch.load(ckpt, weights_only=False)
     assert not set(saved["model"]) & set(DERIVED) and "ids.weight" in saved["model"]
+    # the ID vectors under their own (sparse) optimizer, which the checkpoint resumes too
+    assert trained.ids.sparse and len(saved["opt"]) == 2
+    _, resumed = train(replace(sampled, epochs=5), seqs, 40, text, checkpoint=ckpt, progress=False)
+    assert resumed.losses[:4] == state.losses and len(resumed.losses) == 5
 
 
 def test_cold_items_score_by_text_alone(tmp_path):
