@@ -239,9 +239,9 @@ def markdown(report: dict) -> str:
         cold = "see above"
     else:
         about = f"{cases['users']:,} held-out users, {cases['catalog_items']:,} items"
+        cold = f"{cold} users"
     if report.get("trained_on_whole_catalog"):
         about += f"; trained over the whole catalog ({report['training_catalog_items']:,} items)"
-        cold = f"{cold} users"
     lines = [f"### {report['dataset']}: {about}, leave-last-out; history tower over "
              f"{report['item_model']}", "",
              f"| row | Recall@10 [95% CI] | NDCG@10 [95% CI] | Recall@50 | cold-start R@10 "

@@ -793,7 +793,7 @@ def test_a_tower_trained_over_the_whole_catalog_is_evaluated_over_the_sample(
     saved tower is; no held-out user is read either way."""
     from conftest import run_cli, tiny_cases
 
-    from towerlite.distill.history import HistoryRun
+    from towerlite.distill.history import HistoryRun, markdown
     from towerlite.evaluation import cases as cases_module
     from towerlite.evaluation.recommend import metric_rows
     from towerlite.evaluation.sequential import saved
@@ -830,6 +830,10 @@ def test_a_tower_trained_over_the_whole_catalog_is_evaluated_over_the_sample(
     report = run.report()
     assert json.loads((folder / "item_ids.json").read_text()) == whole.item_ids
     assert report["trained_on_whole_catalog"] and report["training_catalog_items"] == 60
+    header = markdown(report).splitlines()
+    assert "trained over the whole catalog (60 items)" in header[0]
+    assert f"cold-start R@10 ({report['cold_start_users']} users) |" in header[2]
+    assert "trained over" not in markdown({**report, "trained_on_whole_catalog": False})
     overall, _ = metric_rows(sample, saved(sample, SavedTower.load(folder), text)[0],
                              sample.target_counts <= 2)
     assert report["rows"]["history tower, text + ID (ONNX, as served)"]["metrics"] == overall
