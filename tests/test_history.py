@@ -277,6 +277,9 @@ def test_a_sampled_softmax_step_computes_only_its_rows_of_the_table(tmp_path):
     assert trained.ids.sparse and len(saved["opt"]) == 2
     _, resumed = train(replace(sampled, epochs=5), seqs, 40, text, checkpoint=ckpt, progress=False)
     assert resumed.losses[:4] == state.losses and len(resumed.losses) == 5
+    # negatives as many as the items: the full softmax, dense ID gradients, one optimizer
+    full, state = train(replace(cfg, negatives=40, epochs=2), seqs, 40, text, progress=False)
+    assert not full.ids.sparse and len(state.losses) == 2
 
 
 def test_cold_items_score_by_text_alone(tmp_path):

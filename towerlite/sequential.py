@@ -119,6 +119,11 @@ def _torch():
     return torch
 
 
+def sampled(cfg: HistoryConfig, n_items: int) -> bool:
+    """Whether training samples its negatives (else: the full softmax over the catalog)."""
+    return 0 < cfg.negatives < n_items
+
+
 def build_model(cfg: HistoryConfig, n_items: int, text: np.ndarray | None, warm: np.ndarray):
     """The torch module; `text` (n_items, text_dim) the item tower's embeddings (None when
     use_text is off), `warm` (n_items,) bool: items that get an ID vector."""
@@ -204,13 +209,13 @@ def build_model(cfg: HistoryConfig, n_items: int, text: np.ndarray | None, warm:
                         self.skip_log_scale = nn.Parameter(torch.zeros(()))
             if cfg.use_ids:
                 # sparse gradients with a sampled softmax: a step touches few rows (Optimizers)
-                self.ids = nn.Embedding(n_items, cfg.dim, sparse=bool(cfg.negatives))
+                self.ids = nn.Embedding(n_items, cfg.dim, sparse=sampled(cfg, n_items))
                 nn.init.normal_(self.ids.weight, std=cfg.dim ** -0.5)
 
         def item_table(self, rows=None):
             """The item vectors of catalog `rows` (sorted; None: every item). A sampled
-            softmax needs only its batch's and its sample's rows: over Book-Crossing's 271k
-            books the whole table was most of a step."""
+            softmax needs only its batch's and its sample's rows (Optimizers has the step
+            times over Book-Crossing's 271k books)."""
             def pick(x):
                 return x if rows is None else x[rows]
 
@@ -308,9 +313,10 @@ def split_validation(sequences: list[list[int]], share: float, seed: int):
 
 class Optimizers:
     """AdamW over the weights; with a sampled softmax the ID vectors apart, under SparseAdam (lazy
-    Adam: only the rows a step read move, no weight decay). Dense AdamW over Book-Crossing's
-    271k × 64 ID table took 414–439 ms a step, SparseAdam 23–212 ms (5,000 rows a step, 2 cores
-    shared with an embedding job, 2026-12-02)."""
+    Adam: only the rows a step read move, no weight decay). A step over 271k items, median ms
+    (scripts/history_step_bench.py: 64 windows of 2–7 likes, 2,048 negatives, 2 quiet cores,
+    2026-12-02): the whole item table + AdamW 747, the step's rows + AdamW 311, the step's rows
+    + SparseAdam for the ID vectors 99."""
 
     def __init__(self, cfg: HistoryConfig, model):
         torch = _torch()
@@ -429,7 +435,7 @@ def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np
             batch = batch[:, int((batch >= 0).any(0).float().argmax()):]
             inputs, targets = batch[:, :-1], batch[:, 1:]
             keep = (inputs >= 0) & (targets >= 0)
-            if cfg.negatives and cfg.negatives < n_items:
+            if sampled(cfg, n_items):
                 sample = torch.randint(0, n_items, (cfg.negatives,))
                 needed = torch.unique(torch.cat([batch[batch >= 0], sample]))  # sorted
                 states, table = model(inputs, needed)
@@ -518,12 +524,15 @@ def load_trained(model, state: dict, source) -> None:
                              f"{', '.join(wrong[:5])}")
 
 
-def user_vectors(model, histories: list[list[int]], max_len: int, batch: int = 512) -> np.ndarray:
-    """(users, dim) float32 user vectors from the model in torch, newest max_len items read."""
+def user_vectors(model, histories: list[list[int]], max_len: int, batch: int = 512,
+                 table: np.ndarray | None = None) -> np.ndarray:
+    """(users, dim) float32 user vectors from the model in torch, newest max_len items read.
+    `table`: the model's item_table, where the caller has it already."""
     torch = _torch()
     out = []
     with torch.no_grad():
-        table = model.item_table()  # once for all batches: it is the same for every user
+        # once for all batches: it is the same for every user
+        table = model.item_table() if table is None else torch.as_tensor(table)
         for a in range(0, len(histories), batch):
             rows = torch.as_tensor(history_rows(histories[a:a + batch], max_len))
             mask = (rows >= 0).float()

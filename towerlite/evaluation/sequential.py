@@ -56,7 +56,8 @@ def validation(cfg: HistoryConfig, sequences: list[list[int]],
 
     def validator(model) -> float:
         model.eval()
-        users, table = user_vectors(model, histories, cfg.max_len), item_table(model)
+        table = item_table(model)
+        users = user_vectors(model, histories, cfg.max_len, table=table)
 
         def scores(a: int, b: int) -> np.ndarray:
             block = users[a:b] @ table.T
@@ -78,12 +79,13 @@ def trained(cases: Cases, cfg: HistoryConfig, text: np.ndarray | None = None,
     sequences, validator = validation(cfg, cases.train_sequences)
     model, state = train(cfg, sequences, len(cases.item_ids), text, progress=progress,
                          validator=validator)
-    users = user_vectors(model, cases.seen, cfg.max_len)
+    table = item_table(model)
+    users = user_vectors(model, cases.seen, cfg.max_len, table=table)
     about = {"model": cfg.kind, "settings": cfg.__dict__.copy(),
              "train_s": round(time.perf_counter() - started, 1),
              "losses": state.losses, "validation_recall@10": state.validation,
              "best_epoch": state.best_epoch, "training_users": len(cases.train_sequences)}
-    return dot_scores(users, item_table(model)), about
+    return dot_scores(users, table), about
 
 
 def sasrec(cases: Cases, epochs: int = SASREC.epochs,
