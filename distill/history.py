@@ -121,7 +121,7 @@ class HistoryRun:
 
         t0 = time.perf_counter()
         domains = self.domains if len(self.domains) > 1 else None
-        sequences, validator = validation(self.cfg, self.sequences, domains)
+        sequences, validator = validation(self.cfg, self.sequences, domains, self.cold_max)
         model, state = train(self.cfg, sequences, len(self.item_ids), self.text,
                              checkpoint=self.checkpoint(self.cfg), progress=self.progress,
                              dist=dist, domains=domains, validator=validator)
@@ -135,6 +135,7 @@ class HistoryRun:
                  "catalog_items": len(self.item_ids), "trained_on_whole_catalog": self.train_whole,
                  "epochs": state.epoch,
                  "losses": state.losses, "validation_recall@10": state.validation,
+                 "validation_cold_recall@10": state.validation_cold,
                  "best_epoch": state.best_epoch, "train_seconds": round(state.seconds, 1)}
         return save(self.out / "model", model, self.cfg, self.item_ids, self.item_model, about)
 
@@ -298,7 +299,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a HistoryConfig field (dim, layers, heads, max_len, dropout, "
                         "id_min_likes, epochs, batch_size, lr, weight_decay, negatives, "
                         "text_skip, skip_gain, logit_adjust, id_dropout, validation, patience, "
-                        "bucket_by_length, seed)")
+                        "cold_floor, bucket_by_length, seed)")
     p.add_argument("--variants", default=",".join(VARIANTS), metavar="LIST",
                    help=f"graph variants to write beside OUT/model where their top-10 agrees "
                         f"with fp32's ({', '.join(VARIANTS)}; default both; '' none)")
@@ -330,9 +331,10 @@ def config_of(args) -> HistoryConfig:
                              "text_skip=true")
     if cfg.logit_adjust < 0 or not 0 <= cfg.id_dropout < 1:
         raise TowerliteError("logit_adjust is a number ≥ 0; id_dropout a share in [0, 1)")
-    if not 0 <= cfg.validation < 1 or cfg.patience < 0 or (cfg.patience and not cfg.validation):
-        raise TowerliteError("validation is a share in [0, 1); patience a count ≥ 0, with "
-                             "validation > 0")
+    if not 0 <= cfg.validation < 1 or cfg.patience < 0 \
+            or ((cfg.patience or cfg.cold_floor) and not cfg.validation):
+        raise TowerliteError("validation is a share in [0, 1); patience a count ≥ 0 and "
+                             "cold_floor, with validation > 0")
     return cfg
 
 

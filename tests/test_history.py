@@ -186,15 +186,47 @@ def test_validation_keeps_the_best_epoch_and_never_trains_on_its_targets():
     assert len(state.validation) == cfg.epochs + 1 and state.epoch == cfg.epochs
     assert state.validation[state.best_epoch] == max(state.validation)
     assert max(state.validation) > state.validation[0]  # training helps on these sequences
-    assert validator(model) == pytest.approx(max(state.validation), abs=1e-5)
+    assert validator(model)["recall@10"] == pytest.approx(max(state.validation), abs=1e-5)
     # ranked within the target's domain (rows 0–19, 20–39): fewer candidates, never a worse rank
     _, within = validation(cfg, seqs, domains=[(0, 20), (20, 40)])
-    assert within(model) >= validator(model)
+    assert within(model)["recall@10"] >= validator(model)["recall@10"]
     # nothing to learn at lr 0: no epoch beats the untrained tower, 2 epochs of patience
     stuck, stopped = train(replace(cfg, lr=0.0, patience=2), sequences, 40, text, progress=False,
                            validator=validator)
     assert stopped.epoch == 2 and stopped.best_epoch == 0 and len(stopped.validation) == 3
     assert validation(TINY, seqs) == (seqs, None)  # no validation: every like trains
+
+
+def test_cold_floor_keeps_the_best_epoch_whose_cold_targets_score_at_least_the_untrained():
+    """The validator scores the cold targets apart (their likes counted in the sequences
+    trained on, the target's own held back); with cold_floor the kept epoch is the best one
+    among those whose cold Recall@10 is at least the untrained tower's."""
+    seqs, text = synthetic(users=200)
+    cfg = replace(TINY, epochs=5, validation=0.2, cold_floor=True)
+    trained_on, _, targets = split_validation(seqs, cfg.validation, cfg.seed)
+    counts = np.bincount(np.concatenate(trained_on), minlength=40)[targets]
+    cold_max = int(np.median(counts))  # half the targets cold: these synthetic items are all warm
+    sequences, validator = validation(cfg, seqs, cold_max=cold_max)
+    model, state = train(cfg, sequences, 40, text, progress=False, validator=validator)
+    scores = validator(model)
+    assert scores["cold_targets"] == int((counts <= cold_max).sum()) and scores["targets"] == len(
+        targets) and 0 < scores["cold_targets"] < len(targets)
+    assert scores["cold_recall@10"] == pytest.approx(state.validation_cold[state.best_epoch],
+                                                     abs=1e-5)
+    assert len(state.validation_cold) == len(state.validation) == cfg.epochs + 1
+    allowed = [e for e, c in enumerate(state.validation_cold) if c >= state.validation_cold[0]]
+    assert state.best_epoch == max(allowed, key=lambda e: (state.validation[e], -e))
+    # the untrained tower's cold targets all found, no later epoch's: it is kept, though later
+    # epochs score better over all targets (the test above)
+    calls = []
+
+    def floor_above_all(model):
+        calls.append(model)
+        return {**validator(model), "cold_recall@10": 1.0 if len(calls) == 1 else 0.0}
+
+    _, floored = train(cfg, sequences, 40, text, progress=False, validator=floor_above_all)
+    assert max(floored.validation) > floored.validation[0]
+    assert floored.best_epoch == 0 and floored.validation_cold[1:] == [0.0] * cfg.epochs
 
 
 def test_a_fixed_text_skip_starts_from_the_historys_mean_text_similarity():

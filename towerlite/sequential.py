@@ -84,6 +84,10 @@ class HistoryConfig:
     # builds the split and the ranking). 0: no validation, the last epoch is kept
     validation: float = 0.0
     patience: int = 0  # with validation: stop after this many epochs with no better one (0: never)
+    # with validation: an epoch is kept only where its cold validation targets (the eval's
+    # cold-start slice: 2 or fewer training likes) score at least the untrained tower's Recall@10
+    # — the goal that training not cost cold items their text match, made a selection rule
+    cold_floor: bool = False
     # batch windows of like length together (see `batches`): for mixed short and long histories
     bucket_by_length: bool = False
     seed: int = 0
@@ -297,6 +301,7 @@ class TrainState:
     seconds: float
     losses: list
     validation: list = field(default_factory=list)  # Recall@10 before training, after each epoch
+    validation_cold: list = field(default_factory=list)  # the same over the cold targets alone
     best_epoch: int = -1  # the epoch kept (0: the untrained tower); -1 without validation
 
 
@@ -362,9 +367,11 @@ def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np
     each process takes every world-th window of each global batch, DDP averages the gradients,
     the first process writes the checkpoints. `domains`: the catalog's domains as row ranges
     [start, stop) (one tower over several datasets): each target is ranked against its own
-    domain's items only. `validator(model) → score` (higher is better): run before training and
-    after every epoch, the best epoch's weights are returned (`cfg.patience`: stop after that
-    many epochs without a better one). Returns (model, TrainState)."""
+    domain's items only. `validator(model) → {"recall@10", "cold_recall@10"}`
+    (towerlite.evaluation.sequential.validation): run before training and after every epoch,
+    the best epoch's weights are returned (`cfg.cold_floor`: of the epochs whose cold recall is
+    at least the untrained tower's; `cfg.patience`: stop after that many epochs without a
+    better one). Returns (model, TrainState)."""
     torch = _torch()
     from tqdm.auto import tqdm
 
@@ -396,15 +403,19 @@ def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np
         if validator is None:
             return
         rng_state = torch.get_rng_state()  # so a run validates without changing its training
-        recall = round(float(validator(module)), 5)
+        scores = validator(module)
         torch.set_rng_state(rng_state)
-        better = not state.validation or recall > max(state.validation)
+        recall, cold = round(scores["recall@10"], 5), round(scores["cold_recall@10"], 5)
+        floor = state.validation_cold[0] if state.validation_cold else cold  # the untrained tower
+        allowed = not cfg.cold_floor or cold >= floor
+        better = not state.validation or (allowed and recall > state.validation[state.best_epoch])
         state = replace(state, validation=state.validation + [recall],
+                        validation_cold=state.validation_cold + [cold],
                         best_epoch=epoch if better else state.best_epoch)
         if better:
             best = {k: v.clone() for k, v in trained_state(module).items()}
-        log.info("validation after epoch %d: %.4f (best: epoch %d)", epoch, recall,
-                 state.best_epoch)
+        log.info("validation after epoch %d: %.4f, cold targets %.4f (best: epoch %d)", epoch,
+                 recall, cold, state.best_epoch)
 
     data = windows(sequences, cfg.max_len)
     # a window of one item has no position to train (half of Book-Crossing's: one like each)

@@ -45,16 +45,20 @@ SASREC = HistoryConfig(use_text=False, use_ids=True, id_min_likes=1)
 
 
 def validation(cfg: HistoryConfig, sequences: list[list[int]],
-               domains: list[tuple[int, int]] | None = None):
+               domains: list[tuple[int, int]] | None = None, cold_max: int = 2):
     """(the sequences to train on, a validator for `train` or None): with cfg.validation, a
     seeded share of the training users' last likes held back (split_validation) and ranked as
     the eval ranks (metrics.target_ranks: each history excluded; with `domains`, row ranges, only
-    the target's domain's items are candidates); the validator gives their mean Recall@10."""
+    the target's domain's items are candidates). The validator gives their mean Recall@10, all
+    and over the cold targets alone (`cold_max` or fewer likes in the sequences trained on: the
+    eval's cold-start slice)."""
     if not cfg.validation:
         return sequences, None
     sequences, histories, targets = split_validation(sequences, cfg.validation, cfg.seed)
+    likes = np.concatenate([np.asarray(s, np.int64) for s in sequences if s] or [np.zeros(0, int)])
+    cold = np.bincount(likes, minlength=int(targets.max(initial=-1)) + 1)[targets] <= cold_max
 
-    def validator(model) -> float:
+    def validator(model) -> dict:
         model.eval()
         table = item_table(model)
         users = user_vectors(model, histories, cfg.max_len, table=table)
@@ -67,7 +71,10 @@ def validation(cfg: HistoryConfig, sequences: list[list[int]],
             return block
 
         above, tied = target_ranks(scores, targets, histories)
-        return float(per_user(above, tied)["recall@10"].mean()) if len(targets) else 0.0
+        recall = per_user(above, tied)["recall@10"] if len(targets) else np.zeros(0)
+        return {"recall@10": float(recall.mean()) if len(recall) else 0.0,
+                "cold_recall@10": float(recall[cold].mean()) if cold.any() else 0.0,
+                "cold_targets": int(cold.sum()), "targets": len(targets)}
 
     return sequences, validator
 
@@ -84,7 +91,8 @@ def trained(cases: Cases, cfg: HistoryConfig, text: np.ndarray | None = None,
     about = {"model": cfg.kind, "settings": cfg.__dict__.copy(),
              "train_s": round(time.perf_counter() - started, 1),
              "losses": state.losses, "validation_recall@10": state.validation,
-             "best_epoch": state.best_epoch, "training_users": len(cases.train_sequences)}
+             "validation_cold_recall@10": state.validation_cold, "best_epoch": state.best_epoch,
+             "training_users": len(cases.train_sequences)}
     return dot_scores(users, table), about
 
 
