@@ -40,9 +40,12 @@ DESCRIPTION = (
     "held-out 10% are never read); checkpoints every epoch (a rerun resumes). Writes OUT/model/ "
     "(`towerlite deploy --history-model OUT/model` serves it as `recommend_history`) and "
     "OUT/history_report.json/.md: the tower through its ONNX graph beside popularity, "
-    "co-occurrence and, with --parts, text-only and ID-only (SASRec) settings.")
+    "co-occurrence, the history's zero-shot text mean and, with --parts, text-only and ID-only "
+    "(SASRec) settings, each with its paired difference from the tower.")
 
 CHECKPOINTS = "checkpoints"
+# the zero-shot row beside the tower (towerlite.evaluation.sequential.text_mean)
+TEXT_MEAN = "history text mean (zero-shot, no training)"
 
 
 DATASETS = {"movielens": ("movielens",), "bookcrossing": ("bookcrossing",),
@@ -74,6 +77,7 @@ class HistoryRun:
     sequences: list = field(default_factory=list)
     text: object = None
     rows: dict = field(default_factory=dict)
+    recall: dict = field(default_factory=dict)  # each row's per-user Recall@10, for pairing
     timings: dict = field(default_factory=dict)
 
     def setup(self) -> None:
@@ -142,32 +146,46 @@ class HistoryRun:
     def label(self, cases, row: str) -> str:
         return f"{cases.dataset}: {row}" if len(self.evaluated) > 1 else row
 
-    def add(self, cases, label: str, scores, about) -> None:
-        from towerlite.evaluation.recommend import metric_rows
+    def add(self, cases, label: str, scores, about, tower: str | None = None) -> None:
+        """A row of the report. `tower`: the label of the tower row on these cases, beside
+        which this row's per-user Recall@10 is compared (paired, all users and cold ones)."""
+        from towerlite.evaluation.metrics import paired_difference, summarize
+        from towerlite.evaluation.recommend import user_metrics
 
-        overall, cold_start = metric_rows(cases, scores, cases.target_counts <= self.cold_max)
+        values, cold = user_metrics(cases, scores), cases.target_counts <= self.cold_max
         label = self.label(cases, label)
-        self.rows[label] = {**about, "metrics": overall, "cold_start": cold_start}
-        log.info("%s: Recall@10 %s (cold %s)", label, overall["recall@10"],
-                 cold_start["recall@10"])
+        self.rows[label] = {**about, "metrics": summarize(values),
+                            "cold_start": summarize(values, cold)}
+        self.recall[label] = values["recall@10"]
+        if tower is not None:
+            tower = self.label(cases, tower)
+            self.rows[label]["tower_minus_this_recall@10"] = {
+                "all": paired_difference(self.recall[tower], values["recall@10"]),
+                "cold_start": paired_difference(self.recall[tower], values["recall@10"], cold)}
+        log.info("%s: Recall@10 %s (cold %s)", label, self.rows[label]["metrics"]["recall@10"],
+                 self.rows[label]["cold_start"]["recall@10"])
 
     def evaluate(self, folder: Path) -> None:
         from towerlite.evaluation.baselines import BASELINES
-        from towerlite.evaluation.sequential import saved, trained
+        from towerlite.evaluation.sequential import saved, text_mean, trained
         from towerlite.sequential import SavedTower
 
         tower = SavedTower.load(folder)
+        served = f"history tower, {self.cfg.kind} (ONNX, as served)"
         for cases, text in self.evaluated:
-            self.add(cases, f"history tower, {self.cfg.kind} (ONNX, as served)",
-                     *saved(cases, tower, text))
+            self.add(cases, served, *saved(cases, tower, text))
             if self.parts:
                 for use_text, use_ids in ((True, False), (False, True)):
                     cfg = replace(self.cfg, use_text=use_text, use_ids=use_ids,
                                   id_min_likes=self.cfg.id_min_likes if use_text else 1)
                     self.add(cases, f"history tower, {cfg.kind}",
-                             *trained(cases, cfg, text if use_text else None, self.progress))
+                             *trained(cases, cfg, text if use_text else None, self.progress),
+                             tower=served)
+            if text is not None:
+                self.add(cases, TEXT_MEAN, text_mean(cases, text, self.cfg.max_len),
+                         {"model": TEXT_MEAN}, tower=served)
             for name, build in BASELINES.items():
-                self.add(cases, name, build(cases), {"model": name})
+                self.add(cases, name, build(cases), {"model": name}, tower=served)
         self.graph_variants(folder)
 
     def graph_variants(self, folder: Path) -> None:
@@ -232,6 +250,14 @@ def _with_ci(metrics: dict, name: str) -> str:
     return f"{metrics[name]:.4f} [{low:.4f}, {high:.4f}]"
 
 
+def _paired(row: dict) -> str:
+    if "tower_minus_this_recall@10" not in row:
+        return "—"
+    return " / ".join(f"{d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
+                      if d["mean"] is not None else "-"
+                      for d in row["tower_minus_this_recall@10"].values())
+
+
 def markdown(report: dict) -> str:
     cases, cold = report["cases"], report["cold_start_users"]
     if isinstance(cold, dict):  # both datasets: each one's settings by name
@@ -246,12 +272,13 @@ def markdown(report: dict) -> str:
     lines = [f"### {report['dataset']}: {about}, leave-last-out; history tower over "
              f"{report['item_model']}", "",
              f"| row | Recall@10 [95% CI] | NDCG@10 [95% CI] | Recall@50 | cold-start R@10 "
-             f"({cold}) |", "|---|---|---|---|---|"]
+             f"({cold}) | tower − row, R@10: all / cold (paired 95% CI) |",
+             "|---|---|---|---|---|---|"]
     for name, row in report["rows"].items():
         metrics, cold = row["metrics"], row["cold_start"]
         lines.append(f"| {name} | {_with_ci(metrics, 'recall@10')} | "
                      f"{_with_ci(metrics, 'ndcg@10')} | {metrics['recall@50']:.4f} | "
-                     f"{_with_ci(cold, 'recall@10')} |")
+                     f"{_with_ci(cold, 'recall@10')} | {_paired(row)} |")
     variants = {n: r["graph_variant"] for n, r in report["rows"].items() if "graph_variant" in r}
     if variants:
         lengths = list(next(iter(variants.values()))["latency_batch1_1thread"])

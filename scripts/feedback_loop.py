@@ -61,7 +61,7 @@ def main() -> None:
     from towerlite.entry import setup_logging
     from towerlite.evaluation.baselines import BASELINES
     from towerlite.evaluation.cases import Cases
-    from towerlite.evaluation.metrics import bootstrap_ci, per_user, summarize, target_ranks
+    from towerlite.evaluation.metrics import paired_difference, per_user, summarize, target_ranks
     from towerlite.evaluation.sequential import SASREC, saved, trained
     from towerlite.evaluation.towers import towers_of
     from towerlite.sequential import HistoryConfig, SavedTower, save
@@ -182,9 +182,8 @@ def main() -> None:
              ("retrain (before T+Δ)", "folded (old + feedback)"),
              ("retrain (before T+Δ)", "old (before T)"))
     record["paired_recall@10"] = {
-        kind: {f"{a} − {b}": {"mean": round(float((recall[a] - recall[b])[m].mean()), 4),
-                              "ci95": bootstrap_ci((recall[a] - recall[b])[m])}
-               for a, b in pairs} for kind, m in sets.items()}
+        kind: {f"{a} − {b}": paired_difference(recall[a], recall[b], m) for a, b in pairs}
+        for kind, m in sets.items()}
     lines = []
     for kind, key, what in (("first", "rows", "users' first like after T+Δ"),
                             ("later", "rows_later", "users' random like after T+Δ")):

@@ -244,6 +244,13 @@ def test_a_fixed_text_skip_starts_from_the_historys_mean_text_similarity():
     unit = text / np.linalg.norm(text, axis=1, keepdims=True)
     expected = np.stack([unit[h[-cfg.max_len:]].mean(0) for h in histories]) @ unit.T * 20.0
     np.testing.assert_allclose(users @ item_table(model).T, expected, atol=1e-4)
+    # the report's zero-shot row is this untrained tower, without a tower
+    from types import SimpleNamespace
+
+    from towerlite.evaluation.sequential import text_mean
+
+    zero_shot = text_mean(SimpleNamespace(seen=histories), text, cfg.max_len)
+    np.testing.assert_allclose(zero_shot(0, 20) * 20.0, expected, atol=1e-4)
 
 
 def test_length_buckets_cover_every_window_once_and_trimming_keeps_the_states():
@@ -871,7 +878,24 @@ def test_a_tower_trained_over_the_whole_catalog_is_evaluated_over_the_sample(
     assert "trained over" not in markdown({**report, "trained_on_whole_catalog": False})
     overall, _ = metric_rows(sample, saved(sample, SavedTower.load(folder), text)[0],
                              sample.target_counts <= 2)
-    assert report["rows"]["history tower, text + ID (ONNX, as served)"]["metrics"] == overall
+    rows = report["rows"]
+    assert rows["history tower, text + ID (ONNX, as served)"]["metrics"] == overall
+    # every other row paired with the tower on the same users: the mean of the differences is
+    # the difference of the means (each rounded to 4 places)
+    from towerlite.distill.history import TEXT_MEAN
+
+    tower = rows["history tower, text + ID (ONNX, as served)"]
+    assert "tower_minus_this_recall@10" not in tower
+    for name in (TEXT_MEAN, "popularity", "co-occurrence"):
+        for part, key in (("all", "metrics"), ("cold_start", "cold_start")):
+            paired = rows[name]["tower_minus_this_recall@10"][part]
+            if tower[key]["recall@10"] is None:
+                assert paired["mean"] is None
+                continue
+            assert paired["mean"] == pytest.approx(
+                tower[key]["recall@10"] - rows[name][key]["recall@10"], abs=2e-4)
+            assert paired["ci95"][0] <= paired["mean"] <= paired["ci95"][1]
+    assert f"| {TEXT_MEAN} |" in markdown(report)
     bad = run_cli("history", "--dataset", "bookcrossing", "--train-catalog", "whole", "--parts",
                   "--out", str(tmp_path / "bad"))
     assert bad.returncode == 1 and "not with --train-catalog whole" in bad.stderr

@@ -92,6 +92,17 @@ def summarize(values: dict[str, np.ndarray], mask: np.ndarray | None = None, see
     return out
 
 
+def paired_difference(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None,
+                      seed: int = 0) -> dict:
+    """Mean and 95% bootstrap interval of a − b, two rows' per-user values on the same users
+    (those in `mask`): the test of "a beats b" — two overlapping marginal intervals can still
+    hide a sure difference."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    d = d if mask is None else d[mask]
+    return {"mean": round(float(d.mean()), 4) if len(d) else None,
+            "ci95": bootstrap_ci(d, seed=seed) if len(d) else None}
+
+
 def bootstrap_ci(values, n: int = 1000, seed: int = 0) -> list[float]:
     """95% percentile-bootstrap interval of a mean over users."""
     v = np.asarray(values, dtype=np.float64)

@@ -25,9 +25,14 @@ log = logging.getLogger(__name__)
 METRICS = ("recall@10", "recall@50", "ndcg@10", "mrr")
 
 
-def metric_rows(cases: Cases, scores, cold: np.ndarray) -> tuple[dict, dict]:
+def user_metrics(cases: Cases, scores) -> dict[str, np.ndarray]:
+    """Each held-out user's metrics (metrics.per_user) under `scores`."""
     above, tied = target_ranks(scores, cases.targets, cases.seen)
-    values = per_user(above, tied, ks=(10, 50), ndcg_k=10)
+    return per_user(above, tied, ks=(10, 50), ndcg_k=10)
+
+
+def metric_rows(cases: Cases, scores, cold: np.ndarray) -> tuple[dict, dict]:
+    values = user_metrics(cases, scores)
     return summarize(values), summarize(values, cold)
 
 

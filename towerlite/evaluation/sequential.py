@@ -6,6 +6,7 @@
                                     table of `towerlite history`: text + ID, text only, ID only)
     saved(cases, folder)            a saved history tower (`towerlite history` output) through
                                     its ONNX graph, as the served model runs it
+    text_mean(cases, text, max_len) the zero-shot history row: no training, no tokenizer
     validation(cfg, sequences)      the training users' split and the validator `train` chooses
                                     its epoch by (cfg.validation)
 
@@ -100,6 +101,18 @@ def sasrec(cases: Cases, epochs: int = SASREC.epochs,
            progress: bool = True) -> tuple[ScoreBlock, dict]:
 
     return trained(cases, replace(SASREC, epochs=epochs), None, progress)
+
+
+def text_mean(cases: Cases, text: np.ndarray, max_len: int) -> ScoreBlock:
+    """Each item scored by its cosine with the mean of the user's newest `max_len` items' unit
+    text embeddings (`text`: the item tower's, of cases.item_texts) — what a tower with a fixed
+    text skip starts from, and the bar its cold-start slice is held to."""
+    unit = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+    users = np.zeros((len(cases.seen), unit.shape[1]), np.float32)
+    for r, seen in enumerate(cases.seen):
+        if len(seen):
+            users[r] = unit[np.asarray(seen[-max_len:], np.int64)].mean(0)
+    return dot_scores(users, unit.astype(np.float32))
 
 
 def saved(cases: Cases, tower: SavedTower, text: np.ndarray | None) -> tuple[ScoreBlock, dict]:
