@@ -72,6 +72,9 @@ class HistoryRun:
     progress: bool = True
     variants: tuple = ()
     evaluated: list = field(default_factory=list)  # (Cases, text embeddings or None) per dataset
+    # with train_whole: the same held-out users over each whole catalog, (Cases, text): what a
+    # deploy of every item ranks (a sampled catalog spares the targets most of their rivals)
+    whole: list = field(default_factory=list)
     item_ids: list = field(default_factory=list)  # the training catalog, datasets in turn
     domains: list = field(default_factory=list)  # each dataset's [start, stop) in it
     sequences: list = field(default_factory=list)
@@ -98,6 +101,7 @@ class HistoryRun:
                 # the same held-out users (none of them read), every training like kept
                 cases = build_cases(name, users=0, max_history=10, catalog_items=0)
                 text = tower.embed(cases.item_texts, f"{name} whole catalog") if tower else None
+                self.whole.append((cases, text))
             offset = len(self.item_ids)
             self.sequences += [[offset + r for r in s] for s in cases.train_sequences]
             self.item_ids += cases.item_ids
@@ -144,7 +148,10 @@ class HistoryRun:
         return save(self.out / "model", model, self.cfg, self.item_ids, self.item_model, about)
 
     def label(self, cases, row: str) -> str:
-        return f"{cases.dataset}: {row}" if len(self.evaluated) > 1 else row
+        where = f"{cases.dataset}: " if len(self.evaluated) > 1 else ""
+        if any(cases is c for c, _ in self.whole):
+            where += f"whole catalog ({len(cases.item_ids):,} items): "
+        return where + row
 
     def add(self, cases, label: str, scores, about, tower: str | None = None) -> None:
         """A row of the report. `tower`: the label of the tower row on these cases, beside
@@ -172,7 +179,7 @@ class HistoryRun:
 
         tower = SavedTower.load(folder)
         served = f"history tower, {self.cfg.kind} (ONNX, as served)"
-        for cases, text in self.evaluated:
+        for cases, text in self.evaluated + self.whole:
             self.add(cases, served, *saved(cases, tower, text))
             if self.parts:
                 for use_text, use_ids in ((True, False), (False, True)):

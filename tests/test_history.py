@@ -896,6 +896,15 @@ def test_a_tower_trained_over_the_whole_catalog_is_evaluated_over_the_sample(
                 tower[key]["recall@10"] - rows[name][key]["recall@10"], abs=2e-4)
             assert paired["ci95"][0] <= paired["mean"] <= paired["ci95"][1]
     assert f"| {TEXT_MEAN} |" in markdown(report)
+    # the same held-out users ranked over the whole catalog as well, every row
+    (whole_cases, whole_text), = run.whole
+    assert whole_cases is whole and len(whole_text) == 60
+    where = "whole catalog (60 items): "
+    assert {where + name for name in rows if not name.startswith("whole")} == {
+        name for name in rows if name.startswith(where)}
+    overall, _ = metric_rows(whole, saved(whole, SavedTower.load(folder), whole_text)[0],
+                             whole.target_counts <= 2)
+    assert rows[where + "history tower, text + ID (ONNX, as served)"]["metrics"] == overall
     bad = run_cli("history", "--dataset", "bookcrossing", "--train-catalog", "whole", "--parts",
                   "--out", str(tmp_path / "bad"))
     assert bad.returncode == 1 and "not with --train-catalog whole" in bad.stderr
