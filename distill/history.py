@@ -333,7 +333,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a HistoryConfig field (dim, layers, heads, max_len, dropout, "
                         "id_min_likes, epochs, batch_size, lr, weight_decay, negatives, "
                         "text_skip, skip_gain, logit_adjust, id_dropout, validation, patience, "
-                        "cold_floor, bucket_by_length, seed)")
+                        "cold_floor, validation_users, bucket_by_length, seed)")
     p.add_argument("--variants", default=",".join(VARIANTS), metavar="LIST",
                    help=f"graph variants to write beside OUT/model where their top-10 agrees "
                         f"with fp32's ({', '.join(VARIANTS)}; default both; '' none)")
@@ -366,9 +366,9 @@ def config_of(args) -> HistoryConfig:
     if cfg.logit_adjust < 0 or not 0 <= cfg.id_dropout < 1:
         raise TowerliteError("logit_adjust is a number ≥ 0; id_dropout a share in [0, 1)")
     if not 0 <= cfg.validation < 1 or cfg.patience < 0 \
-            or ((cfg.patience or cfg.cold_floor) and not cfg.validation):
-        raise TowerliteError("validation is a share in [0, 1); patience a count ≥ 0 and "
-                             "cold_floor, with validation > 0")
+            or ((cfg.patience or cfg.cold_floor or cfg.validation_users) and not cfg.validation):
+        raise TowerliteError("validation is a share in [0, 1); patience a count ≥ 0, cold_floor "
+                             "and validation_users with validation > 0")
     return cfg
 
 

@@ -182,6 +182,12 @@ def test_validation_keeps_the_best_epoch_and_never_trains_on_its_targets():
         assert trained_on[r] == h == seqs[r][:-1] and seqs[r][-1] == t
     sequences, validator = validation(cfg, seqs)
     assert sequences == trained_on
+    # validation_users: the same users held back whole, none of their likes trained on
+    apart, apart_histories, apart_targets = split_validation(seqs, cfg.validation, cfg.seed,
+                                                             whole_users=True)
+    assert apart == [s for r, s in enumerate(seqs) if r not in held]
+    assert apart_histories == histories and apart_targets.tolist() == targets.tolist()
+    assert validation(replace(cfg, validation_users=True), seqs)[0] == apart
     model, state = train(cfg, sequences, 40, text, progress=False, validator=validator)
     assert len(state.validation) == cfg.epochs + 1 and state.epoch == cfg.epochs
     assert state.validation[state.best_epoch] == max(state.validation)

@@ -88,6 +88,11 @@ class HistoryConfig:
     # cold-start slice: 2 or fewer training likes) score at least the untrained tower's Recall@10
     # — the goal that training not cost cold items their text match, made a selection rule
     cold_floor: bool = False
+    # with validation: the chosen users held back whole (none of their likes trained on, as the
+    # eval's held-out users), not only their last like — on Book-Crossing a last-like split said
+    # training kept the cold targets' Recall@10 where the held-out users lost a sixth of it
+    # (docs/quality.md)
+    validation_users: bool = False
     # batch windows of like length together (see `batches`): for mixed short and long histories
     bucket_by_length: bool = False
     seed: int = 0
@@ -305,13 +310,18 @@ class TrainState:
     best_epoch: int = -1  # the epoch kept (0: the untrained tower); -1 without validation
 
 
-def split_validation(sequences: list[list[int]], share: float, seed: int):
+def split_validation(sequences: list[list[int]], share: float, seed: int,
+                     whole_users: bool = False):
     """(training sequences, validation histories, validation targets): a seeded `share` of the
-    sequences with 2+ likes give their last like as a validation target and train on the rest."""
+    sequences with 2+ likes give their last like as a validation target and train on the rest
+    (`whole_users`: train on none of it, as the eval's held-out users are never read)."""
     rng = np.random.default_rng([seed, 1])
     chosen = set(np.flatnonzero((rng.random(len(sequences)) < share)
                                 & np.array([len(s) >= 2 for s in sequences], bool)).tolist())
-    train_part = [list(s[:-1]) if r in chosen else list(s) for r, s in enumerate(sequences)]
+    if whole_users:
+        train_part = [list(s) for r, s in enumerate(sequences) if r not in chosen]
+    else:
+        train_part = [list(s[:-1]) if r in chosen else list(s) for r, s in enumerate(sequences)]
     return (train_part, [list(sequences[r][:-1]) for r in sorted(chosen)],
             np.array([sequences[r][-1] for r in sorted(chosen)], np.int64))
 

@@ -48,14 +48,15 @@ SASREC = HistoryConfig(use_text=False, use_ids=True, id_min_likes=1)
 def validation(cfg: HistoryConfig, sequences: list[list[int]],
                domains: list[tuple[int, int]] | None = None, cold_max: int = 2):
     """(the sequences to train on, a validator for `train` or None): with cfg.validation, a
-    seeded share of the training users' last likes held back (split_validation) and ranked as
-    the eval ranks (metrics.target_ranks: each history excluded; with `domains`, row ranges, only
-    the target's domain's items are candidates). The validator gives their mean Recall@10, all
-    and over the cold targets alone (`cold_max` or fewer likes in the sequences trained on: the
-    eval's cold-start slice)."""
+    seeded share of the training users' last likes (cfg.validation_users: the users whole) held
+    back (split_validation) and ranked as the eval ranks (metrics.target_ranks: each history
+    excluded; with `domains`, row ranges, only the target's domain's items are candidates). The
+    validator gives their mean Recall@10, all and over the cold targets alone (`cold_max` or
+    fewer likes in the sequences trained on: the eval's cold-start slice)."""
     if not cfg.validation:
         return sequences, None
-    sequences, histories, targets = split_validation(sequences, cfg.validation, cfg.seed)
+    sequences, histories, targets = split_validation(sequences, cfg.validation, cfg.seed,
+                                                     cfg.validation_users)
     likes = np.concatenate([np.asarray(s, np.int64) for s in sequences if s] or [np.zeros(0, int)])
     cold = np.bincount(likes, minlength=int(targets.max(initial=-1)) + 1)[targets] <= cold_max
 
