@@ -89,9 +89,9 @@ class HistoryConfig:
     # — the goal that training not cost cold items their text match, made a selection rule
     cold_floor: bool = False
     # with validation: the chosen users held back whole (none of their likes trained on, as the
-    # eval's held-out users), not only their last like — on Book-Crossing a last-like split said
-    # training kept the cold targets' Recall@10 where the held-out users lost a sixth of it
-    # (docs/quality.md)
+    # eval's held-out users), not only their last like (on Book-Crossing it kept the setting a
+    # last-like split keeps, and its cold targets disagree with the held-out users' as much:
+    # docs/quality.md)
     validation_users: bool = False
     # batch windows of like length together (see `batches`): for mixed short and long histories
     bucket_by_length: bool = False
