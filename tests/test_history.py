@@ -966,6 +966,8 @@ def test_graph_variants_are_written_and_gated_on_top10_agreement(tiny_export, tm
     (["epochs=0"], "epochs at least 1"),
     (["logit_adjust=-1"], "logit_adjust is a number ≥ 0"),
     (["id_dropout=1"], r"id_dropout a share in \[0, 1\)"),
+    (["cold_floor=true"], "cold_floor and validation_users with validation > 0"),
+    (["validation_users=true"], "cold_floor and validation_users with validation > 0"),
 ])
 def test_history_settings_are_parsed_and_bad_ones_refused(sets, message):
     import argparse
