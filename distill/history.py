@@ -144,6 +144,7 @@ class HistoryRun:
                  "epochs": state.epoch,
                  "losses": state.losses, "validation_recall@10": state.validation,
                  "validation_cold_recall@10": state.validation_cold,
+                 "validation_targets": state.validation_targets,
                  "best_epoch": state.best_epoch, "train_seconds": round(state.seconds, 1)}
         return save(self.out / "model", model, self.cfg, self.item_ids, self.item_model, about)
 

@@ -16,7 +16,7 @@ import torch
 
 from towerlite.files import write_json_atomic
 from towerlite.machine import cpu_info
-from towerlite.sequential import HistoryConfig, Optimizers, build_model, windows
+from towerlite.sequential import HistoryConfig, Optimizers, build_model, sampled_loss, windows
 
 
 def main() -> None:
@@ -42,22 +42,19 @@ def main() -> None:
                                  ("its rows, SparseAdam for the ID vectors", sparse, True)):
         model = build_model(cfg, n, text, warm).train()
         opt = Optimizers(cfg, model) if cfg.negatives else torch.optim.AdamW(model.parameters())
-        setups[name] = (model, opt, rows_only)
+        setups[name] = (model, opt, cfg, rows_only)
     times = {name: [] for name in setups}
     for _ in range(args.repeats):
-        for name, (model, opt, rows_only) in setups.items():
+        for name, (model, opt, cfg, rows_only) in setups.items():
             t0 = time.perf_counter()
             sample = torch.randint(0, n, (args.negatives,))
-            cand = torch.cat([targets[keep], sample])
-            if rows_only:
-                needed = torch.unique(torch.cat([batch[batch >= 0], sample]))
-                states, table = model(inputs, needed)
-                rows = table[torch.searchsorted(needed, cand)]
-            else:
+            if rows_only:  # what train runs
+                loss = sampled_loss(cfg, model, batch, sample)
+            else:  # the whole table computed, its step's rows read
                 states, table = model(inputs)
-                rows = table[cand]
-            loss = torch.nn.functional.cross_entropy(states[keep] @ rows.T,
-                                                     torch.arange(int(keep.sum())))
+                rows = table[torch.cat([targets[keep], sample])]
+                loss = torch.nn.functional.cross_entropy(states[keep] @ rows.T,
+                                                         torch.arange(int(keep.sum())))
             opt.zero_grad()
             loss.backward()
             opt.step()

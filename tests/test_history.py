@@ -217,6 +217,8 @@ def test_cold_floor_keeps_the_best_epoch_whose_cold_targets_score_at_least_the_u
     scores = validator(model)
     assert scores["cold_targets"] == int((counts <= cold_max).sum()) and scores["targets"] == len(
         targets) and 0 < scores["cold_targets"] < len(targets)
+    assert state.validation_targets == {"targets": len(targets),
+                                        "cold_targets": scores["cold_targets"]}
     assert scores["cold_recall@10"] == pytest.approx(state.validation_cold[state.best_epoch],
                                                      abs=1e-5)
     assert len(state.validation_cold) == len(state.validation) == cfg.epochs + 1
@@ -787,7 +789,7 @@ def test_one_history_tower_over_both_datasets(tiny_export, tmp_path, monkeypatch
     from towerlite.evaluation import cases as cases_module
     from towerlite.evaluation.recommend import metric_rows
     from towerlite.evaluation.sequential import saved
-    from towerlite.sequential import _domain_loss
+    from towerlite.sequential import full_loss, sampled_loss
 
     def fake(name, **_):  # the second dataset: its own ids, catalog size and users
         c = tiny_cases(n_items=60 if name == "movielens" else 45, seed=len(name))
@@ -820,9 +822,22 @@ def test_one_history_tower_over_both_datasets(tiny_export, tmp_path, monkeypatch
     import torch
 
     h, table, t = torch.randn(30, 16), torch.randn(105, 16), torch.randint(0, 105, (30,))
+    batch = torch.stack([torch.zeros(30, dtype=torch.long), t], 1)  # one position per window
+
+    def model(inputs, needed=None):  # h for every window's one position; the rows asked for
+        return h.unsqueeze(1), table if needed is None else table[needed]
+
     each = [torch.nn.functional.cross_entropy(h[i:i + 1] @ (table[:60] if t[i] < 60 else
             table[60:]).T, t[i:i + 1] - (0 if t[i] < 60 else 60)) for i in range(30)]
-    assert float(_domain_loss(TINY, h, t, table, torch.zeros(105), [(0, 60), (60, 105)])) == \
+    assert float(full_loss(TINY, model, batch, torch.zeros(105), [(0, 60), (60, 105)])) == \
+        pytest.approx(float(torch.stack(each).mean()), rel=1e-5)
+    # sampled: each target against the batch's targets and the shared sample, a sampled copy of
+    # the target left out
+    sample = torch.cat([t[:3], torch.randint(0, 105, (20,))])
+    each = [torch.nn.functional.cross_entropy(
+        h[i:i + 1] @ table[torch.cat([t, sample[sample != t[i]]])].T,
+        torch.tensor([i])) for i in range(30)]
+    assert float(sampled_loss(TINY, model, batch, sample)) == \
         pytest.approx(float(torch.stack(each).mean()), rel=1e-5)
     feedback = tmp_path / "feedback.csv"
     feedback.write_text("user_id,item_id,rating,timestamp\n")

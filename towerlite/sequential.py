@@ -308,6 +308,7 @@ class TrainState:
     validation: list = field(default_factory=list)  # Recall@10 before training, after each epoch
     validation_cold: list = field(default_factory=list)  # the same over the cold targets alone
     best_epoch: int = -1  # the epoch kept (0: the untrained tower); -1 without validation
+    validation_targets: dict = field(default_factory=dict)  # {targets, cold_targets} ranked
 
 
 def split_validation(sequences: list[list[int]], share: float, seed: int,
@@ -421,7 +422,9 @@ def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np
         better = not state.validation or (allowed and recall > state.validation[state.best_epoch])
         state = replace(state, validation=state.validation + [recall],
                         validation_cold=state.validation_cold + [cold],
-                        best_epoch=epoch if better else state.best_epoch)
+                        best_epoch=epoch if better else state.best_epoch,
+                        validation_targets={k: scores[k] for k in ("targets", "cold_targets")
+                                            if k in scores})
         if better:
             best = {k: v.clone() for k, v in trained_state(module).items()}
         log.info("validation after epoch %d: %.4f, cold targets %.4f (best: epoch %d)", epoch,
@@ -454,22 +457,11 @@ def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np
             # windows are left-padded: columns that are padding in every window are cut off
             # (real positions read only real items, so their states do not change)
             batch = batch[:, int((batch >= 0).any(0).float().argmax()):]
-            inputs, targets = batch[:, :-1], batch[:, 1:]
-            keep = (inputs >= 0) & (targets >= 0)
             if sampled(cfg, n_items):
                 sample = torch.randint(0, n_items, (cfg.negatives,))
-                needed = torch.unique(torch.cat([batch[batch >= 0], sample]))  # sorted
-                states, table = model(inputs, needed)
-                h, t = states[keep], targets[keep]
-                cand = torch.cat([t, sample])
-                logits = (_logits(cfg, h, table[torch.searchsorted(needed, cand)])
-                          + adjust[cand])
-                logits[:, len(t):][sample.unsqueeze(0) == t.unsqueeze(1)] = -1e9  # not the target
-                loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(t)))
+                loss = sampled_loss(cfg, model, batch, sample, adjust)
             else:
-                states, table = model(inputs)
-                h, t = states[keep], targets[keep]
-                loss = _domain_loss(cfg, h, t, table, adjust, domains or [(0, n_items)])
+                loss = full_loss(cfg, model, batch, adjust, domains or [(0, n_items)])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -490,11 +482,37 @@ def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np
     return module, state
 
 
-def _domain_loss(cfg: HistoryConfig, h, t, table, adjust, domains: list[tuple[int, int]]):
-    """Full-softmax cross-entropy, each position over its target's domain's rows alone (one
-    range: the whole catalog). Within a domain because the served DOMAIN filter ranks within one,
-    and a movie position scored against 20,000 books as well cost 6x the logits."""
+def sampled_loss(cfg: HistoryConfig, model, batch, sample, adjust=None):
+    """Cross-entropy of each position's next item (`batch`: windows of catalog rows, -1 padding)
+    against the batch's other targets and the shared uniform `sample` of negatives (a sampled
+    copy of the target masked out; `adjust`: each item's log prior, added when logit adjustment
+    is on). Only the rows the step
+    reads are computed (`model(inputs, needed)`): the whole 271k-row table cost most of a step
+    (scripts/history_step_bench.py)."""
     torch = _torch()
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    keep = (inputs >= 0) & (targets >= 0)
+    needed = torch.unique(torch.cat([batch[batch >= 0], sample]))  # sorted
+    states, table = model(inputs, needed)
+    h, t = states[keep], targets[keep]
+    cand = torch.cat([t, sample])
+    logits = _logits(cfg, h, table[torch.searchsorted(needed, cand)])
+    if adjust is not None:
+        logits = logits + adjust[cand]
+    logits[:, len(t):][sample.unsqueeze(0) == t.unsqueeze(1)] = -1e9  # not the target
+    return torch.nn.functional.cross_entropy(logits, torch.arange(len(t)))
+
+
+def full_loss(cfg: HistoryConfig, model, batch, adjust, domains: list[tuple[int, int]]):
+    """Full-softmax cross-entropy of each position's next item, over its target's domain's rows
+    alone (`domains`: row ranges; one range: the whole catalog). Within a domain because the
+    served DOMAIN filter ranks within one, and a movie position scored against 20,000 books as
+    well cost 6x the logits."""
+    torch = _torch()
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    keep = (inputs >= 0) & (targets >= 0)
+    states, table = model(inputs)
+    h, t = states[keep], targets[keep]
     total = 0
     for a, b in domains:
         inside = (t >= a) & (t < b)

@@ -94,6 +94,7 @@ def trained(cases: Cases, cfg: HistoryConfig, text: np.ndarray | None = None,
              "train_s": round(time.perf_counter() - started, 1),
              "losses": state.losses, "validation_recall@10": state.validation,
              "validation_cold_recall@10": state.validation_cold, "best_epoch": state.best_epoch,
+             "validation_targets": state.validation_targets,
              "training_users": len(cases.train_sequences)}
     return dot_scores(users, table), about
 
