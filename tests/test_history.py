@@ -292,6 +292,37 @@ def test_length_buckets_cover_every_window_once_and_trimming_keeps_the_states():
     np.testing.assert_allclose(cut[real].numpy(), whole[:, first:][real].numpy(), atol=1e-5)
 
 
+def test_bucketed_batches_weigh_every_position_the_same(tmp_path):
+    """Batched by length, a batch's loss is its positions' sum over the epoch's mean positions
+    per batch: at lr 0 an epoch's loss is the mean over every position, as one batch of all
+    windows gives it — not the mean of batch means, which weighs a position in a batch of short
+    windows above one among long windows."""
+    import torch
+
+    from towerlite.sequential import WEIGHTS_FILE, batches, full_loss
+
+    rng = np.random.default_rng(0)
+    long = [[(s + k) % 40 for k in range(9)] for s in range(100)]  # steps of 1: learnable
+    short = [rng.integers(0, 40, 2).tolist() for _ in range(300)]  # random pairs: not
+    seqs, text = long + short, rng.normal(size=(40, 12)).astype(np.float32)
+    cfg = replace(TINY, epochs=8)
+    model, _ = train(cfg, seqs, 40, text, progress=False)
+    folder = save(tmp_path / "tower", model, cfg, [f"i{j}" for j in range(40)], "synthetic", {})
+    still = replace(cfg, lr=0.0, dropout=0.0, epochs=1, bucket_by_length=True)
+    model, state = train(still, seqs, 40, text, progress=False, start=folder / WEIGHTS_FILE)
+    data = torch.as_tensor(windows(seqs, cfg.max_len))
+
+    def loss(rows):
+        with torch.no_grad():
+            return float(full_loss(still, model, data[rows], torch.zeros(40), [(0, 40)]))
+
+    everything = loss(np.arange(len(data)))
+    batch_means = np.mean([loss(b) for b in batches((data >= 0).sum(1).numpy(), cfg.batch_size,
+                                                    cfg.seed, 0, True)])
+    assert abs(batch_means - everything) > 0.2  # short windows' positions cost more
+    assert state.losses[0] == pytest.approx(everything, abs=2e-3)
+
+
 def test_a_sampled_softmax_step_computes_only_its_rows_of_the_table(tmp_path):
     """With negatives the model builds the item vectors of the batch's and the sample's rows
     alone (Book-Crossing's whole 271k-book table was most of a step): the same states and rows
