@@ -494,9 +494,8 @@ def sampled_loss(cfg: HistoryConfig, model, batch, sample, adjust=None):
     """Cross-entropy of each position's next item (`batch`: windows of catalog rows, -1 padding)
     against the batch's other targets and the shared uniform `sample` of negatives (a sampled
     copy of the target masked out; `adjust`: each item's log prior, added when logit adjustment
-    is on). Only the rows the step
-    reads are computed (`model(inputs, needed)`): the whole 271k-row table cost most of a step
-    (scripts/history_step_bench.py)."""
+    is on). Only the rows the step reads are computed (`model(inputs, needed)`): the whole
+    271k-row table cost most of a step (scripts/history_step_bench.py)."""
     torch = _torch()
     inputs, targets = batch[:, :-1], batch[:, 1:]
     keep = (inputs >= 0) & (targets >= 0)
