@@ -165,13 +165,19 @@ def history_table(folder, prepared, embeddings, item: EncoderExport):
 HISTORY_WRITTEN = ("item_table.npy", "item_ids.npy", "history.json")
 
 
-def write_history(scorer: Path, encoder: Path, history, prepared, info: dict) -> None:
+def write_history(scorer: Path, encoder: Path, history, prepared, info: dict,
+                  index: str = "exact", nprobe: int | None = None) -> dict:
     """A history release's files: SCORER/catalog/ (the item table as the history_scorer's
-    catalog) and ENCODER/history/ (graph, item table, ids), where SCORER and ENCODER are the
-    version folders of history_scorer and history_encoder (deploy: version 1; release: R)."""
+    catalog, with an IVF index of kind `index` unless exact: a 275k-item table takes 7.9 ms a
+    query to scan at 64-d, docs/benchmarks.md) and ENCODER/history/ (graph, item table, ids),
+    where SCORER and ENCODER are the version folders of history_scorer and history_encoder
+    (deploy: version 1; release: R). Returns the scorer's catalog.json."""
     tower, table = history
     meta = cat.write_catalog(scorer / "catalog", prepared, table,
                              {**info, "history_tower": str(tower.folder)})
+    if index != "exact":
+        meta = ix.write_catalog_index(scorer / "catalog", table, meta,
+                                      nprobe or ix.DEFAULT_NPROBE, index)
     folder = encoder / "history"
     folder.mkdir(parents=True, exist_ok=True)
     # the whole tower (graph, adapter, ID vectors, weights: small) travels with the version, so
@@ -188,6 +194,7 @@ def write_history(scorer: Path, encoder: Path, history, prepared, info: dict) ->
         {"count": meta["count"], "dim": meta["dim"], "domains": meta["domains"],
          "max_len": tower.config.max_len, "kind": tower.config.kind,
          "history_tower": str(tower.folder)}, indent=1))
+    return meta
 
 
 def software_versions() -> dict:
@@ -252,8 +259,8 @@ def run_deploy(request: DeployRequest) -> dict:
                                  towers.item)
         spec = replace(spec, history_dim=history[0].width,
                        history_max_len=history[0].config.max_len)
-    written, meta = write_flavors(request, towers, spec, catalog, history)
-    report = _report(towers, spec, catalog, history, written, meta, t0)
+    written, meta, history_meta = write_flavors(request, towers, spec, catalog, history)
+    report = _report(towers, spec, catalog, history, written, meta, history_meta, t0)
     out = Path(request.out)
     tmp = out / ".deploy_report.json.tmp"
     tmp.write_text(json.dumps(report, indent=1))
@@ -370,31 +377,37 @@ def prepare_catalog(request: DeployRequest, towers: Towers) -> EmbeddedCatalog:
 def write_flavors(request: DeployRequest, towers: Towers, spec: RepositorySpec,
                   catalog: EmbeddedCatalog, history) -> tuple[dict, dict]:
     """OUT/<flavor>/ for each flavor, built in OUT/.FLAVOR.staging, validated, then renamed
-    into place. The first flavor's catalog is written (with its index), the others link its
-    files. Returns ({flavor: folder}, the catalog's catalog.json)."""
+    into place. The first flavor's catalog and history files are written (with their indexes),
+    the others link them. Returns ({flavor: folder}, the catalog's catalog.json, the history
+    scorer's catalog.json or None)."""
     out = Path(request.out)
     out.mkdir(parents=True, exist_ok=True)
-    first_catalog = None
-    written = {}
+    first = None  # the first flavor's folder, whose data files the others link
+    written, history_meta = {}, None
+    shared = [("scorer", "catalog")] + \
+        ([("history_scorer", "catalog"), ("history_encoder", "history")] if history else [])
     for flavor in request.flavors:
         staging = out / f".{flavor}.staging"
         shutil.rmtree(staging, ignore_errors=True)
         _write_models(staging, flavor, towers, spec)
-        catalog_dir = staging / "scorer" / "1" / "catalog"
-        if first_catalog is None:
-            meta = _write_catalog(catalog_dir, catalog, request.index, request.nprobe)
+        if first is None:
+            meta = _write_catalog(staging / "scorer" / "1" / "catalog", catalog, request.index,
+                                  request.nprobe)
+            if history is not None:
+                history_meta = write_history(
+                    staging / "history_scorer" / "1", staging / "history_encoder" / "1",
+                    history, catalog.items, catalog.info,
+                    ix.choose(request.index, len(catalog.items)), request.nprobe)
         else:
-            for f in first_catalog.iterdir():
-                _place(f, catalog_dir / f.name)
-        if history is not None:
-            write_history(staging / "history_scorer" / "1", staging / "history_encoder" / "1",
-                          history, catalog.items, catalog.info)
+            for model, folder in shared:
+                for f in (first / model / "1" / folder).iterdir():
+                    _place(f, staging / model / "1" / folder / f.name)
         validate_repository(staging)
         final = replace_dir(staging, out / flavor)
-        first_catalog = final / "scorer" / "1" / "catalog"
+        first = first or final
         written[flavor] = str(final)
         log.info(f"wrote {final}")
-    return written, meta
+    return written, meta, history_meta
 
 
 def _write_models(staging: Path, flavor: str, towers: Towers, spec: RepositorySpec) -> None:
@@ -420,7 +433,7 @@ def _write_catalog(folder: Path, catalog: EmbeddedCatalog, index: str,
 
 
 def _report(towers: Towers, spec: RepositorySpec, catalog: EmbeddedCatalog, history,
-            written: dict, meta: dict, t0: float) -> dict:
+            written: dict, meta: dict, history_meta: dict | None, t0: float) -> dict:
     """deploy_report.json: inputs, settings, catalog counts, timings, versions."""
     return {
         "repositories": written,
@@ -437,7 +450,8 @@ def _report(towers: Towers, spec: RepositorySpec, catalog: EmbeddedCatalog, hist
         "history_tower": None if history is None else {
             "folder": str(history[0].folder), "kind": history[0].config.kind,
             "dim": history[0].width, "max_len": history[0].config.max_len,
-            "trained_with_item_model": history[0].item_model},
+            "trained_with_item_model": history[0].item_model,
+            "index": history_meta.get("index") or {"kind": "exact"}},
         "spec": spec.to_json(), "versions": software_versions(),
         "seconds": round(time.perf_counter() - t0, 2),
     }

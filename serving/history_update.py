@@ -6,7 +6,8 @@ history_scorer, each holding the history tower's item table for the whole catalo
 to look items up, the scorer to rank them). When the scorer's catalog gets version N, both get
 version N too: kept items keep their rows (text and ID parts as trained), a new or changed item
 gets the row its text embedding gives through the tower's adapter (no ID vector: it had no
-training likes), removed items leave. Version N is part of release N: a server switches both
+training likes), removed items leave; the scorer's IVF index, if version N has one, is rebuilt
+over the new table. Version N is part of release N: a server switches both
 models with the rest of the release (serving/release/switch.py), so the encoder and the scorer
 of one request always hold one table.
 """
@@ -25,6 +26,7 @@ import pandas as pd
 from towerlite.errors import TowerliteError
 
 from . import catalog as cat
+from . import index as ix
 from .catalog_update.merge import merge, row_domains
 
 MODELS = ("history_scorer", "history_encoder")
@@ -52,6 +54,7 @@ def write_versions(repo: Path, base: int, version: int, new: pd.DataFrame, new_t
     frame, matrix_t = merge(old_ids, row_domains(old_meta, len(old_ids)), old_emb.T, new,
                             new_rows, removed, domain_order)
     table = np.ascontiguousarray(matrix_t.T)
+    kind = ix.kind_of(old_meta)
     written = {}
     for model in MODELS:
         previous = repo / model / str(base)
@@ -62,8 +65,12 @@ def write_versions(repo: Path, base: int, version: int, new: pd.DataFrame, new_t
             staging.mkdir(parents=True)
             shutil.copy2(previous / "model.py", staging / "model.py")
             if model == "history_scorer":
-                info = {k: v for k, v in old_meta.items() if k not in ("count", "dim", "domains")}
+                info = {k: v for k, v in old_meta.items()
+                        if k not in ("count", "dim", "domains", "index")}
                 meta = cat.write_catalog(staging / "catalog", frame, table, info)
+                if kind != "exact":  # rebuilt over the new table, as the text scorer's is
+                    meta = ix.write_catalog_index(staging / "catalog", table, meta,
+                                                  old_meta["index"]["nprobe"], kind)
             else:
                 folder = staging / "history"
                 shutil.copytree(previous / "history", folder)
@@ -81,4 +88,4 @@ def write_versions(repo: Path, base: int, version: int, new: pd.DataFrame, new_t
     log.info(f"wrote history_scorer and history_encoder version {version}: {len(frame):,} items "
              f"({len(new)} rows from text through the tower's adapter)")
     return {"version": version, "count": int(len(frame)), "text_rows": int(len(new)),
-            "paths": written}
+            "index": kind, "paths": written}

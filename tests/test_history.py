@@ -463,13 +463,11 @@ def test_sasrec_baseline_learns_from_the_training_users(ml_cases):
 
 
 @pytest.fixture(scope="module")
-def served_history(cache, exported, ml_cases, tmp_path_factory):
-    """A text + ID tower trained on the eval's small MovieLens catalog over the exported
-    student's fp32 item vectors, deployed beside the text path, served by a real Triton."""
+def history_tower(cache, exported, ml_cases, tmp_path_factory):
+    """(folder, item text vectors, the catalog's items): a text + ID tower trained on the eval's
+    small MovieLens catalog over the exported student's fp32 item vectors."""
     from towerlite.data import load_dataset
     from towerlite.evaluation.towers import towers_of
-    from towerlite.serving.deploy import deploy
-    from towerlite.serving.triton import start_server
 
     (item_tower,) = towers_of(f"{exported}:fp32")
     text = item_tower.embed(ml_cases.item_texts, "items")
@@ -479,7 +477,16 @@ def served_history(cache, exported, ml_cases, tmp_path_factory):
     folder = tmp_path_factory.mktemp("history") / "model"
     save(folder, model, cfg, ml_cases.item_ids, f"{exported}:fp32", {})
     items = load_dataset("movielens").items
-    items = items[items["item_id"].isin(ml_cases.item_ids)]
+    return folder, text, items[items["item_id"].isin(ml_cases.item_ids)]
+
+
+@pytest.fixture(scope="module")
+def served_history(exported, history_tower, tmp_path_factory):
+    """The tower deployed beside the text path, served by a real Triton."""
+    from towerlite.serving.deploy import deploy
+    from towerlite.serving.triton import start_server
+
+    folder, text, items = history_tower
     repo = tmp_path_factory.mktemp("history-repo")
     deploy(exported, repo, variant="fp32", items=items, index="exact", flavors=("portable",),
            history_model=folder, progress=False)
@@ -674,6 +681,51 @@ def test_catalog_update_adds_an_item_the_next_history_request_recommends(served_
     (item_tower,) = towers_of(tower.item_model)
     expected = tower.item_table(["new-movie-1"], item_tower.encode(item_texts(pd.DataFrame(new))))
     np.testing.assert_allclose(row, expected[0], atol=1e-4)
+
+
+def test_the_history_scorer_searches_an_index_that_deploy_and_updates_build(
+        exported, history_tower, ml_cases, tmp_path):
+    """A large catalog's history scorer gets the IVF index the text scorer gets (forced here
+    over the small one): both flavors link one index, its recall against exact search is
+    recorded, at nprobe = nlist it ranks real users' vectors as the table does, and a catalog
+    update rebuilds it over the new table."""
+    import faiss
+
+    from towerlite.serving import catalog as cat
+    from towerlite.serving import history_update
+    from towerlite.serving.deploy import deploy
+
+    folder, text, items = history_tower
+    report = deploy(exported, tmp_path, variant="fp32", items=items, index="ivf",
+                    flavors=("portable", "native"), history_model=folder, progress=False)
+    recorded = report["history_tower"]["index"]
+    assert recorded["kind"] == "ivf_flat" and 0 < recorded["recall_vs_exact"]["recall"] <= 1
+    files = [tmp_path / f / "history_scorer" / "1" / "catalog" / "index.faiss"
+             for f in ("portable", "native")]
+    assert files[0].stat().st_ino == files[1].stat().st_ino  # built once, linked
+
+    tower = SavedTower.load(folder)
+    ranked = {}
+    for version in (1, 2):
+        catalog = tmp_path / "portable" / "history_scorer" / str(version) / "catalog"
+        table, ids, meta = cat.read_catalog(catalog)
+        assert meta["index"]["kind"] == "ivf_flat" and meta["count"] == len(ids)
+        row_of = {item: r for r, item in enumerate(ids)}
+        seen = [[row_of[ml_cases.item_ids[r]] for r in rows] for rows in ml_cases.seen[:20]]
+        users = onnx_user_vectors(tower.session(), np.asarray(table), seen, tower.config.max_len)
+        index = faiss.read_index(str(catalog / "index.faiss"))
+        assert index.ntotal == len(ids)
+        faiss.extract_index_ivf(index).nprobe = faiss.extract_index_ivf(index).nlist
+        scores, got = index.search(users, 10)
+        exact = users @ np.asarray(table).T
+        np.testing.assert_allclose(scores, -np.sort(-exact, axis=1)[:, :10], rtol=1e-4,
+                                   atol=1e-4)
+        ranked[version] = ids
+        if version == 1:  # the update: one new movie (its row from text), one removed
+            new = items.iloc[:1].assign(item_id="new-movie-1")
+            history_update.write_versions(tmp_path / "portable", 1, 2, new,
+                                          text[:1], {ids[-1]}, ["movie"])
+    assert "new-movie-1" in ranked[2] and ranked[1][-1] not in ranked[2]
 
 
 def test_both_flavors_write_the_history_models(tmp_path):

@@ -16,6 +16,7 @@ deployed. A release the server refuses is removed, and the old one keeps serving
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -242,7 +243,11 @@ def _write_history(repo: Path, base: int, new: int, tower, catalog_release: int)
     shutil.rmtree(scorer / "catalog")  # the links only: release `base` keeps its files
     shutil.rmtree(encoder / "history")
     info = {k: v for k, v in meta.items() if k not in ("count", "dim", "domains", "index")}
-    write_history(scorer, encoder, (tower, table), prepared, info)
+    # the index kind release `base`'s history scorer had, as the text scorer's is kept
+    served = json.loads((repo / "history_scorer" / str(base) / "catalog" / "catalog.json")
+                        .read_text())
+    write_history(scorer, encoder, (tower, table), prepared, info, ix.kind_of(served),
+                  (served.get("index") or {}).get("nprobe"))
     store.publish(repo, "history_scorer", scorer, new)
     store.publish(repo, "history_encoder", encoder, new)
     return {"folder": str(tower.folder), "kind": tower.config.kind, "count": len(ids)}
