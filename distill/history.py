@@ -36,7 +36,8 @@ DESCRIPTION = (
     "Train the history user tower: a user's liked items (catalog ids, oldest → newest) → a user "
     "vector, each item its item-tower text embedding (whitened, adapted) plus a learned ID vector "
     "when it has enough training likes, read by a small causal transformer (SASRec-style), "
-    "full-softmax cross-entropy over the catalog. Trains on the eval's training users only (the "
+    "cross-entropy over the catalog (full softmax, or sampled with negatives=N; within each "
+    "dataset's items with --dataset both). Trains on the eval's training users only (the "
     "held-out 10% are never read); checkpoints every epoch (a rerun resumes). Writes OUT/model/ "
     "(`towerlite deploy --history-model OUT/model` serves it as `recommend_history`) and "
     "OUT/history_report.json/.md: the tower through its ONNX graph beside popularity, "
@@ -141,11 +142,8 @@ class HistoryRun:
 
         about = {"dataset": self.dataset, "training_users": len(self.sequences),
                  "catalog_items": len(self.item_ids), "trained_on_whole_catalog": self.train_whole,
-                 "epochs": state.epoch,
-                 "losses": state.losses, "validation_recall@10": state.validation,
-                 "validation_cold_recall@10": state.validation_cold,
-                 "validation_targets": state.validation_targets,
-                 "best_epoch": state.best_epoch, "train_seconds": round(state.seconds, 1)}
+                 "epochs": state.epoch, **state.record(),
+                 "train_seconds": round(state.seconds, 1)}
         return save(self.out / "model", model, self.cfg, self.item_ids, self.item_model, about)
 
     def label(self, cases, row: str) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from towerlite.evaluation.cases import Cases
+from towerlite.evaluation.metrics import dot_scores, top_k, top_k_overlap
 from towerlite.sequential import ONNX_FILE, SavedTower, history_rows, onnx_user_vectors
 
 log = logging.getLogger(__name__)
@@ -54,19 +55,6 @@ def write(folder: Path, variant: str) -> Path:
     return replace_dir(staging, target)
 
 
-def _top10(users: np.ndarray, table: np.ndarray, cases: Cases, batch: int = 256) -> np.ndarray:
-    """Each user's top 10 rows, best first, earlier likes left out (as the evaluation ranks)."""
-    top = []
-    for a in range(0, len(users), batch):
-        scores = users[a:a + batch] @ table.T
-        for r, seen in enumerate(cases.seen[a:a + batch]):
-            scores[r, seen] = -np.inf
-        part = np.argpartition(-scores, 9, axis=1)[:, :10]
-        order = np.argsort(-np.take_along_axis(scores, part, 1), 1, kind="stable")
-        top.append(np.take_along_axis(part, order, 1))
-    return np.concatenate(top)
-
-
 def _latency_ms(session, table: np.ndarray, length: int, max_len: int) -> dict:
     """p50/p99 of one request's graph run (batch 1, `length` items), one thread."""
     rows = history_rows([list(range(min(length, len(table))))], max_len)
@@ -94,11 +82,11 @@ def compare(cases: Cases, reference: SavedTower, variant: SavedTower,
     for name, tower in (("reference", reference), ("variant", variant)):
         session = tower.session(threads=1)
         users = onnx_user_vectors(session, table, cases.seen, max_len)
-        out[name] = {"top10": _top10(users, table, cases),
+        out[name] = {"top10": top_k(dot_scores(users, table), len(users), cases.seen, 10),
                      "latency": {f"history_{n}": _latency_ms(session, table, n, max_len)
                                  for n in sorted({min(10, max_len), max_len})}}
     ref, var = out["reference"]["top10"], out["variant"]["top10"]
-    overlap = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ref, var)]))
+    overlap = float(top_k_overlap(ref, var).mean())
     return {"top10_overlap": round(overlap, 4),
             "identical_top10": round(float(np.mean((ref == var).all(1))), 4),
             "gate": {"min_top10_overlap": MIN_TOP10_OVERLAP,

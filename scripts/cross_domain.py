@@ -37,7 +37,7 @@ from towerlite.data.splits import is_heldout_user
 from towerlite.evaluation.cases import build_cases
 from towerlite.evaluation.metrics import bootstrap_ci
 from towerlite.evaluation.towers import towers_of
-from towerlite.sequential import SavedTower, onnx_user_vectors
+from towerlite.sequential import SavedTower, onnx_user_vectors, unit_rows
 
 
 def title_key(title: str) -> str:
@@ -48,10 +48,6 @@ def title_key(title: str) -> str:
     if moved:
         title = f"{moved.group(2)} {moved.group(1)}"
     return re.sub(r"[^a-z0-9]+", " ", title.lower()).strip()
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def hits(scores: np.ndarray, targets: list[set[int]], k: int) -> np.ndarray:
@@ -116,7 +112,7 @@ def main() -> None:
         rows[f"history tower {folder} ({saved.config.kind})"] = vectors @ book_rows.T
     user_text = tower.embed([movies.user_texts[u] for u in users], "cross-domain user texts")
     rows["text tower, zero-shot (user text vs book)"] = user_text @ book_text.T
-    movie_unit, book_unit = unit(movie_text), unit(book_text)
+    movie_unit, book_unit = unit_rows(movie_text), unit_rows(book_text)
     rows["history text mean (no training)"] = np.stack(
         [movie_unit[s].mean(0) for s in seen]) @ book_unit.T
     liked = bx.interactions[(bx.interactions["rating"] >= bx.positive_threshold)

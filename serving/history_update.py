@@ -5,8 +5,9 @@ A repository deployed with `--history-model` serves `recommend_history` = histor
 history_scorer, each holding the history tower's item table for the whole catalog (the encoder
 to look items up, the scorer to rank them). When the scorer's catalog gets version N, both get
 version N too: kept items keep their rows (text and ID parts as trained), a new or changed item
-gets the row its text embedding gives through the tower's adapter (no ID vector: it had no
-training likes), removed items leave; the scorer's IVF index, if version N has one, is rebuilt
+gets the row its text embedding gives through the tower's adapter, plus its ID vector where the
+tower has one (a changed warm item keeps it; a new item has none: no training likes), removed
+items leave; the scorer's IVF index, if version N has one, is rebuilt
 over the new table. Version N is part of release N: a server switches both
 models with the rest of the release (serving/release/switch.py), so the encoder and the scorer
 of one request always hold one table.
@@ -29,7 +30,8 @@ from . import catalog as cat
 from . import index as ix
 from .catalog_update.merge import merge, row_domains
 
-MODELS = ("history_scorer", "history_encoder")
+MODELS = ("history_scorer", "history_encoder")  # the scorer first: its catalog.json's domain
+# ranges are what the encoder's history.json records
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,10 @@ PCA-whitened once (a fixed buffer: the text model's cosines crowd into a narrow 
 learned linear map into the tower's width. The sequence model is SASRec's: learned positions
 (counted back from the newest item, so any history length reads alike), pre-norm causal
 self-attention blocks, the last position's state is the user vector. Training is SASRec+'s
-(Klenitskiy & Vasilev 2023): cross-entropy over the whole catalog at every position, or over a
-shared uniform sample of `negatives` items for large catalogs (uniform, so no logQ term; each
-step then computes the item vectors of its batch's and its sample's rows alone).
+(Klenitskiy & Vasilev 2023): cross-entropy over the whole catalog at every position, or, for
+large catalogs, over the batch's targets and a shared uniform sample of `negatives` items (no
+logQ term: the uniform part needs none, the in-batch part is not corrected; `sampled_loss`;
+each step then computes the item vectors of its batch's and its sample's rows alone).
 
 With `text_skip` the item table is wider: each row also carries the item's own normalized text
 embedding times a scale (learned, or fixed by `skip_gain`), and the user vector the mean of its
@@ -114,6 +115,11 @@ class HistoryConfig:
 SKIP_SCALE = 3.0
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row at length 1 (a zero row stays zero)."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def whitening(text: np.ndarray, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
     """(mean, matrix): x ↦ (x − mean) @ matrix has identity covariance over the catalog."""
     mean = text.mean(0)
@@ -159,8 +165,9 @@ def build_model(cfg: HistoryConfig, n_items: int, text: np.ndarray | None, warm:
             return x + self.drop(self.ff(self.norm2(x)))
 
     class SequenceEncoder(nn.Module):
-        """Item vectors (B, L, dim) and a mask (B, L) of real items → user vectors (B, dim).
-        This is what the ONNX graph holds."""
+        """Item vectors (B, L, width) and a mask (B, L) of real items → user vectors (B, width),
+        width = dim, + the text width with `text_skip` (`SavedTower.width`). This is what the
+        ONNX graph holds."""
 
         def __init__(self):
             super().__init__()
@@ -212,7 +219,7 @@ def build_model(cfg: HistoryConfig, n_items: int, text: np.ndarray | None, warm:
                 self.adapter = nn.Linear(text.shape[1], cfg.dim)
                 self.whitening = (mean, white)
                 if cfg.text_skip:
-                    unit = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+                    unit = unit_rows(text)
                     self.register_buffer("text_unit", torch.as_tensor(unit.astype(np.float32)))
                     if not cfg.skip_gain:
                         self.skip_log_scale = nn.Parameter(torch.zeros(()))
@@ -309,6 +316,12 @@ class TrainState:
     validation_cold: list = field(default_factory=list)  # the same over the cold targets alone
     best_epoch: int = -1  # the epoch kept (0: the untrained tower); -1 without validation
     validation_targets: dict = field(default_factory=dict)  # {targets, cold_targets} ranked
+
+    def record(self) -> dict:
+        """The training record every report carries, under its report names."""
+        return {"losses": self.losses, "validation_recall@10": self.validation,
+                "validation_cold_recall@10": self.validation_cold,
+                "validation_targets": self.validation_targets, "best_epoch": self.best_epoch}
 
 
 def split_validation(sequences: list[list[int]], share: float, seed: int,
@@ -494,8 +507,12 @@ def sampled_loss(cfg: HistoryConfig, model, batch, sample, adjust=None):
     """Cross-entropy of each position's next item (`batch`: windows of catalog rows, -1 padding)
     against the batch's other targets and the shared uniform `sample` of negatives (a sampled
     copy of the target masked out; `adjust`: each item's log prior, added when logit adjustment
-    is on). Only the rows the step reads are computed (`model(inputs, needed)`): the whole
-    271k-row table cost most of a step (scripts/history_step_bench.py)."""
+    is on). A target repeated in the batch stays a candidate once per position, so its copies
+    share its probability: the same as one candidate whose logit has + log(copies), a logit
+    adjustment by in-batch counts that popular targets get (every Book-Crossing whole-catalog
+    run of docs/quality.md trained so; candidates made unique were not measured). Only the
+    rows the step reads are computed (`model(inputs, needed)`): the whole 271k-row table cost
+    most of a step (scripts/history_step_bench.py)."""
     torch = _torch()
     inputs, targets = batch[:, :-1], batch[:, 1:]
     keep = (inputs >= 0) & (targets >= 0)
@@ -598,7 +615,7 @@ ONNX_FILE = "history_encoder.onnx"
 
 def save(folder: Path, model, cfg: HistoryConfig, item_ids: list[str], item_model: str,
          report: dict) -> Path:
-    """A tower folder: history_encoder.onnx (item vectors (B, L, dim) + mask (B, L) → user
+    """A tower folder: history_encoder.onnx (item vectors (B, L, width) + mask (B, L) → user
     vector), weights.pt (the torch weights, to fine-tune from), adapter.npz (whitening mean
     and matrix, linear weight and bias; text settings), id_vectors.npy + id_items.json (warm
     items' ID vectors, by item id), item_ids.json (the training catalog), config.json,
@@ -690,7 +707,7 @@ class SavedTower:
                 dst, src = map(list, zip(*rows))
                 table[dst] += vectors[src]
         if cfg.text_skip and cfg.use_text:
-            unit = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+            unit = unit_rows(text)
             table = np.concatenate([table, a["skip_scale"] * unit], axis=1)
         return table.astype(np.float32)
 

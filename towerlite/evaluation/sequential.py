@@ -4,7 +4,7 @@
                                     trained on the training users of these cases
     trained(cases, cfg, text)       any history-tower setting trained the same way (the parts
                                     table of `towerlite history`: text + ID, text only, ID only)
-    saved(cases, folder)            a saved history tower (`towerlite history` output) through
+    saved(cases, tower, text)       a saved history tower (`towerlite history` output) through
                                     its ONNX graph, as the served model runs it
     text_mean(cases, text, max_len) the zero-shot history row: no training, no tokenizer
     validation(cfg, sequences)      the training users' split and the validator `train` chooses
@@ -33,6 +33,7 @@ from towerlite.sequential import (
     onnx_user_vectors,
     split_validation,
     train,
+    unit_rows,
     user_vectors,
 )
 
@@ -91,10 +92,7 @@ def trained(cases: Cases, cfg: HistoryConfig, text: np.ndarray | None = None,
     table = item_table(model)
     users = user_vectors(model, cases.seen, cfg.max_len, table=table)
     about = {"model": cfg.kind, "settings": cfg.__dict__.copy(),
-             "train_s": round(time.perf_counter() - started, 1),
-             "losses": state.losses, "validation_recall@10": state.validation,
-             "validation_cold_recall@10": state.validation_cold, "best_epoch": state.best_epoch,
-             "validation_targets": state.validation_targets,
+             "train_s": round(time.perf_counter() - started, 1), **state.record(),
              "training_users": len(cases.train_sequences)}
     return dot_scores(users, table), about
 
@@ -109,7 +107,7 @@ def text_mean(cases: Cases, text: np.ndarray, max_len: int) -> ScoreBlock:
     """Each item scored by its cosine with the mean of the user's newest `max_len` items' unit
     text embeddings (`text`: the item tower's, of cases.item_texts) — what a tower with a fixed
     text skip starts from, and the bar its cold-start slice is held to."""
-    unit = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+    unit = unit_rows(text)
     users = np.zeros((len(cases.seen), unit.shape[1]), np.float32)
     for r, seen in enumerate(cases.seen):
         if len(seen):
