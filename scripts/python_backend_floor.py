@@ -58,7 +58,7 @@ class TritonPythonModel:
 NO_DELAY = "_nodelay"  # the same model with max_queue_delay_microseconds 0
 
 
-def _add_model(repo: Path, name: str, config: str, files: Path | None) -> None:
+def add_model(repo: Path, name: str, config: str, files: Path | None) -> None:
     """Model `name` in `repo` with `config` (renamed to it), version 1 hard-linked from
     `files` (a version folder), or the floor's model.py when `files` is None."""
     config = re.sub(r'^name: "[^"]*"', f'name: "{name}"', config, count=1, flags=re.M)
@@ -81,11 +81,11 @@ def repository_with_floor(flavor: Path, where: Path) -> Path:
     config = (flavor / FUSED / "config.pbtxt").read_text()
     release = re.search(r'key: "RELEASE" value: \{ string_value: "(\d+)"', config).group(1)
     floor = re.sub(r"\nparameters[\s\S]*\Z", "\n", config)  # the fused model's own settings
-    _add_model(repo, FLOOR, floor, None)
+    add_model(repo, FLOOR, floor, None)
     for name, text, files in ((FUSED, config, flavor / FUSED / release), (FLOOR, floor, None)):
         text = re.sub(r"max_queue_delay_microseconds: \d+", "max_queue_delay_microseconds: 0",
                       text)
-        _add_model(repo, name + NO_DELAY, text, files)
+        add_model(repo, name + NO_DELAY, text, files)
     return repo
 
 

@@ -1,0 +1,142 @@
+"""The history path over a large catalog, exact search against the IVF index deploy builds for
+the history scorer (docs/benchmarks.md): one server serves a deployed `recommend_history_fused`
+(its history scorer searching catalog/index.faiss) and a copy of it with INDEX "exact" (the
+same files, the whole table scanned). For each, held-out MovieLens users' histories are sent
+as ids and the top 10 compared with the in-process exact ranking over the deployed table
+(same list, overlap, Recall@10 of the user's held-out next like), with DOMAIN "movie" and with
+no domain filter; then `towerlite bench serving` (perf_analyzer) measures both, alternated
+`--repeats` times.
+
+    towerlite deploy --user-model runs/export/start --variant int8_dynamic --item-variant fp32 \
+        --catalog both --flavor portable --history-model runs/h-ml1/model --out runs/repo-both
+    .venv/bin/python scripts/history_index_bench.py runs/repo-both/portable --out runs/hidx.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from python_backend_floor import FUSED, add_model, level_row
+
+from towerlite.evaluation.cases import build_cases
+from towerlite.machine import cpu_info
+from towerlite.sequential import SavedTower, onnx_user_vectors
+from towerlite.serving.bench.runner import BenchConfig, run
+from towerlite.serving.client import Client
+from towerlite.serving.triton import start_server
+
+EXACT = FUSED + "_exact"
+
+
+def repository_with_exact(flavor: Path, where: Path) -> Path:
+    """`flavor` hard-linked into `where`/repo, plus EXACT: the fused model's config with INDEX
+    "exact", serving the same release files."""
+    repo = where / "repo"
+    subprocess.run(["cp", "-al", str(flavor), str(repo)], check=True)
+    config = (flavor / FUSED / "config.pbtxt").read_text()
+    release = re.search(r'key: "RELEASE" value: \{ string_value: "(\d+)"', config).group(1)
+    exact, n = re.subn(r'(key: "INDEX" value: \{ string_value: )"[a-z]+"', r'\1"exact"', config)
+    if n != 1:
+        raise SystemExit(f"{flavor / FUSED / 'config.pbtxt'} has no INDEX parameter")
+    add_model(repo, EXACT, exact, flavor / FUSED / release)
+    return repo
+
+
+def served_table(flavor: Path) -> tuple[np.ndarray, list[str], dict]:
+    """(the history item table, its ids, the scorer's catalog.json) of the newest version."""
+    root = flavor / "history_encoder"
+    version = max(int(p.name) for p in root.iterdir() if p.name.isdigit())
+    folder = root / str(version) / "history"
+    meta = json.loads((flavor / "history_scorer" / str(version) / "catalog" / "catalog.json")
+                      .read_text())
+    ids = [i.decode() for i in np.load(folder / "item_ids.npy")]
+    return np.load(folder / "item_table.npy"), ids, meta
+
+
+def ranking(flavor: Path, url: str, users: int) -> dict:
+    """Each model's top 10 against the exact in-process ranking of the deployed table."""
+    table, ids, meta = served_table(flavor)
+    row_of = {item: r for r, item in enumerate(ids)}
+    cases = build_cases("movielens", users=users, max_history=10)
+    tower = SavedTower.load(flavor / "history_encoder" / "1" / "history")
+    seen = [[row_of[cases.item_ids[r]] for r in s] for s in cases.seen]
+    targets = [row_of[cases.item_ids[t]] for t in cases.targets]
+    vectors = onnx_user_vectors(tower.session(), table, seen, tower.config.max_len)
+    movies = next((d["start"], d["stop"]) for d in meta["domains"] if d["name"] == "movie")
+    out = {}
+    with Client(url) as client:
+        for domain in ("movie", None):
+            for model in (FUSED, EXACT):
+                same, overlap, hit = [], [], []
+                for vector, rows, target in zip(vectors, seen, targets):
+                    scores = table @ vector
+                    scores[rows] = -np.inf
+                    if domain:
+                        scores[:movies[0]], scores[movies[1]:] = -np.inf, -np.inf
+                    want = [ids[r] for r in np.argsort(-scores, kind="stable")[:10]]
+                    got = client.recommend_history([ids[r] for r in rows], k=10, domain=domain,
+                                                   model=model).item_ids
+                    same.append(got == want)
+                    overlap.append(len(set(got) & set(want)) / 10)
+                    hit.append(ids[target] in got)
+                out[f"{model} domain={domain or 'all'}"] = {
+                    "users": len(same), "same_top10_share": round(float(np.mean(same)), 4),
+                    "top10_overlap": round(float(np.mean(overlap)), 4),
+                    "recall@10": round(float(np.mean(hit)), 4)}
+                print(f"{model:34s} domain={domain or 'all':5s} " + ", ".join(
+                    f"{k} {v}" for k, v in out[f"{model} domain={domain or 'all'}"].items()),
+                    flush=True)
+    out["history_index"] = meta.get("index")
+    out["count"] = meta["count"]
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("flavor", type=Path,
+                   help="a portable flavor folder deployed with --history-model over a large "
+                        "catalog (its history scorer with an index)")
+    p.add_argument("--users", type=int, default=300, help="held-out MovieLens users compared")
+    p.add_argument("--concurrency", default="1,8")
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    if not (args.flavor / FUSED / "config.pbtxt").is_file():
+        raise SystemExit(f"{args.flavor} has no {FUSED}: deploy with --history-model")
+    concurrency = tuple(int(c) for c in args.concurrency.split(","))
+    where = Path(tempfile.mkdtemp(prefix="history-index-"))
+    runs: dict[str, list] = {FUSED: [], EXACT: []}
+    try:
+        repo = repository_with_exact(args.flavor, where)
+        with start_server(repo, log_path=where / "triton.log") as srv:
+            agreement = ranking(args.flavor, srv.grpc_url, args.users)
+            for repeat in range(args.repeats):
+                for model in runs:
+                    report = run(BenchConfig(url=srv.grpc_url, out=where / f"{model}-{repeat}",
+                                             model=model, concurrency=concurrency,
+                                             duration_s=args.duration, texts=500,
+                                             datasets="movielens"))
+                    rows = [level_row(lv) for lv in report["levels"]]
+                    runs[model].append(rows)
+                    print(f"run {repeat + 1} {model}: " + "; ".join(
+                        f"c={r['concurrency']} p50/p99 {r['p50_ms']:.2f}/{r['p99_ms']:.2f} ms, "
+                        f"{r['throughput_rps']:.0f} req/s" for r in rows), flush=True)
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+    if args.out:
+        args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "ranking": agreement,
+                                        "runs": runs, "flavor": str(args.flavor),
+                                        "machine": cpu_info()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
