@@ -48,6 +48,8 @@ def write_versions(repo: Path, base: int, version: int, new: pd.DataFrame, new_t
     written."""
     from towerlite.sequential import SavedTower
 
+    from .deploy import check_users
+
     encoder_base = repo / "history_encoder" / str(base)
     tower = SavedTower.load(encoder_base / "history")
     new_rows = tower.item_table(new["item_id"].tolist(), new_text) if len(new) else \
@@ -72,7 +74,8 @@ def write_versions(repo: Path, base: int, version: int, new: pd.DataFrame, new_t
                 meta = cat.write_catalog(staging / "catalog", frame, table, info)
                 if kind != "exact":  # rebuilt over the new table, as the text scorer's is
                     meta = ix.write_catalog_index(staging / "catalog", table, meta,
-                                                  old_meta["index"]["nprobe"], kind)
+                                                  old_meta["index"]["nprobe"], kind,
+                                                  check_users(tower, table))
             else:
                 folder = staging / "history"
                 shutil.copytree(previous / "history", folder)

@@ -292,10 +292,11 @@ def write_index(index, path: Path) -> None:
 
 
 def write_catalog_index(folder: Path, embeddings: np.ndarray, meta: dict, nprobe: int,
-                        kind: str = "ivf") -> dict:
+                        kind: str = "ivf", queries: tuple[str, np.ndarray] | None = None) -> dict:
     """catalog/index.faiss beside a written catalog, and its recall against exact search,
     recorded in catalog.json (deploy's version 1 and every `catalog update` version). Returns
-    the catalog's meta with the index."""
+    the catalog's meta with the index. `queries`: (what they are, vectors) to measure recall
+    with; else 200 of the catalog's own rows (a text tower's users are texts like them)."""
     t0 = time.perf_counter()
     index = build_index(kind, embeddings)
     build_s = time.perf_counter() - t0
@@ -306,9 +307,12 @@ def write_catalog_index(folder: Path, embeddings: np.ndarray, meta: dict, nprobe
         with open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(embeddings, dtype=np.float32))
         tmp.replace(folder / ROWS_FILE)
-    rng = np.random.default_rng(0)
-    queries = embeddings[rng.choice(len(embeddings), size=min(200, len(embeddings)),
-                                    replace=False)]
+    if queries is None:
+        rng = np.random.default_rng(0)
+        queries = ("catalog items", embeddings[rng.choice(len(embeddings),
+                                                          size=min(200, len(embeddings)),
+                                                          replace=False)])
+    queries_from, queries = queries
     nlist = faiss_ivf(index).nlist
     factor = CODES_CAP_FACTOR if len(embeddings) >= CODES_CAP_MIN_ITEMS else 0.0
     measured = recall_at_k(index, embeddings, queries, k=10, nprobe=nprobe, rescore=rescore,
@@ -318,7 +322,7 @@ def write_catalog_index(folder: Path, embeddings: np.ndarray, meta: dict, nprobe
                               "nprobe": nprobe, "rescore": rescore, "codes_cap_factor": factor,
                               "factory": factory_string(kind, embeddings.shape[1], nlist, hnsw),
                               "build_seconds": round(build_s, 2),
-                              "recall_vs_exact": {**measured, "queries_from": "catalog items"}}}
+                              "recall_vs_exact": {**measured, "queries_from": queries_from}}}
     tmp = folder / ".catalog.json.tmp"
     tmp.write_text(json.dumps(meta, indent=1))
     tmp.replace(folder / "catalog.json")

@@ -700,6 +700,7 @@ def test_the_history_scorer_searches_an_index_that_deploy_and_updates_build(
                     flavors=("portable", "native"), history_model=folder, progress=False)
     recorded = report["history_tower"]["index"]
     assert recorded["kind"] == "ivf_flat" and 0 < recorded["recall_vs_exact"]["recall"] <= 1
+    assert recorded["recall_vs_exact"]["queries_from"] == "the tower's users of one random item"
     files = [tmp_path / f / "history_scorer" / "1" / "catalog" / "index.faiss"
              for f in ("portable", "native")]
     assert files[0].stat().st_ino == files[1].stat().st_ino  # built once, linked
