@@ -115,9 +115,9 @@ class HistoryRun:
             self.text = np.concatenate(texts)
         self.timings["setup_s"] = round(time.perf_counter() - t0, 1)
 
-    def checkpoint(self, cfg: HistoryConfig) -> Path:
+    def checkpoint(self) -> Path:
         sizes = [self.catalog_items.get(n, 0) for n in DATASETS[self.dataset]]
-        key = json.dumps([asdict(cfg), self.dataset, self.item_model, sizes,
+        key = json.dumps([asdict(self.cfg), self.dataset, self.item_model, sizes,
                           len(self.item_ids)] + (["whole"] if self.train_whole else []),
                          sort_keys=True)
         folder = self.out / CHECKPOINTS
@@ -132,7 +132,7 @@ class HistoryRun:
         domains = self.domains if len(self.domains) > 1 else None
         sequences, validator = validation(self.cfg, self.sequences, domains, self.cold_max)
         model, state = train(self.cfg, sequences, len(self.item_ids), self.text,
-                             checkpoint=self.checkpoint(self.cfg), progress=self.progress,
+                             checkpoint=self.checkpoint(), progress=self.progress,
                              dist=dist, domains=domains, validator=validator)
         self.timings["train_s"] = round(time.perf_counter() - t0, 1)
         return model, state
@@ -380,7 +380,8 @@ def command(args: argparse.Namespace) -> int:
     sizes = {name: args.catalog_items if args.catalog_items is not None else
              (20_000 if name == "bookcrossing" else 0) for name in DATASETS[args.dataset]}
     whole = args.train_catalog == "whole"
-    if args.dataset == "both" and (args.parts or config_of(args).negatives or whole):
+    cfg = config_of(args)
+    if args.dataset == "both" and (args.parts or cfg.negatives or whole):
         raise TowerliteError("--parts, negatives=N and --train-catalog whole train on one "
                              "dataset: not with --dataset both")
     if whole and args.parts:
@@ -390,7 +391,7 @@ def command(args: argparse.Namespace) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise TowerliteError(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
-    run = HistoryRun(args.dataset, args.item_model, args.out, config_of(args), sizes, whole,
+    run = HistoryRun(args.dataset, args.item_model, args.out, cfg, sizes, whole,
                      args.parts, progress=not args.no_progress, variants=variants)
     started = time.perf_counter()
     # under torchrun every process trains on its share of each batch; the first one alone
