@@ -24,12 +24,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from python_backend_floor import FUSED, add_model, level_row
+from python_backend_floor import FUSED, add_model, alternated
 
 from towerlite.evaluation.cases import build_cases
 from towerlite.machine import cpu_info
 from towerlite.sequential import SavedTower, onnx_user_vectors
-from towerlite.serving.bench.runner import BenchConfig, run
 from towerlite.serving.client import Client
 from towerlite.serving.triton import start_server
 
@@ -114,22 +113,12 @@ def main() -> None:
         raise SystemExit(f"{args.flavor} has no {FUSED}: deploy with --history-model")
     concurrency = tuple(int(c) for c in args.concurrency.split(","))
     where = Path(tempfile.mkdtemp(prefix="history-index-"))
-    runs: dict[str, list] = {FUSED: [], EXACT: []}
     try:
         repo = repository_with_exact(args.flavor, where)
         with start_server(repo, log_path=where / "triton.log") as srv:
             agreement = ranking(args.flavor, srv.grpc_url, args.users)
-            for repeat in range(args.repeats):
-                for model in runs:
-                    report = run(BenchConfig(url=srv.grpc_url, out=where / f"{model}-{repeat}",
-                                             model=model, concurrency=concurrency,
-                                             duration_s=args.duration, texts=500,
-                                             datasets="movielens"))
-                    rows = [level_row(lv) for lv in report["levels"]]
-                    runs[model].append(rows)
-                    print(f"run {repeat + 1} {model}: " + "; ".join(
-                        f"c={r['concurrency']} p50/p99 {r['p50_ms']:.2f}/{r['p99_ms']:.2f} ms, "
-                        f"{r['throughput_rps']:.0f} req/s" for r in rows), flush=True)
+            runs = alternated(srv.grpc_url, (FUSED, EXACT), args.repeats, concurrency,
+                              args.duration, where)
     finally:
         shutil.rmtree(where, ignore_errors=True)
     if args.out:

@@ -96,6 +96,24 @@ def level_row(level: dict) -> dict:
             "server": server}
 
 
+def alternated(url: str, models, repeats: int, concurrency: tuple[int, ...], duration: float,
+               where: Path) -> dict[str, list]:
+    """`towerlite bench serving` (500 held-out MovieLens histories) of each model in turn,
+    `repeats` times: {model: [each run's rows by concurrency]}, printed as they come."""
+    runs: dict[str, list] = {m: [] for m in models}
+    for repeat in range(repeats):
+        for model in models:
+            report = run(BenchConfig(url=url, out=where / f"{model}-{repeat}", model=model,
+                                     concurrency=concurrency, duration_s=duration, texts=500,
+                                     datasets="movielens"))
+            rows = [level_row(lv) for lv in report["levels"]]
+            runs[model].append(rows)
+            print(f"run {repeat + 1} {model}: " + "; ".join(
+                f"c={r['concurrency']} p50/p99 {r['p50_ms']:.2f}/{r['p99_ms']:.2f} ms, "
+                f"{r['throughput_rps']:.0f} req/s" for r in rows), flush=True)
+    return runs
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("flavor", type=Path,
@@ -110,21 +128,11 @@ def main() -> None:
     concurrency = tuple(int(c) for c in args.concurrency.split(","))
     where = Path(tempfile.mkdtemp(prefix="floor-"))
     models = (FUSED, FUSED + NO_DELAY, FLOOR, FLOOR + NO_DELAY)
-    runs: dict[str, list] = {m: [] for m in models}
     try:
         repo = repository_with_floor(args.flavor, where)
         with start_server(repo, log_path=where / "triton.log") as srv:
-            for repeat in range(args.repeats):
-                for model in models:
-                    report = run(BenchConfig(url=srv.grpc_url, out=where / f"{model}-{repeat}",
-                                             model=model, concurrency=concurrency,
-                                             duration_s=args.duration, texts=500,
-                                             datasets="movielens"))
-                    rows = [level_row(lv) for lv in report["levels"]]
-                    runs[model].append(rows)
-                    print(f"run {repeat + 1} {model}: " + "; ".join(
-                        f"c={r['concurrency']} p50/p99 {r['p50_ms']:.2f}/{r['p99_ms']:.2f} ms, "
-                        f"{r['throughput_rps']:.0f} req/s" for r in rows), flush=True)
+            runs = alternated(srv.grpc_url, models, args.repeats, concurrency, args.duration,
+                              where)
     finally:
         shutil.rmtree(where, ignore_errors=True)
     if args.out:
