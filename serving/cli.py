@@ -82,7 +82,8 @@ def add_deploy_arguments(p: argparse.ArgumentParser) -> None:
                         "exactly; ¼ / 1/32 the size), or auto (by catalog size, default; "
                         "docs/serving.md, Scale); the history scorer's item table gets the same "
                         "kind. recall@10 vs exact is measured and recorded")
-    p.add_argument("--nprobe", type=int, help="IVF lists visited per query (default 32)")
+    p.add_argument("--nprobe", type=int,
+                   help="IVF lists visited per query (default 32; the history scorer's 128)")
     p.add_argument("--threads", type=int, default=2,
                    help="onnxruntime threads for embedding the catalog (default 2)")
     p.add_argument("--workers", type=int, default=1,
