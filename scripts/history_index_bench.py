@@ -4,8 +4,9 @@ the history scorer (docs/benchmarks.md): one server serves a deployed `recommend
 same files, the whole table scanned). For each, held-out MovieLens users' histories are sent
 as ids and the top 10 compared with the in-process exact ranking over the deployed table
 (same list, overlap, Recall@10 of the user's held-out next like), with DOMAIN "movie" and with
-no domain filter; then `towerlite bench serving` (perf_analyzer) measures both, alternated
-`--repeats` times.
+no domain filter; before the server, the index's recall on the same users' vectors at each
+`--nprobes` value in-process; then `towerlite bench serving` (perf_analyzer) measures both,
+alternated `--repeats` times.
 
     towerlite deploy --user-model runs/export/start --variant int8_dynamic --item-variant fp32 \
         --catalog both --flavor portable --history-model runs/h-ml1/model --out runs/repo-both
@@ -29,6 +30,7 @@ from python_backend_floor import FUSED, add_model, alternated
 from towerlite.evaluation.cases import build_cases
 from towerlite.machine import cpu_info
 from towerlite.sequential import SavedTower, onnx_user_vectors
+from towerlite.serving import index as ix
 from towerlite.serving.client import Client
 from towerlite.serving.triton import start_server
 
@@ -60,8 +62,9 @@ def served_table(flavor: Path) -> tuple[np.ndarray, list[str], dict]:
     return np.load(folder / "item_table.npy"), ids, meta
 
 
-def ranking(flavor: Path, url: str, users: int) -> dict:
-    """Each model's top 10 against the exact in-process ranking of the deployed table."""
+def held_out_users(flavor: Path, users: int):
+    """(table, ids, catalog.json, each user's history rows, target rows, user vectors) for
+    held-out MovieLens users over the deployed table."""
     table, ids, meta = served_table(flavor)
     row_of = {item: r for r, item in enumerate(ids)}
     cases = build_cases("movielens", users=users, max_history=10)
@@ -69,6 +72,27 @@ def ranking(flavor: Path, url: str, users: int) -> dict:
     seen = [[row_of[cases.item_ids[r]] for r in s] for s in cases.seen]
     targets = [row_of[cases.item_ids[t]] for t in cases.targets]
     vectors = onnx_user_vectors(tower.session(), table, seen, tower.config.max_len)
+    return table, ids, meta, seen, targets, vectors
+
+
+def nprobe_sweep(flavor: Path, users: int, nprobes: list[int]) -> list[dict]:
+    """In-process: the history scorer's index (re-scored as the scorer does) against exact
+    search at each nprobe, the held-out users' vectors as queries."""
+    table, _, meta, _, _, vectors = held_out_users(flavor, users)
+    index = ix.read_index(flavor / "history_scorer" / "1" / "catalog" / "index.faiss")
+    out = []
+    for nprobe in nprobes:
+        out.append(ix.recall_at_k(index, table, vectors, k=10, nprobe=nprobe,
+                                  rescore=meta["index"]["rescore"]))
+        print(f"nprobe {nprobe}: recall@10 {out[-1]['recall']}, "
+              f"{out[-1]['ivf_ms_per_query']} ms a query (exact "
+              f"{out[-1]['exact_ms_per_query']} ms)", flush=True)
+    return out
+
+
+def ranking(flavor: Path, url: str, users: int) -> dict:
+    """Each model's top 10 against the exact in-process ranking of the deployed table."""
+    table, ids, meta, seen, targets, vectors = held_out_users(flavor, users)
     movies = next((d["start"], d["stop"]) for d in meta["domains"] if d["name"] == "movie")
     out = {}
     with Client(url) as client:
@@ -107,11 +131,15 @@ def main() -> None:
     p.add_argument("--concurrency", default="1,8")
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--nprobes", default="32,64,128,256",
+                   help="nprobe values the in-process sweep measures ('' none)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     if not (args.flavor / FUSED / "config.pbtxt").is_file():
         raise SystemExit(f"{args.flavor} has no {FUSED}: deploy with --history-model")
     concurrency = tuple(int(c) for c in args.concurrency.split(","))
+    sweep = nprobe_sweep(args.flavor, args.users,
+                         [int(n) for n in args.nprobes.split(",") if n.strip()])
     where = Path(tempfile.mkdtemp(prefix="history-index-"))
     try:
         repo = repository_with_exact(args.flavor, where)
@@ -123,6 +151,7 @@ def main() -> None:
         shutil.rmtree(where, ignore_errors=True)
     if args.out:
         args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "ranking": agreement,
+                                        "nprobe_sweep": sweep,
                                         "runs": runs, "flavor": str(args.flavor),
                                         "machine": cpu_info()}, indent=1))
 
