@@ -165,8 +165,8 @@ def history_table(folder, prepared, embeddings, item: EncoderExport):
 HISTORY_WRITTEN = ("item_table.npy", "item_ids.npy", "history.json")
 # IVF lists a history-scorer query visits, unless --nprobe says: over the full catalog's
 # 275k-row 64-d table (2,048 lists, SQ8) held-out MovieLens users' recall@10 against exact
-# search was 0.667 at 32, 0.773 at 64, 0.960 at 128 (0.35 ms a query; exact 8–10 ms), 0.979 at
-# 256 (1.4 ms): 64-d rows make each list cheap to scan (docs/benchmarks.md)
+# search was 0.667 at 32, 0.773 at 64, 0.960 at 128 (0.3–0.35 ms a query; exact 8–10 ms),
+# 0.979 at 256 (0.4–1.4 ms): 64-d rows make each list cheap to scan (docs/benchmarks.md)
 HISTORY_NPROBE = 128
 
 

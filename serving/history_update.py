@@ -7,10 +7,10 @@ to look items up, the scorer to rank them). When the scorer's catalog gets versi
 version N too: kept items keep their rows (text and ID parts as trained), a new or changed item
 gets the row its text embedding gives through the tower's adapter, plus its ID vector where the
 tower has one (a changed warm item keeps it; a new item has none: no training likes), removed
-items leave; the scorer's IVF index, if version N has one, is rebuilt
-over the new table. Version N is part of release N: a server switches both
-models with the rest of the release (serving/release/switch.py), so the encoder and the scorer
-of one request always hold one table.
+items leave; the scorer's IVF index, if version N has one, is rebuilt over the new table.
+Version N is part of release N: a server switches both models with the rest of the release
+(serving/release/switch.py), so the encoder and the scorer of one request always hold one
+table.
 """
 
 from __future__ import annotations
