@@ -51,60 +51,56 @@ def repository_with_exact(flavor: Path, where: Path) -> Path:
     return repo
 
 
-def served_table(flavor: Path) -> tuple[np.ndarray, list[str], dict]:
-    """(the history item table, its ids, the scorer's catalog.json) of the newest version."""
+def held_out_users(flavor: Path, users: int) -> dict:
+    """The newest release's history table (ids, scorer catalog.json, index file) and held-out
+    MovieLens users over it: their history rows, target rows and user vectors."""
     root = flavor / "history_encoder"
-    version = max(int(p.name) for p in root.iterdir() if p.name.isdigit())
-    folder = root / str(version) / "history"
-    meta = json.loads((flavor / "history_scorer" / str(version) / "catalog" / "catalog.json")
-                      .read_text())
+    version = str(max(int(p.name) for p in root.iterdir() if p.name.isdigit()))
+    folder = root / version / "history"
+    catalog = flavor / "history_scorer" / version / "catalog"
+    table = np.load(folder / "item_table.npy")
     ids = [i.decode() for i in np.load(folder / "item_ids.npy")]
-    return np.load(folder / "item_table.npy"), ids, meta
-
-
-def held_out_users(flavor: Path, users: int):
-    """(table, ids, catalog.json, each user's history rows, target rows, user vectors) for
-    held-out MovieLens users over the deployed table."""
-    table, ids, meta = served_table(flavor)
     row_of = {item: r for r, item in enumerate(ids)}
     cases = build_cases("movielens", users=users, max_history=10)
-    tower = SavedTower.load(flavor / "history_encoder" / "1" / "history")
+    tower = SavedTower.load(folder)
     seen = [[row_of[cases.item_ids[r]] for r in s] for s in cases.seen]
-    targets = [row_of[cases.item_ids[t]] for t in cases.targets]
-    vectors = onnx_user_vectors(tower.session(), table, seen, tower.config.max_len)
-    return table, ids, meta, seen, targets, vectors
+    return {"table": table, "ids": ids, "index_file": catalog / "index.faiss",
+            "meta": json.loads((catalog / "catalog.json").read_text()), "seen": seen,
+            "targets": [row_of[cases.item_ids[t]] for t in cases.targets],
+            "vectors": onnx_user_vectors(tower.session(), table, seen, tower.config.max_len)}
 
 
-def nprobe_sweep(flavor: Path, users: int, nprobes: list[int]) -> list[dict]:
+def nprobe_sweep(held: dict, nprobes: list[int]) -> list[dict]:
     """In-process: the history scorer's index (re-scored as the scorer does) against exact
     search at each nprobe, the held-out users' vectors as queries."""
-    table, _, meta, _, _, vectors = held_out_users(flavor, users)
-    index = ix.read_index(flavor / "history_scorer" / "1" / "catalog" / "index.faiss")
+    index = ix.read_index(held["index_file"])
     out = []
     for nprobe in nprobes:
-        out.append(ix.recall_at_k(index, table, vectors, k=10, nprobe=nprobe,
-                                  rescore=meta["index"]["rescore"]))
+        out.append(ix.recall_at_k(index, held["table"], held["vectors"], k=10, nprobe=nprobe,
+                                  rescore=held["meta"]["index"]["rescore"]))
         print(f"nprobe {nprobe}: recall@10 {out[-1]['recall']}, "
               f"{out[-1]['ivf_ms_per_query']} ms a query (exact "
               f"{out[-1]['exact_ms_per_query']} ms)", flush=True)
     return out
 
 
-def ranking(flavor: Path, url: str, users: int) -> dict:
+def ranking(held: dict, url: str) -> dict:
     """Each model's top 10 against the exact in-process ranking of the deployed table."""
-    table, ids, meta, seen, targets, vectors = held_out_users(flavor, users)
+    table, ids, meta = held["table"], held["ids"], held["meta"]
     movies = next((d["start"], d["stop"]) for d in meta["domains"] if d["name"] == "movie")
     out = {}
     with Client(url) as client:
         for domain in ("movie", None):
+            wanted = []  # the exact top 10 of each user, computed once for both models
+            for vector, rows in zip(held["vectors"], held["seen"]):
+                scores = table @ vector
+                scores[rows] = -np.inf
+                if domain:
+                    scores[:movies[0]], scores[movies[1]:] = -np.inf, -np.inf
+                wanted.append([ids[r] for r in np.argsort(-scores, kind="stable")[:10]])
             for model in (FUSED, EXACT):
                 same, overlap, hit = [], [], []
-                for vector, rows, target in zip(vectors, seen, targets):
-                    scores = table @ vector
-                    scores[rows] = -np.inf
-                    if domain:
-                        scores[:movies[0]], scores[movies[1]:] = -np.inf, -np.inf
-                    want = [ids[r] for r in np.argsort(-scores, kind="stable")[:10]]
+                for want, rows, target in zip(wanted, held["seen"], held["targets"]):
                     got = client.recommend_history([ids[r] for r in rows], k=10, domain=domain,
                                                    model=model).item_ids
                     same.append(got == want)
@@ -138,13 +134,13 @@ def main() -> None:
     if not (args.flavor / FUSED / "config.pbtxt").is_file():
         raise SystemExit(f"{args.flavor} has no {FUSED}: deploy with --history-model")
     concurrency = tuple(int(c) for c in args.concurrency.split(","))
-    sweep = nprobe_sweep(args.flavor, args.users,
-                         [int(n) for n in args.nprobes.split(",") if n.strip()])
+    held = held_out_users(args.flavor, args.users)
+    sweep = nprobe_sweep(held, [int(n) for n in args.nprobes.split(",") if n.strip()])
     where = Path(tempfile.mkdtemp(prefix="history-index-"))
     try:
         repo = repository_with_exact(args.flavor, where)
         with start_server(repo, log_path=where / "triton.log") as srv:
-            agreement = ranking(args.flavor, srv.grpc_url, args.users)
+            agreement = ranking(held, srv.grpc_url)
             runs = alternated(srv.grpc_url, (FUSED, EXACT), args.repeats, concurrency,
                               args.duration, where)
     finally:
