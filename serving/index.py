@@ -208,12 +208,16 @@ class Searcher:
         self.index, self.matrix_t, self.rows, self.rescore = index, matrix_t, rows, rescore
         # max_codes > 0: stop scanning lists, nearest first, past this many codes (a query
         # whose nearest lists are crowded scans less)
-        self.params = _faiss().SearchParametersIVF(nprobe=nprobe, max_codes=max_codes)
+        self.options = {"nprobe": nprobe, "max_codes": max_codes}
 
-    def top_k(self, query: np.ndarray, k: int) -> np.ndarray:
+    def top_k(self, query: np.ndarray, k: int, within: tuple[int, int] | None = None
+              ) -> np.ndarray:
+        """`within`: rows [start, stop) only, as the scorer searches one domain."""
+        faiss = _faiss()
+        sel = {} if within is None else {"sel": faiss.IDSelectorRange(*within)}
         fetch = k * self.rescore if self.rescore else k
         _, rows = self.index.search(np.ascontiguousarray(query[None, :], dtype=np.float32),
-                                    fetch, params=self.params)
+                                    fetch, params=faiss.SearchParametersIVF(**self.options, **sel))
         rows = rows[0][rows[0] >= 0]
         if not self.rescore:
             return rows[:k]
@@ -320,6 +324,9 @@ def write_catalog_index(folder: Path, embeddings: np.ndarray, meta: dict, nprobe
     hnsw = len(embeddings) >= COARSE_HNSW_MIN_ITEMS
     meta = {**meta, "index": {"kind": META_KIND[kind], "file": "index.faiss", "nlist": nlist,
                               "nprobe": nprobe, "rescore": rescore, "codes_cap_factor": factor,
+                              # a one-domain request over fewer items is scanned exactly, as
+                              # auto would a catalog of that size (the scorer reads it)
+                              "exact_below": AUTO_MIN_ITEMS,
                               "factory": factory_string(kind, embeddings.shape[1], nlist, hnsw),
                               "build_seconds": round(build_s, 2),
                               "recall_vs_exact": {**measured, "queries_from": queries_from}}}

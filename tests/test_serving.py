@@ -1157,9 +1157,13 @@ def test_served_ivf_index_answers_like_exact_when_it_visits_every_list(
     # max_codes over the same files
     assert meta["codes_cap_factor"] == 0.0
     config_path = tmp_path / "portable" / "scorer" / "config.pbtxt"
+    # … and EXACT_BELOW between the domains' sizes: the 200 books are scanned exactly, the 300
+    # movies searched through the index (deploy records 100,000: both would be exact)
+    assert meta["exact_below"] == ix.AUTO_MIN_ITEMS
     config_path.write_text(config_path.read_text() + '\nparameters { key: "NPROBE" value: '
                            '{ string_value: "3" } }\nparameters { key: "CODES_CAP_FACTOR" '
-                           'value: { string_value: "1" } }\n')
+                           'value: { string_value: "1" } }\nparameters { key: "EXACT_BELOW" '
+                           'value: { string_value: "250" } }\n')
     index = ix.read_index(catalog / "index.faiss")
     cap = ix.max_codes(index.ntotal, 12, 3, 1.0)
     assert 0 < cap < index.ntotal and ix.max_codes(index.ntotal, 12, 12, 1.0) == 0
@@ -1168,7 +1172,8 @@ def test_served_ivf_index_answers_like_exact_when_it_visits_every_list(
     _, ids, _ = cat.read_catalog(catalog)
     searcher = ix.Searcher(index, matrix_t, 3, ix.RESCORE.get(kind, 0), rows=rows, max_codes=cap)
     uncapped = ix.Searcher(index, matrix_t, 3, ix.RESCORE.get(kind, 0), rows=rows)
-    capped_differs = 0
+    capped_differs = books_index_differs = 0
+    books = (N_MOVIES, N_MOVIES + N_BOOKS)
     with start_server(tmp_path / "portable", log_path=tmp_path / "triton2.log") as srv:
         with Client(srv.grpc_url) as c:
             for _, _, text in users[:4]:
@@ -1177,4 +1182,11 @@ def test_served_ivf_index_answers_like_exact_when_it_visits_every_list(
                 want = searcher.top_k(query, 10)
                 assert got.item_ids == [ids[r] for r in want]
                 capped_differs += list(want) != list(uncapped.top_k(query, 10))
+                movies = c.recommend(text, k=10, domain="movie")
+                assert movies.item_ids == [ids[r] for r in searcher.top_k(query, 10, (0, N_MOVIES))]
+                exact_books = reference["top"](text, k=10, domain="book")[0]
+                assert c.recommend(text, k=10, domain="book").item_ids == exact_books
+                books_index_differs += [ids[r] for r in searcher.top_k(query, 10, books)] \
+                    != exact_books
     assert capped_differs  # the cap changed what was scanned (else this checked nothing)
+    assert books_index_differs  # the index would have answered the books otherwise
