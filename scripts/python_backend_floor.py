@@ -55,7 +55,8 @@ class TritonPythonModel:
 '''
 
 
-NO_DELAY = "_nodelay"  # the same model with max_queue_delay_microseconds 0
+DELAY = re.compile(r"max_queue_delay_microseconds: (\d+)")
+OTHER_DELAY_US = 100  # the copies' delay when the deployed one is 0 (else 0)
 
 
 def add_model(repo: Path, name: str, config: str, files: Path | None) -> None:
@@ -71,22 +72,23 @@ def add_model(repo: Path, name: str, config: str, files: Path | None) -> None:
         subprocess.run(["cp", "-al", str(files), str(repo / name / "1")], check=True)
 
 
-def repository_with_floor(flavor: Path, where: Path) -> Path:
+def repository_with_floor(flavor: Path, where: Path) -> tuple[Path, str]:
     """`flavor` hard-linked into `where`/repo, plus the floor model (config: the fused model's,
-    parameters dropped) and a copy of each with no dynamic-batching delay (the fused copy
-    serves the release's model.py as its version 1 and reads its steps at RELEASE, as the
-    fused model does)."""
+    parameters dropped) and a copy of each with the other dynamic-batching delay (0, or
+    OTHER_DELAY_US where the deploy's is 0; the fused copy serves the release's model.py as
+    its version 1 and reads its steps at RELEASE, as the fused model does). Returns the
+    repository and the copies' suffix."""
     repo = where / "repo"
     subprocess.run(["cp", "-al", str(flavor), str(repo)], check=True)
     config = (flavor / FUSED / "config.pbtxt").read_text()
     release = re.search(r'key: "RELEASE" value: \{ string_value: "(\d+)"', config).group(1)
     floor = re.sub(r"\nparameters[\s\S]*\Z", "\n", config)  # the fused model's own settings
     add_model(repo, FLOOR, floor, None)
+    other = OTHER_DELAY_US if int(DELAY.search(config).group(1)) == 0 else 0
     for name, text, files in ((FUSED, config, flavor / FUSED / release), (FLOOR, floor, None)):
-        text = re.sub(r"max_queue_delay_microseconds: \d+", "max_queue_delay_microseconds: 0",
-                      text)
-        add_model(repo, name + NO_DELAY, text, files)
-    return repo
+        text = DELAY.sub(f"max_queue_delay_microseconds: {other}", text)
+        add_model(repo, f"{name}_delay{other}", text, files)
+    return repo, f"_delay{other}"
 
 
 def level_row(level: dict) -> dict:
@@ -127,9 +129,9 @@ def main() -> None:
         raise SystemExit(f"{args.flavor} has no {FUSED}: deploy with --history-model")
     concurrency = tuple(int(c) for c in args.concurrency.split(","))
     where = Path(tempfile.mkdtemp(prefix="floor-"))
-    models = (FUSED, FUSED + NO_DELAY, FLOOR, FLOOR + NO_DELAY)
     try:
-        repo = repository_with_floor(args.flavor, where)
+        repo, other = repository_with_floor(args.flavor, where)
+        models = (FUSED, FUSED + other, FLOOR, FLOOR + other)
         with start_server(repo, log_path=where / "triton.log") as srv:
             runs = alternated(srv.grpc_url, models, args.repeats, concurrency, args.duration,
                               where)

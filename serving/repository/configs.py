@@ -315,8 +315,8 @@ def history_encoder_config(spec: RepositorySpec) -> str:
                 comment="the known history ids and EXCLUDE: left out by the scorer"),
             _io("output", "SKIPPED", "TYPE_STRING", [-1],
                 comment="history ids not in the catalog (skipped, not an error)")]),
-        # requests queued together are encoded in one onnxruntime call; no waiting for more
-        _dynamic(spec, 0, []),
+        # requests queued together are encoded in one onnxruntime call
+        _dynamic(spec, spec.history_queue_delay_us, []),
         _instances(spec.history_instances),
         version_policy(),
         _params({"MAX_LEN": spec.history_max_len, "MAX_HISTORY": spec.history_max_ids,
@@ -346,7 +346,7 @@ def history_fused_config(spec: RepositorySpec) -> str:
                 "`recommend_history` ensemble's two models in one python model (one backend "
                 "crossing, not two)", backend="python", max_batch_size=spec.max_batch_size),
         *_recommend_history_io(ragged=spec.ragged_batches),
-        _dynamic(spec, spec.user_queue_delay_us, []), _instances(spec.history_instances),
+        _dynamic(spec, spec.history_queue_delay_us, []), _instances(spec.history_instances),
         _params({"RELEASE": FIRST_RELEASE, "PATH": "history", "MAX_LEN": spec.history_max_len,
                  "MAX_HISTORY": spec.history_max_ids, "THREADS": 1, "CATALOG_DIR": "catalog",
                  "DEFAULT_K": spec.default_k, "MAX_K": spec.max_k, "INDEX": spec.scorer_index,
