@@ -6,10 +6,10 @@ setup     the tower folder (its settings, catalog, weights.pt: a served release'
           whole before anything trains), the interactions the tower learnt from (its dataset's
           training users, likes before its cut, plus feedback it folded in before), and the item
           tower's embeddings of the catalog (cached)
-train     towerlite.sequential.train from the tower's weights, for a few epochs, on each user with
-          new likes (old likes, then the new ones, in time order) and a replay sample of the
-          other users' sequences (REPLAY × as many: so it does not forget them); an item with
-          enough likes in old + new gets its ID vector
+train     towerlite.sequential_train.train from the tower's weights, for a few epochs, on
+          each user with new likes (old likes, then the new ones, in time order) and a replay
+          sample of the other users' sequences (REPLAY × as many: so it does not forget them);
+          an item with enough likes in old + new gets its ID vector
 save      OUT/model/: a tower folder, its report recording what it has learnt from
 report    OUT/fold_in_report.json: what was read, dropped, trained, and the CPU time it took
 
@@ -158,7 +158,8 @@ class FoldIn:
         self.record["setup_s"] = round(time.perf_counter() - t0, 1)
 
     def train(self):
-        from towerlite.sequential import WEIGHTS_FILE, train
+        from towerlite.sequential import WEIGHTS_FILE
+        from towerlite.sequential_train import train
 
         cfg = self.tower.config
         cfg = replace(cfg, epochs=self.epochs, lr=self.lr or cfg.lr / 2)

@@ -4,7 +4,7 @@ beside the yardsticks.
 
 setup     the eval's cases (towerlite.evaluation.cases: held-out users are never read) and the item
           tower's embeddings of the catalog (cached per model)
-train     towerlite.sequential.train, checkpointed after every epoch (a rerun resumes)
+train     towerlite.sequential_train.train, checkpointed after every epoch (a rerun resumes)
 save      OUT/model/: the ONNX sequence model and the arrays deploy builds the item table from
 evaluate  the saved tower through its ONNX graph (as served), with --parts the text-only and
           ID-only (SASRec) settings trained the same way, popularity and co-occurrence: Recall@10,
@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from towerlite.errors import TowerliteError
+from towerlite.evaluation.report import paired_cell
 from towerlite.sequential import HistoryConfig
 
 from .history_variants import VARIANTS
@@ -126,7 +127,7 @@ class HistoryRun:
 
     def train(self, dist=None):
         from towerlite.evaluation.sequential import validation
-        from towerlite.sequential import train
+        from towerlite.sequential_train import train
 
         t0 = time.perf_counter()
         domains = self.domains if len(self.domains) > 1 else None
@@ -256,14 +257,6 @@ def _with_ci(metrics: dict, name: str) -> str:
     return f"{metrics[name]:.4f} [{low:.4f}, {high:.4f}]"
 
 
-def _paired(row: dict) -> str:
-    if "tower_minus_this_recall@10" not in row:
-        return "—"
-    return " / ".join(f"{d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
-                      if d["mean"] is not None else "-"
-                      for d in row["tower_minus_this_recall@10"].values())
-
-
 def markdown(report: dict) -> str:
     cases, cold = report["cases"], report["cold_start_users"]
     if isinstance(cold, dict):  # both datasets: each one's settings by name
@@ -284,7 +277,7 @@ def markdown(report: dict) -> str:
         metrics, cold = row["metrics"], row["cold_start"]
         lines.append(f"| {name} | {_with_ci(metrics, 'recall@10')} | "
                      f"{_with_ci(metrics, 'ndcg@10')} | {metrics['recall@50']:.4f} | "
-                     f"{_with_ci(cold, 'recall@10')} | {_paired(row)} |")
+                     f"{_with_ci(cold, 'recall@10')} | {paired_cell(row)} |")
     variants = {n: r["graph_variant"] for n, r in report["rows"].items() if "graph_variant" in r}
     if variants:
         lengths = list(next(iter(variants.values()))["latency_batch1_1thread"])

@@ -29,7 +29,7 @@ import numpy as np
 
 
 def timed_train(cfg, seqs, n_items, text, checkpoint):
-    from towerlite.sequential import train
+    from towerlite.sequential_train import train
 
     t0, cpu0 = time.perf_counter(), time.process_time()
     model, state = train(cfg, [s for s in seqs if len(s) >= 2], n_items, text,

@@ -1,7 +1,7 @@
 """One training step of the history tower over a large catalog, three ways, alternated:
 the whole item table with AdamW (before 2026-12-02), only the step's rows with AdamW, and only
 the step's rows with the ID vectors under SparseAdam (what `negatives=N` trains with now:
-towerlite.sequential.Optimizers). Random text vectors and Book-Crossing-like short windows.
+towerlite.sequential_train.Optimizers). Random text vectors and Book-Crossing-like short windows.
 
     .venv/bin/python scripts/history_step_bench.py --out runs/step-bench.json
 """
@@ -16,7 +16,8 @@ import torch
 
 from towerlite.files import write_json_atomic
 from towerlite.machine import cpu_info
-from towerlite.sequential import HistoryConfig, Optimizers, build_model, sampled_loss, windows
+from towerlite.sequential import HistoryConfig, build_model
+from towerlite.sequential_train import Optimizers, sampled_loss, windows
 
 
 def main() -> None:

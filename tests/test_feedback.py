@@ -84,7 +84,8 @@ def tower(cache, tmp_path_factory):
     from towerlite.data import load_dataset
     from towerlite.data.catalog import prepare_items
     from towerlite.distill.fold_in import dataset_likes, sequences, training_only
-    from towerlite.sequential import HistoryConfig, save, train
+    from towerlite.sequential import HistoryConfig, save
+    from towerlite.sequential_train import train
 
     item_ids = list(prepare_items(load_dataset("movielens").items)["item_id"])
     likes, _ = training_only(dataset_likes("movielens")[0])

@@ -27,11 +27,9 @@ from towerlite.sequential import (
     item_table,
     onnx_user_vectors,
     save,
-    split_validation,
-    train,
     user_vectors,
-    windows,
 )
+from towerlite.sequential_train import split_validation, train, windows
 
 TINY = HistoryConfig(dim=16, layers=2, heads=2, max_len=8, dropout=0.1, epochs=3, batch_size=16,
                      lr=3e-3, id_min_likes=2)
@@ -266,7 +264,8 @@ def test_length_buckets_cover_every_window_once_and_trimming_keeps_the_states():
     are padding in every window of a batch leaves each real position's state as it was."""
     import torch
 
-    from towerlite.sequential import batches, build_model
+    from towerlite.sequential import build_model
+    from towerlite.sequential_train import batches
 
     seqs, text = synthetic(users=200)
     seqs += [s[:2] for s in seqs]  # short histories beside long ones, as Book-Crossing's
@@ -299,7 +298,8 @@ def test_bucketed_batches_weigh_every_position_the_same(tmp_path):
     windows above one among long windows."""
     import torch
 
-    from towerlite.sequential import WEIGHTS_FILE, batches, full_loss
+    from towerlite.sequential import WEIGHTS_FILE
+    from towerlite.sequential_train import batches, full_loss
 
     rng = np.random.default_rng(0)
     long = [[(s + k) % 40 for k in range(9)] for s in range(100)]  # steps of 1: learnable
@@ -386,7 +386,7 @@ from test_history import TINY, synthetic
 from dataclasses import replace
 from pathlib import Path
 from towerlite.evaluation.sequential import validation
-from towerlite.sequential import train
+from towerlite.sequential_train import train
 seqs, text = synthetic()
 cfg = replace(TINY, epochs=6, validation=0.2)  # the kept epoch's weights resume too
 seqs, validator = validation(cfg, seqs)
@@ -849,9 +849,17 @@ def test_tiny_history_tower_is_evaluated_through_its_saved_graph(tiny_export, tm
     folder = save(tmp_path / "tower", model, cfg, cases.item_ids, item_model, {})
     tower = SavedTower.load(folder)
     assert tower.item_model == item_model and tower.config.max_len == cfg.max_len
-    report = evaluate(cases, [], baselines=False, history_towers=(tower,))
-    (label,) = report["rows"]
-    assert label.startswith("history tower, text + ID")
+    report = evaluate(cases, [], baselines=True, history_towers=(tower,))
+    label, *baselines = report["rows"]
+    assert label.startswith("history tower, text + ID") and baselines
+    # every other row carries the tower's Recall@10 minus its own on the same users
+    tower_recall = report["rows"][label]["metrics"]["recall@10"]
+    for name in baselines:
+        row = report["rows"][name]
+        paired = row["tower_minus_this_recall@10"]
+        assert paired["tower"] == label and paired["all"]["ci95"][0] <= paired["all"]["mean"]
+        assert abs(paired["all"]["mean"] - (tower_recall - row["metrics"]["recall@10"])) <= 2e-4
+    assert "tower_minus_this_recall@10" not in report["rows"][label]
     graph_scores, graph_about = saved(cases, tower, text)
     overall, _ = metric_rows(cases, graph_scores, cases.target_counts <= 2)
     assert report["rows"][label]["metrics"] == overall  # the item text embedded the same way
@@ -873,7 +881,7 @@ def test_one_history_tower_over_both_datasets(tiny_export, tmp_path, monkeypatch
     from towerlite.evaluation import cases as cases_module
     from towerlite.evaluation.recommend import metric_rows
     from towerlite.evaluation.sequential import saved
-    from towerlite.sequential import full_loss, sampled_loss
+    from towerlite.sequential_train import full_loss, sampled_loss
 
     def fake(name, **_):  # the second dataset: its own ids, catalog size and users
         c = tiny_cases(n_items=60 if name == "movielens" else 45, seed=len(name))

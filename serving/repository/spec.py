@@ -83,9 +83,9 @@ class RepositorySpec:
     history_max_ids: int = 10_000  # longer HISTORY inputs are refused
     history_instances: int = 2
     # history_encoder and recommend_history_fused batch the requests already queued and wait
-    # for no more: over the full catalog a 100 µs wait cost recommend_history_fused 0.3–0.9 ms
-    # at c=1 p50 in 3 of 3 alternated runs and left c=8 throughput no higher (731–962 against
-    # 824–944 requests/s; docs/benchmarks.md, 2026-12-02)
+    # for no more: over the full catalog, against a 100 µs wait, recommend_history_fused's c=1
+    # p50 was lower in 5 of 6 alternated pairs and c=8 throughput higher in 3 of 6 (the python
+    # backend's floor: 0.2–0.4 ms lower at c=1 in 6 of 6; docs/benchmarks.md, 2026-12-02)
     history_queue_delay_us: int = 0
 
     def to_json(self) -> dict:

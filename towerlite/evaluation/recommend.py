@@ -4,7 +4,9 @@ Rows, in order: the towers as given (user and item texts by the same model), the
 non-teacher tower in the teacher's space the asymmetric setting (items by the teacher offline,
 users by that tower online), then the baselines. Each row: Recall@10, Recall@50, NDCG@10, MRR
 with 95% bootstrap intervals, the same on the cold-start slice, and each metric as a share of
-the teacher's.
+the teacher's. With history towers, every other row also carries the first tower's Recall@10
+minus its own, paired on the same users (all and cold): overlapping marginal intervals can
+hide a sure difference.
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ import time
 
 import numpy as np
 
-from towerlite.evaluation.metrics import dot_scores, per_user, summarize, target_ranks
+from towerlite.evaluation.metrics import (
+    dot_scores,
+    paired_difference,
+    per_user,
+    summarize,
+    target_ranks,
+)
 
 from .baselines import BASELINES
 from .cases import Cases
@@ -36,11 +44,22 @@ def metric_rows(cases: Cases, scores, cold: np.ndarray) -> tuple[dict, dict]:
     return summarize(values), summarize(values, cold)
 
 
-def _row(cases: Cases, scores, cold, **about) -> dict:
+def _row(cases: Cases, scores, cold, recall: dict, label: str, **about) -> dict:
+    """A report row; its users' Recall@10 kept in `recall` under `label`, for pairing."""
     started = time.perf_counter()
-    overall, cold_start = metric_rows(cases, scores, cold)
-    return {**about, "metrics": overall, "cold_start": cold_start,
+    values = user_metrics(cases, scores)
+    recall[label] = values["recall@10"]
+    return {**about, "metrics": summarize(values), "cold_start": summarize(values, cold),
             "rank_s": round(time.perf_counter() - started, 1)}
+
+
+def _paired(rows: dict, recall: dict, tower: str, cold: np.ndarray) -> None:
+    """The history tower's Recall@10 minus every other row's, on the same users."""
+    for label, row in rows.items():
+        if label != tower:
+            row["tower_minus_this_recall@10"] = {
+                "tower": tower, "all": paired_difference(recall[tower], recall[label]),
+                "cold_start": paired_difference(recall[tower], recall[label], cold)}
 
 
 def _kept(rows: dict, teacher: str | None) -> None:
@@ -59,14 +78,15 @@ def evaluate(cases: Cases, towers: list[Tower], baselines: bool = True, cold_max
     (0: not); `history_towers`: saved history towers (towerlite.sequential.SavedTower) to rank
     through their ONNX graphs, their item text embedded by their own item model."""
     cold = cases.target_counts <= cold_max
-    rows, emb = {}, {}
+    rows, emb, recall = {}, {}, {}
     for tower in towers:
         started = time.perf_counter()
         users = tower.embed(cases.user_texts, f"{cases.dataset} user texts")
         items = tower.embed(cases.item_texts, f"{cases.dataset} catalog")
         emb[tower.name, tower.runtime] = (users, items)
         label = f"{tower.name} ({tower.runtime})"
-        rows[label] = _row(cases, dot_scores(users, items), cold, kind="text towers",
+        rows[label] = _row(cases, dot_scores(users, items), cold, recall, label,
+                           kind="text towers",
                            users_by=label, items_by=label, dim=int(users.shape[1]),
                            encode_s=round(time.perf_counter() - started, 1))
         log.info(f"{label}: Recall@10 {rows[label]['metrics']['recall@10']}")
@@ -78,7 +98,8 @@ def evaluate(cases: Cases, towers: list[Tower], baselines: bool = True, cold_max
             if tower is teacher or users.shape[1] != teacher_items.shape[1]:
                 continue
             label = f"{tower.name} ({tower.runtime}) users × teacher items"
-            rows[label] = _row(cases, dot_scores(users, teacher_items), cold, kind="asymmetric",
+            rows[label] = _row(cases, dot_scores(users, teacher_items), cold, recall, label,
+                               kind="asymmetric",
                                users_by=f"{tower.name} ({tower.runtime})",
                                items_by=f"teacher ({teacher.runtime})", dim=int(users.shape[1]))
     for tower in history_towers:
@@ -89,23 +110,26 @@ def evaluate(cases: Cases, towers: list[Tower], baselines: bool = True, cold_max
             if tower.config.use_text else None
         scores, about = saved(cases, tower, text)
         label = f"history tower, {tower.config.kind} ({tower.folder})"
-        rows[label] = _row(cases, scores, cold, kind="history tower", users_by=label,
-                           items_by=label, **about)
+        rows[label] = _row(cases, scores, cold, recall, label, kind="history tower",
+                           users_by=label, items_by=label, **about)
         log.info(f"{label}: Recall@10 {rows[label]['metrics']['recall@10']}")
     if baselines:
         for name, build in BASELINES.items():
-            rows[name] = _row(cases, build(cases), cold, kind="baseline", users_by=None,
-                              items_by=None)
+            rows[name] = _row(cases, build(cases), cold, recall, name, kind="baseline",
+                              users_by=None, items_by=None)
             log.info(f"{name}: Recall@10 {rows[name]['metrics']['recall@10']}")
         if sasrec_epochs:
             from .sequential import sasrec
 
             scores, about = sasrec(cases, sasrec_epochs)
-            rows["SASRec"] = _row(cases, scores, cold, kind="baseline", users_by=None,
-                                  items_by=None, **about)
+            rows["SASRec"] = _row(cases, scores, cold, recall, "SASRec", kind="baseline",
+                                  users_by=None, items_by=None, **about)
             log.info(f"SASRec: Recall@10 {rows['SASRec']['metrics']['recall@10']}")
 
     _kept(rows, f"teacher ({teacher.runtime})" if teacher is not None else None)
+    towers_ranked = [label for label, row in rows.items() if row["kind"] == "history tower"]
+    if towers_ranked:
+        _paired(rows, recall, towers_ranked[0], cold)
     return {"dataset": cases.dataset, "domain": cases.domain,
             "cases": {**cases.settings, "cold_start_max_other_likes": cold_max,
                       "cold_start_users": int(cold.sum())},

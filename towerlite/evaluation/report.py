@@ -15,21 +15,34 @@ def _pct(row: dict, name: str) -> str:
     return "-" if v is None else f"{v:.0f}%"
 
 
+def paired_cell(row: dict) -> str:
+    """The tower's Recall@10 minus the row's, all users / cold ones, paired 95% intervals."""
+    paired = row.get("tower_minus_this_recall@10")
+    if paired is None:
+        return "—"
+    return " / ".join(f"{paired[k]['mean']:+.4f} [{paired[k]['ci95'][0]:+.4f}, "
+                      f"{paired[k]['ci95'][1]:+.4f}]" if paired[k]["mean"] is not None else "-"
+                      for k in ("all", "cold_start"))
+
+
 def markdown(report: dict) -> str:
     cases = report["cases"]
+    paired = any("tower_minus_this_recall@10" in row for row in report["rows"].values())
     catalog = f"{cases['catalog_items']:,} items" + (
         "" if cases["catalog_full"] else " (sampled: every evaluated user's items + random others)")
     lines = [f"### {report['dataset']}: {cases['users']:,} held-out users, leave-last-out "
              f"({cases['order']}), {catalog}", "",
              "| row | Recall@10 [95% CI] | Recall@50 | NDCG@10 | MRR | R@10 vs teacher "
-             f"| NDCG@10 vs teacher | cold-start R@10 ({cases['cold_start_users']} users) |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| NDCG@10 vs teacher | cold-start R@10 ({cases['cold_start_users']} users) |"
+             + (" history tower − row, R@10: all / cold (paired 95% CI) |" if paired else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|" if paired else "")]
     for name, row in report["rows"].items():
         metrics = row["metrics"]
         lines.append(f"| {name} | {_ci(metrics, 'recall@10')} | {_ci(metrics, 'recall@50')} | "
                      f"{_ci(metrics, 'ndcg@10')} | {metrics['mrr']:.4f} | "
                      f"{_pct(row, 'recall@10')} | {_pct(row, 'ndcg@10')} | "
-                     f"{_ci(row['cold_start'], 'recall@10')} |")
+                     f"{_ci(row['cold_start'], 'recall@10')} |"
+                     + (f" {paired_cell(row)} |" if paired else ""))
     served = report.get("via_triton")
     if served:
         diffs = ", ".join(f"{name} {value:g}" for name, value in served["abs_diff"].items())

@@ -31,11 +31,10 @@ from towerlite.sequential import (
     SavedTower,
     item_table,
     onnx_user_vectors,
-    split_validation,
-    train,
     unit_rows,
     user_vectors,
 )
+from towerlite.sequential_train import split_validation, train
 
 from .cases import Cases
 
