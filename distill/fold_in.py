@@ -175,6 +175,7 @@ class FoldIn:
         counts = np.bincount(np.concatenate([np.asarray(s, np.int64) for s in every]),
                              minlength=len(self.item_ids))
         t0, cpu0 = time.perf_counter(), time.process_time()
+        self.sequences = every  # what the tower has now learnt from: its probes come from it
         model, state = train(cfg, [s for s in trained + replayed if len(s) >= 2],
                              len(self.item_ids), self.text, progress=self.progress,
                              start=self.model / WEIGHTS_FILE, counts=counts)
@@ -186,14 +187,15 @@ class FoldIn:
         return model, cfg
 
     def save(self, model, cfg) -> Path:
-        from towerlite.sequential import save
+        from towerlite.sequential import probe_histories, save
 
         about = {**self.about, "feedback": [*self.about.get("feedback", []),
                                             {"path": str(self.feedback.resolve()),
                                              "new_likes": self.record["new_likes"]}],
                  "folded_from": str(self.model)}
         return save(self.out / "model", model, replace(cfg, epochs=self.tower.config.epochs),
-                    self.item_ids, self.tower.item_model, about)
+                    self.item_ids, self.tower.item_model, about,
+                    probe_histories(self.sequences, self.item_ids, cfg.max_len))
 
     def report(self) -> dict:
         from towerlite.files import write_json_atomic

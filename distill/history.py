@@ -139,13 +139,14 @@ class HistoryRun:
         return model, state
 
     def save(self, model, state) -> Path:
-        from towerlite.sequential import save
+        from towerlite.sequential import probe_histories, save
 
         about = {"dataset": self.dataset, "training_users": len(self.sequences),
                  "catalog_items": len(self.item_ids), "trained_on_whole_catalog": self.train_whole,
                  "epochs": state.epoch, **state.record(),
                  "train_seconds": round(state.seconds, 1)}
-        return save(self.out / "model", model, self.cfg, self.item_ids, self.item_model, about)
+        return save(self.out / "model", model, self.cfg, self.item_ids, self.item_model, about,
+                    probe_histories(self.sequences, self.item_ids, self.cfg.max_len))
 
     def label(self, cases, row: str) -> str:
         where = f"{cases.dataset}: " if len(self.evaluated) > 1 else ""

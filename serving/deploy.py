@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -166,22 +166,31 @@ HISTORY_WRITTEN = ("item_table.npy", "item_ids.npy", "history.json")
 # IVF lists a history-scorer query visits, unless --nprobe says: over the full catalog's
 # 275k-row 64-d table (2,048 lists, SQ8) held-out MovieLens users' recall@10 against exact
 # search was 0.667 at 32, 0.773 at 64, 0.960 at 128 (0.3–0.35 ms a query; exact 8–10 ms),
-# 0.979 at 256 (0.4–1.4 ms): 64-d rows make each list cheap to scan (docs/benchmarks.md)
+# 0.979 at 256 (0.4–1.4 ms) with a 1-epoch tower, 0.935 / 0.965 / 0.983 / 0.994 with the
+# default 30-epoch one: 64-d rows make each list cheap to scan (docs/benchmarks.md)
 HISTORY_NPROBE = 128
 
 
-def check_users(tower, table: np.ndarray, count: int = 200) -> tuple[str, np.ndarray]:
-    """The queries a history scorer's index is checked with: the tower's user vectors for
-    histories of one random catalog item. A user vector is not an item row: over the full
-    catalog these read recall 0.721 / 0.929 at nprobe 32 / 128 where held-out users read 0.667 /
-    0.960, while item rows over the MovieLens table read 0.932 where users read 1.000
+def check_users(tower, table: np.ndarray, item_ids: Sequence[str],
+                count: int = 200) -> tuple[str, np.ndarray]:
+    """The queries a history scorer's index is checked with: the tower's user vectors of the
+    training histories saved with it (their items in this catalog), or, for a tower saved
+    without them, of histories of one random catalog item. A user vector is not an item row:
+    item rows over the MovieLens table read recall 0.932 where users read 1.000; nor is a
+    one-item history a trained user: over the full catalog at nprobe 128 those read 0.929
+    (1-epoch tower) and 0.791 (30 epochs) where held-out users read 0.960 and 0.983
     (docs/benchmarks.md, the history path over the full catalog)."""
     from towerlite.sequential import onnx_user_vectors
 
-    rows = np.random.default_rng(0).choice(len(table), size=min(count, len(table)), replace=False)
-    users = onnx_user_vectors(tower.session(), table, [[int(r)] for r in rows],
-                              tower.config.max_len)
-    return "the tower's users of one random item", users
+    row_of = {item: r for r, item in enumerate(item_ids)}
+    histories = [[row_of[i] for i in h if i in row_of] for h in tower.probes()]
+    histories = [h for h in histories if h][:count]
+    about = f"{len(histories)} training users' histories saved with the tower"
+    if not histories:
+        rows = np.random.default_rng(0).choice(len(table), size=min(count, len(table)),
+                                               replace=False)
+        histories, about = [[int(r)] for r in rows], "the tower's users of one random item"
+    return about, onnx_user_vectors(tower.session(), table, histories, tower.config.max_len)
 
 
 def write_history(scorer: Path, encoder: Path, history, prepared, info: dict,
@@ -196,7 +205,7 @@ def write_history(scorer: Path, encoder: Path, history, prepared, info: dict,
                              {**info, "history_tower": str(tower.folder)})
     if index != "exact":
         meta = ix.write_catalog_index(scorer / "catalog", table, meta, nprobe or HISTORY_NPROBE,
-                                      index, check_users(tower, table))
+                                      index, check_users(tower, table, prepared["item_id"]))
     folder = encoder / "history"
     folder.mkdir(parents=True, exist_ok=True)
     # the whole tower (graph, adapter, ID vectors, weights: small) travels with the version, so

@@ -75,7 +75,7 @@ def write_versions(repo: Path, base: int, version: int, new: pd.DataFrame, new_t
                 if kind != "exact":  # rebuilt over the new table, as the text scorer's is
                     meta = ix.write_catalog_index(staging / "catalog", table, meta,
                                                   old_meta["index"]["nprobe"], kind,
-                                                  check_users(tower, table))
+                                                  check_users(tower, table, frame["item_id"]))
             else:
                 folder = staging / "history"
                 shutil.copytree(previous / "history", folder)

@@ -144,6 +144,10 @@ def test_fold_in_continues_from_the_tower_on_new_likes_and_drops_held_out_users(
     about = json.loads((new / "history_report.json").read_text())
     assert about["feedback"][0]["path"] == str(feedback.resolve())
     assert about["likes_before"] == CUT and SavedTower.load(new).config.epochs == 1
+    # the histories deploy checks an index with: from what it learnt, its catalog's items
+    probes = SavedTower.load(new).probes()
+    assert probes and set().union(*map(set, probes)) <= set(json.loads(
+        (new / "item_ids.json").read_text()))
     # a second fold-in of the same file finds nothing new: the old part now includes it
     again = FoldIn(new, feedback, tmp_path / "again", progress=False)
     with pytest.raises(TowerliteError, match="no new likes of training users"):

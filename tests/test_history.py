@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,12 +21,14 @@ import pytest
 from towerlite.evaluation.sequential import validation
 from towerlite.sequential import (
     PAD,
+    PROBES_FILE,
     SKIP_SCALE,
     HistoryConfig,
     SavedTower,
     history_rows,
     item_table,
     onnx_user_vectors,
+    probe_histories,
     save,
     user_vectors,
 )
@@ -475,7 +478,8 @@ def history_tower(cache, exported, ml_cases, tmp_path_factory):
     model, state = train(cfg, ml_cases.train_sequences, len(ml_cases.item_ids), text,
                          progress=False)
     folder = tmp_path_factory.mktemp("history") / "model"
-    save(folder, model, cfg, ml_cases.item_ids, f"{exported}:fp32", {})
+    save(folder, model, cfg, ml_cases.item_ids, f"{exported}:fp32", {},
+         probe_histories(ml_cases.train_sequences, ml_cases.item_ids, cfg.max_len))
     items = load_dataset("movielens").items
     return folder, text, items[items["item_id"].isin(ml_cases.item_ids)]
 
@@ -693,14 +697,21 @@ def test_the_history_scorer_searches_an_index_that_deploy_and_updates_build(
 
     from towerlite.serving import catalog as cat
     from towerlite.serving import history_update
-    from towerlite.serving.deploy import deploy
+    from towerlite.serving.deploy import check_users, deploy
 
     folder, text, items = history_tower
     report = deploy(exported, tmp_path, variant="fp32", items=items, index="ivf",
                     flavors=("portable", "native"), history_model=folder, progress=False)
     recorded = report["history_tower"]["index"]
     assert recorded["kind"] == "ivf_flat" and 0 < recorded["recall_vs_exact"]["recall"] <= 1
-    assert recorded["recall_vs_exact"]["queries_from"] == "the tower's users of one random item"
+    # checked with the training histories saved with the tower; one without them: one-item ones
+    assert recorded["recall_vs_exact"]["queries_from"] == \
+        "200 training users' histories saved with the tower"
+    bare = tmp_path / "bare-tower"
+    shutil.copytree(folder, bare, ignore=shutil.ignore_patterns(PROBES_FILE))
+    table, ids, _ = cat.read_catalog(tmp_path / "portable" / "history_scorer" / "1" / "catalog")
+    about, users = check_users(SavedTower.load(bare), np.asarray(table), ids)
+    assert about == "the tower's users of one random item" and users.shape == (200, table.shape[1])
     files = [tmp_path / f / "history_scorer" / "1" / "catalog" / "index.faiss"
              for f in ("portable", "native")]
     assert files[0].stat().st_ino == files[1].stat().st_ino  # built once, linked
@@ -775,7 +786,12 @@ def test_history_cli_trains_saves_and_reports(cache, tmp_path):
     assert {label, "popularity", "co-occurrence"} <= set(report["rows"])
     assert 0 <= report["rows"][label]["metrics"]["recall@10"] <= 1
     assert "cpu_flags" in report["machine"]
-    assert SavedTower.load(tmp_path / "model").config.dim == 16
+    tower = SavedTower.load(tmp_path / "model")
+    assert tower.config.dim == 16
+    # 200 training histories saved with it (deploy checks a history index with them): the
+    # newest max_len of each, items of the training catalog
+    probes, catalog = tower.probes(), set(json.loads((tower.folder / "item_ids.json").read_text()))
+    assert len(probes) == 200 and all(1 <= len(p) <= 10 and set(p) <= catalog for p in probes)
     assert f"deploy --history-model {tmp_path / 'model'}" in proc.stdout
     # the graph variants (default: both): a row each, a folder where the gate passed
     for variant in ("int8_dynamic", "fp16"):

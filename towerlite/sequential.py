@@ -330,15 +330,29 @@ def item_table(model) -> np.ndarray:
 
 
 ONNX_FILE = "history_encoder.onnx"
+# training users' histories saved with a tower: the queries `towerlite deploy` checks a history
+# index with. A user vector of one item is not a trained user's: at nprobe 128 over the full
+# catalog one-item histories read recall@10 0.791 where the held-out users read 0.983
+PROBES_FILE = "probe_histories.json"
+
+
+def probe_histories(sequences: list[list[int]], item_ids: list[str], max_len: int,
+                    count: int = 200, seed: int = 0) -> list[list[str]]:
+    """`count` seeded training histories, each its newest max_len items (ids), oldest first."""
+    pool = [s for s in sequences if s]
+    chosen = np.random.default_rng([seed, 2]).choice(len(pool), size=min(count, len(pool)),
+                                                     replace=False)
+    return [[item_ids[r] for r in pool[i][-max_len:]] for i in sorted(chosen.tolist())]
 
 
 def save(folder: Path, model, cfg: HistoryConfig, item_ids: list[str], item_model: str,
-         report: dict) -> Path:
+         report: dict, probes: list[list[str]] | None = None) -> Path:
     """A tower folder: history_encoder.onnx (item vectors (B, L, width) + mask (B, L) → user
     vector), weights.pt (the torch weights, to fine-tune from), adapter.npz (whitening mean
     and matrix, linear weight and bias; text settings), id_vectors.npy + id_items.json (warm
     items' ID vectors, by item id), item_ids.json (the training catalog), config.json,
-    history_report.json. Written into a staging folder and moved into place whole."""
+    history_report.json, and with `probes` (probe_histories) PROBES_FILE. Written into a
+    staging folder and moved into place whole."""
     import shutil
 
     torch = _torch()
@@ -377,6 +391,8 @@ def save(folder: Path, model, cfg: HistoryConfig, item_ids: list[str], item_mode
     (staging / "config.json").write_text(json.dumps({**asdict(cfg), "item_model": item_model},
                                                     indent=2))
     (staging / "history_report.json").write_text(json.dumps(report, indent=2))
+    if probes:
+        (staging / PROBES_FILE).write_text(json.dumps(probes))
     return replace_dir(staging, folder)
 
 
@@ -429,6 +445,11 @@ class SavedTower:
             unit = unit_rows(text)
             table = np.concatenate([table, a["skip_scale"] * unit], axis=1)
         return table.astype(np.float32)
+
+    def probes(self) -> list[list[str]]:
+        """The training histories saved with the tower (ids), [] for a tower saved without."""
+        path = self.folder / PROBES_FILE
+        return json.loads(path.read_text()) if path.is_file() else []
 
     def session(self, threads: int = 1):
         import onnxruntime as ort
