@@ -698,6 +698,7 @@ def test_the_history_scorer_searches_an_index_that_deploy_and_updates_build(
     from towerlite.serving import catalog as cat
     from towerlite.serving import history_update
     from towerlite.serving.deploy import check_users, deploy
+    from towerlite.serving.release import ReleaseRequest, release
 
     folder, text, items = history_tower
     report = deploy(exported, tmp_path, variant="fp32", items=items, index="ivf",
@@ -738,6 +739,14 @@ def test_the_history_scorer_searches_an_index_that_deploy_and_updates_build(
             history_update.write_versions(tmp_path / "portable", 1, 2, new,
                                           text[:1], {ids[-1]}, ["movie"])
     assert "new-movie-1" in ranked[2] and ranked[1][-1] not in ranked[2]
+    # a release of a history tower keeps the served index's kind and nprobe (no server here:
+    # the release writes its files and loads nothing)
+    done = release(ReleaseRequest(tmp_path / "portable", history_model=folder, progress=False))
+    catalog = tmp_path / "portable" / "history_scorer" / str(done["release"]) / "catalog"
+    released = json.loads((catalog / "catalog.json").read_text())["index"]
+    assert (released["kind"], released["nprobe"]) == (recorded["kind"], recorded["nprobe"])
+    assert released["recall_vs_exact"]["queries_from"].startswith("200 training users'")
+    assert faiss.read_index(str(catalog / "index.faiss")).ntotal == len(ranked[2])
 
 
 def test_both_flavors_write_the_history_models(tmp_path):
