@@ -4,9 +4,11 @@ the history scorer (docs/benchmarks.md): one server serves a deployed `recommend
 same files, the whole table scanned). For each, held-out MovieLens users' histories are sent
 as ids and the top 10 compared with the in-process exact ranking over the deployed table
 (same list, overlap, Recall@10 of the user's held-out next like), with DOMAIN "movie" and with
-no domain filter; before the server, the index's recall on the same users' vectors at each
-`--nprobes` value in-process; then `towerlite bench serving` (perf_analyzer) measures both,
-alternated `--repeats` times.
+no domain filter; before the server, the index's recall at each `--nprobes` value
+in-process, queried with the same users' vectors and with deploy's check queries (the
+training histories saved with the tower; for a tower saved before them, also the ones a run
+saves now, drawn from the eval's training users); then `towerlite bench serving`
+(perf_analyzer) measures both, alternated `--repeats` times.
 
     towerlite deploy --user-model runs/export/start --variant int8_dynamic --item-variant fp32 \
         --catalog both --flavor portable --history-model runs/h-ml1/model --out runs/repo-both
@@ -29,9 +31,10 @@ from python_backend_floor import FUSED, add_model, alternated
 
 from towerlite.evaluation.cases import build_cases
 from towerlite.machine import cpu_info
-from towerlite.sequential import SavedTower, onnx_user_vectors
+from towerlite.sequential import SavedTower, onnx_user_vectors, probe_histories
 from towerlite.serving import index as ix
 from towerlite.serving.client import Client
+from towerlite.serving.deploy import check_users
 from towerlite.serving.triton import start_server
 
 EXACT = FUSED + "_exact"
@@ -52,8 +55,9 @@ def repository_with_exact(flavor: Path, where: Path) -> Path:
 
 
 def held_out_users(flavor: Path, users: int) -> dict:
-    """The newest release's history table (ids, scorer catalog.json, index file) and held-out
-    MovieLens users over it: their history rows, target rows and user vectors."""
+    """The newest release's history table (ids, scorer catalog.json, index file), held-out
+    MovieLens users over it (their history rows, target rows and user vectors) and the query
+    sets the sweep measures the index with."""
     root = flavor / "history_encoder"
     version = str(max(int(p.name) for p in root.iterdir() if p.name.isdigit()))
     folder = root / version / "history"
@@ -64,23 +68,33 @@ def held_out_users(flavor: Path, users: int) -> dict:
     cases = build_cases("movielens", users=users, max_history=10)
     tower = SavedTower.load(folder)
     seen = [[row_of[cases.item_ids[r]] for r in s] for s in cases.seen]
+    vectors = onnx_user_vectors(tower.session(), table, seen, tower.config.max_len)
+    about, check = check_users(tower, table, ids)
+    queries = {"held-out users": vectors, f"deploy's check: {about}": check}
+    if not tower.probes():  # saved before towers carried them: those a run saves now
+        probes = probe_histories(cases.train_sequences, cases.item_ids, tower.config.max_len)
+        queries["200 training histories, as a run now saves them"] = onnx_user_vectors(
+            tower.session(), table, [[row_of[i] for i in p] for p in probes],
+            tower.config.max_len)
     return {"table": table, "ids": ids, "index_file": catalog / "index.faiss",
             "meta": json.loads((catalog / "catalog.json").read_text()), "seen": seen,
             "targets": [row_of[cases.item_ids[t]] for t in cases.targets],
-            "vectors": onnx_user_vectors(tower.session(), table, seen, tower.config.max_len)}
+            "vectors": vectors, "queries": queries}
 
 
 def nprobe_sweep(held: dict, nprobes: list[int]) -> list[dict]:
     """In-process: the history scorer's index (re-scored as the scorer does) against exact
-    search at each nprobe, the held-out users' vectors as queries."""
+    search at each nprobe, each query set in turn."""
     index = ix.read_index(held["index_file"])
     out = []
-    for nprobe in nprobes:
-        out.append(ix.recall_at_k(index, held["table"], held["vectors"], k=10, nprobe=nprobe,
-                                  rescore=held["meta"]["index"]["rescore"]))
-        print(f"nprobe {nprobe}: recall@10 {out[-1]['recall']}, "
-              f"{out[-1]['ivf_ms_per_query']} ms a query (exact "
-              f"{out[-1]['exact_ms_per_query']} ms)", flush=True)
+    for queries, vectors in held["queries"].items():
+        for nprobe in nprobes:
+            out.append({"queries": queries, **ix.recall_at_k(
+                index, held["table"], vectors, k=10, nprobe=nprobe,
+                rescore=held["meta"]["index"]["rescore"])})
+            print(f"{queries}, nprobe {nprobe}: recall@10 {out[-1]['recall']}, "
+                  f"{out[-1]['ivf_ms_per_query']} ms a query (exact "
+                  f"{out[-1]['exact_ms_per_query']} ms)", flush=True)
     return out
 
 
