@@ -157,7 +157,7 @@ class HistoryRun:
     def add(self, cases, label: str, scores, about, tower: str | None = None) -> None:
         """A row of the report. `tower`: the label of the tower row on these cases, beside
         which this row's per-user Recall@10 is compared (paired, all users and cold ones)."""
-        from towerlite.evaluation.metrics import paired_difference, summarize
+        from towerlite.evaluation.metrics import summarize, tower_minus_row
         from towerlite.evaluation.recommend import user_metrics
 
         values, cold = user_metrics(cases, scores), cases.target_counts <= self.cold_max
@@ -167,9 +167,8 @@ class HistoryRun:
         self.recall[label] = values["recall@10"]
         if tower is not None:
             tower = self.label(cases, tower)
-            self.rows[label]["tower_minus_this_recall@10"] = {
-                "all": paired_difference(self.recall[tower], values["recall@10"]),
-                "cold_start": paired_difference(self.recall[tower], values["recall@10"], cold)}
+            self.rows[label]["tower_minus_this_recall@10"] = tower_minus_row(
+                self.recall[tower], values["recall@10"], cold)
         log.info("%s: Recall@10 %s (cold %s)", label, self.rows[label]["metrics"]["recall@10"],
                  self.rows[label]["cold_start"]["recall@10"])
 

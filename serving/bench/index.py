@@ -158,7 +158,7 @@ def _parts(searcher: ix.Searcher, queries: np.ndarray, k: int, found: list) -> d
     ivf = ix.faiss_ivf(searcher.index)
     # search_preassigned takes no search parameters in faiss' python API: set on the index
     saved = ivf.nprobe, ivf.max_codes
-    ivf.nprobe, ivf.max_codes = searcher.options["nprobe"], searcher.options["max_codes"]
+    ivf.nprobe, ivf.max_codes = searcher.params.nprobe, searcher.params.max_codes
     names = ("coarse", "scan", "read", "rescore")
     times, codes = np.zeros((len(queries), len(names))), np.zeros(len(queries), np.int64)
     try:

@@ -103,6 +103,12 @@ def paired_difference(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = No
             "ci95": bootstrap_ci(d, seed=seed) if len(d) else None}
 
 
+def tower_minus_row(tower: np.ndarray, row: np.ndarray, cold: np.ndarray) -> dict:
+    """A report row's `tower_minus_this_recall@10`: the tower's per-user Recall@10 minus the
+    row's, paired, over all users and over the cold-start ones."""
+    return {"all": paired_difference(tower, row), "cold_start": paired_difference(tower, row, cold)}
+
+
 def bootstrap_ci(values, n: int = 1000, seed: int = 0) -> list[float]:
     """95% percentile-bootstrap interval of a mean over users."""
     v = np.asarray(values, dtype=np.float64)

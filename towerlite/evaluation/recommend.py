@@ -18,10 +18,10 @@ import numpy as np
 
 from towerlite.evaluation.metrics import (
     dot_scores,
-    paired_difference,
     per_user,
     summarize,
     target_ranks,
+    tower_minus_row,
 )
 
 from .baselines import BASELINES
@@ -58,8 +58,7 @@ def _paired(rows: dict, recall: dict, tower: str, cold: np.ndarray) -> None:
     for label, row in rows.items():
         if label != tower:
             row["tower_minus_this_recall@10"] = {
-                "tower": tower, "all": paired_difference(recall[tower], recall[label]),
-                "cold_start": paired_difference(recall[tower], recall[label], cold)}
+                "tower": tower, **tower_minus_row(recall[tower], recall[label], cold)}
 
 
 def _kept(rows: dict, teacher: str | None) -> None:
