@@ -7,8 +7,14 @@ histories), alternated `--repeats` times. The floor's latency is what no model c
 python backend can go under on this machine: the request's crossing into the stub process and
 back, gRPC and the load generator.
 
+`--halt-poll-ns N` (a KVM guest with the haltpoll cpuidle driver, as root) also alternates the
+guest's halt polling: each repeat runs every model with the machine's own setting and with N,
+and the setting is put back at the end. A vCPU that halts the moment it idles wakes slowly, and
+at concurrency 1 every request follows an idle gap (docs/benchmarks.md).
+
     .venv/bin/python scripts/python_backend_floor.py runs/repo-h/portable --repeats 2 \
         --out docs/img/python-backend-floor-DATE.json
+    .venv/bin/python scripts/python_backend_floor.py runs/repo-h/portable --halt-poll-ns 2000000
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from towerlite.machine import cpu_info
+from towerlite.machine import HALT_POLL, cpu_idle, cpu_info
 from towerlite.serving.bench.runner import BenchConfig, run
 from towerlite.serving.triton import start_server
 
@@ -98,21 +104,35 @@ def level_row(level: dict) -> dict:
             "server": server}
 
 
+def set_halt_poll(ns: int) -> None:
+    path = Path("/sys") / HALT_POLL
+    try:
+        path.write_text(str(ns))
+    except OSError as exc:
+        raise SystemExit(f"cannot set {path} ({exc}): --halt-poll-ns needs a KVM guest with "
+                         "the haltpoll cpuidle driver, and root") from exc
+
+
 def alternated(url: str, models, repeats: int, concurrency: tuple[int, ...], duration: float,
-               where: Path) -> dict[str, list]:
+               where: Path, polls: tuple[int | None, ...] = (None,)) -> dict[str, list]:
     """`towerlite bench serving` (500 held-out MovieLens histories) of each model in turn,
-    `repeats` times: {model: [each run's rows by concurrency]}, printed as they come."""
-    runs: dict[str, list] = {m: [] for m in models}
+    `repeats` times, under each halt-polling setting in `polls` (None: leave it): {model, or
+    "model @halt_poll_ns=N": [each run's rows by concurrency]}, printed as they come."""
+    runs: dict[str, list] = {}
     for repeat in range(repeats):
-        for model in models:
-            report = run(BenchConfig(url=url, out=where / f"{model}-{repeat}", model=model,
-                                     concurrency=concurrency, duration_s=duration, texts=500,
-                                     datasets="movielens"))
-            rows = [level_row(lv) for lv in report["levels"]]
-            runs[model].append(rows)
-            print(f"run {repeat + 1} {model}: " + "; ".join(
-                f"c={r['concurrency']} p50/p99 {r['p50_ms']:.2f}/{r['p99_ms']:.2f} ms, "
-                f"{r['throughput_rps']:.0f} req/s" for r in rows), flush=True)
+        for poll in polls:
+            if poll is not None:
+                set_halt_poll(poll)
+            for model in models:
+                name = model if poll is None else f"{model} @halt_poll_ns={poll}"
+                report = run(BenchConfig(url=url, out=where / f"{model}-{poll}-{repeat}",
+                                         model=model, concurrency=concurrency,
+                                         duration_s=duration, texts=500, datasets="movielens"))
+                rows = [level_row(lv) for lv in report["levels"]]
+                runs.setdefault(name, []).append(rows)
+                print(f"run {repeat + 1} {name}: " + "; ".join(
+                    f"c={r['concurrency']} p50/p99 {r['p50_ms']:.2f}/{r['p99_ms']:.2f} ms, "
+                    f"{r['throughput_rps']:.0f} req/s" for r in rows), flush=True)
     return runs
 
 
@@ -123,23 +143,35 @@ def main() -> None:
     p.add_argument("--concurrency", default="1,8")
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--halt-poll-ns", type=int,
+                   help="also run every model with the guest's halt polling at this many ns")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     if not (args.flavor / FUSED / "config.pbtxt").is_file():
         raise SystemExit(f"{args.flavor} has no {FUSED}: deploy with --history-model")
     concurrency = tuple(int(c) for c in args.concurrency.split(","))
+    idle = cpu_idle()
+    polls: tuple[int | None, ...] = (None,)
+    if args.halt_poll_ns is not None:
+        if idle["halt_poll_ns"] is None:
+            raise SystemExit("--halt-poll-ns: this machine has no haltpoll cpuidle driver "
+                             f"(cpuidle driver: {idle['cpuidle_driver']})")
+        polls = (idle["halt_poll_ns"], args.halt_poll_ns)
     where = Path(tempfile.mkdtemp(prefix="floor-"))
     try:
         repo, other = repository_with_floor(args.flavor, where)
         models = (FUSED, FUSED + other, FLOOR, FLOOR + other)
         with start_server(repo, log_path=where / "triton.log") as srv:
             runs = alternated(srv.grpc_url, models, args.repeats, concurrency, args.duration,
-                              where)
+                              where, polls)
     finally:
+        if idle["halt_poll_ns"] is not None and polls != (None,):
+            set_halt_poll(idle["halt_poll_ns"])
         shutil.rmtree(where, ignore_errors=True)
     if args.out:
         args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "runs": runs,
-                                        "flavor": str(args.flavor), "machine": cpu_info()},
+                                        "flavor": str(args.flavor),
+                                        "machine": {**cpu_info(), **idle}},
                                        indent=1))
 
 

@@ -111,6 +111,13 @@ def test_torch_onnx_and_numpy_rank_alike(tmp_path, use_text, use_ids, text_skip,
     numpy_users = _numpy_user_vectors(model, cfg, table, histories)
     # float64 numpy vs float32 torch: the same function up to rounding
     np.testing.assert_allclose(torch_users, numpy_users, atol=2e-4, rtol=1e-4)
+    # inference asks the last block the newest position's query alone; training's states
+    # (every position, every block) hold the same vector there
+    import torch
+
+    with torch.no_grad():
+        states, _ = model(torch.as_tensor(history_rows(histories, cfg.max_len)))
+    np.testing.assert_allclose(states[:, -1].numpy(), torch_users, atol=1e-5)
     folder = save(tmp_path / "tower", model, cfg, [f"i{j}" for j in range(40)], "synthetic", {})
     saved = SavedTower.load(folder)
     served_table = saved.item_table([f"i{j}" for j in range(40)], text)

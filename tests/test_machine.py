@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from towerlite.machine import RELEVANT_FLAGS, cpu_info
+from towerlite.machine import HALT_POLL, RELEVANT_FLAGS, cpu_idle, cpu_info
 
 AVX2_ONLY = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -55,6 +55,18 @@ def test_this_machine():
                                                            if f.startswith("amx")}
     if os.path.exists("/proc/cpuinfo") and "avx2" in open("/proc/cpuinfo").read():
         assert "avx2" in info["cpu_flags"]
+
+
+def test_cpu_idle_reads_a_guests_halt_polling(tmp_path):
+    (tmp_path / "devices/system/cpu/cpuidle").mkdir(parents=True)
+    (tmp_path / "devices/system/cpu/cpuidle/current_driver").write_text("haltpoll\n")
+    assert cpu_idle(tmp_path) == {"cpuidle_driver": "haltpoll", "halt_poll_ns": None}
+    (tmp_path / HALT_POLL).parent.mkdir(parents=True)
+    (tmp_path / HALT_POLL).write_text("200000\n")
+    assert cpu_idle(tmp_path) == {"cpuidle_driver": "haltpoll", "halt_poll_ns": 200_000}
+    assert cpu_idle(tmp_path / "missing") == {"cpuidle_driver": None, "halt_poll_ns": None}
+    info = cpu_idle()  # this machine: whatever it has, in the same shape
+    assert set(info) == {"cpuidle_driver", "halt_poll_ns"}
 
 
 def test_package_versions_name_installed_and_missing_packages():

@@ -45,6 +45,29 @@ def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
             "cpu_flags": present, "cores": os.cpu_count()}
 
 
+HALT_POLL = "module/haltpoll/parameters/guest_halt_poll_ns"
+
+
+def cpu_idle(sys_root: str | Path = "/sys") -> dict:
+    """{"cpuidle_driver": the kernel's cpuidle driver (None where there is none),
+    "halt_poll_ns": how long an idle vCPU of a KVM guest polls before it halts (the haltpoll
+    driver's guest_halt_poll_ns; None where that driver is absent)}. A latency measured at
+    concurrency 1 depends on it: on a 2-core guest that halted at once (0), a python model
+    idle between requests computed each one 2x slower, and Triton's python backend took 0.6 ms
+    more a request (docs/benchmarks.md)."""
+    root = Path(sys_root)
+
+    def read(path: str) -> str | None:
+        try:
+            return (root / path).read_text().strip() or None
+        except OSError:
+            return None
+
+    poll = read(HALT_POLL)
+    return {"cpuidle_driver": read("devices/system/cpu/cpuidle/current_driver"),
+            "halt_poll_ns": int(poll) if poll and poll.isdigit() else None}
+
+
 def usable_cores() -> int | None:
     """The cores this process may run on (its affinity), which a container can make fewer
     than `cores`."""

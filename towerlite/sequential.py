@@ -153,14 +153,18 @@ def build_model(cfg: HistoryConfig, n_items: int, text: np.ndarray | None, warm:
                                     nn.Linear(cfg.dim, cfg.dim))
             self.drop = nn.Dropout(cfg.dropout)
 
-        def forward(self, x, allowed):  # allowed: (batch, 1, length, length) bool
+        def forward(self, x, allowed, last=False):  # allowed: (batch, 1, length, length) bool
+            """The block's states at every position, or (`last`) at the newest one only:
+            every position is still read (keys and values), one query is asked."""
             batch, length, dim = x.shape
             heads = cfg.heads
             qkv = self.qkv(self.norm1(x)).view(batch, length, 3, heads, dim // heads)
             q, k, v = qkv.permute(2, 0, 3, 1, 4)
+            if last:
+                q, allowed, x = q[:, :, -1:], allowed[:, :, -1:], x[:, -1:]
             att = (q @ k.transpose(-1, -2)) / math.sqrt(dim // heads)
             att = att.masked_fill(~allowed, -1e9).softmax(-1)
-            x = x + self.drop(self.out((att @ v).transpose(1, 2).reshape(batch, length, dim)))
+            x = x + self.drop(self.out((att @ v).transpose(1, 2).reshape(batch, -1, dim)))
             return x + self.drop(self.ff(self.norm2(x)))
 
     class SequenceEncoder(nn.Module):
@@ -180,7 +184,9 @@ def build_model(cfg: HistoryConfig, n_items: int, text: np.ndarray | None, warm:
                 nn.init.zeros_(self.norm.weight)
             self.drop = nn.Dropout(cfg.dropout)
 
-        def states(self, vectors, mask):
+        def states(self, vectors, mask, last=False):
+            """(B, L, width) states at every position; `last`: (B, 1, width), the newest
+            position's alone (the last block asks one query, not L)."""
             skip = vectors[..., cfg.dim:]  # empty unless text_skip
             vectors = vectors[..., :cfg.dim]
             # positions from the mask's own shape (a traced arange froze the length in ONNX)
@@ -192,17 +198,19 @@ def build_model(cfg: HistoryConfig, n_items: int, text: np.ndarray | None, warm:
             # has no boolean EyeLike)
             allowed = ((position.unsqueeze(1) >= position.unsqueeze(0)) & (mask > 0).unsqueeze(1)) \
                 | (position.unsqueeze(1) == position.unsqueeze(0))
-            for block in self.blocks:
-                x = block(x, allowed.unsqueeze(1))
-            x = self.norm(x)
+            for i, block in enumerate(self.blocks):
+                x = block(x, allowed.unsqueeze(1), last and i == len(self.blocks) - 1)
+            x = self.norm(x[:, -1:] if last else x)  # (already one position after a block)
             if cfg.text_skip:  # each position: the mean of the skip rows read so far
                 seen = mask.unsqueeze(-1)
                 mean = (skip * seen).cumsum(1) / seen.cumsum(1).clamp(min=1)
-                x = torch.cat([x, mean], -1)
+                x = torch.cat([x, mean[:, -1:] if last else mean], -1)
             return x
 
         def forward(self, vectors, mask):
-            return self.states(vectors, mask)[:, -1]
+            # a user vector is the newest position's state: inference (user_vectors, the ONNX
+            # graph) runs the last block for that position alone
+            return self.states(vectors, mask, last=True)[:, -1]
 
     class HistoryTower(nn.Module):
         def __init__(self):
@@ -345,6 +353,23 @@ def probe_histories(sequences: list[list[int]], item_ids: list[str], max_len: in
     return [[item_ids[r] for r in pool[i][-max_len:]] for i in sorted(chosen.tolist())]
 
 
+def export_graph(encoder, max_len: int, width: int, path: Path) -> None:
+    """The sequence model (the tower's `encoder`) as ONNX: item_vectors (B, L, width) + mask
+    (B, L) → user_vector (B, width), batch and length dynamic."""
+    torch = _torch()
+    example = (torch.zeros(2, max_len, width), torch.ones(2, max_len))
+    with warnings.catch_warnings():
+        # the tracer warns about unpacking q, k, v (always three) and the constant 1/sqrt(d):
+        # both are fixed by design; batch and length stay dynamic (tests run 1…256 × 1…max_len)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(encoder.eval(), example, path,
+                          input_names=["item_vectors", "mask"], output_names=["user_vector"],
+                          opset_version=17, dynamo=False,
+                          dynamic_axes={"item_vectors": {0: "batch", 1: "length"},
+                                        "mask": {0: "batch", 1: "length"},
+                                        "user_vector": {0: "batch"}})
+
+
 def save(folder: Path, model, cfg: HistoryConfig, item_ids: list[str], item_model: str,
          report: dict, probes: list[list[str]] | None = None) -> Path:
     """A tower folder: history_encoder.onnx (item vectors (B, L, width) + mask (B, L) → user
@@ -360,19 +385,7 @@ def save(folder: Path, model, cfg: HistoryConfig, item_ids: list[str], item_mode
     staging = folder.with_name(f".{folder.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    encoder = model.encoder.eval()
-    width = model.item_table().shape[1]
-    example = (torch.zeros(2, cfg.max_len, width), torch.ones(2, cfg.max_len))
-    with warnings.catch_warnings():
-        # the tracer warns about unpacking q, k, v (always three) and the constant 1/sqrt(d):
-        # both are fixed by design; batch and length stay dynamic (tests run 1…256 × 1…max_len)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(encoder, example, staging / ONNX_FILE,
-                          input_names=["item_vectors", "mask"], output_names=["user_vector"],
-                          opset_version=17, dynamo=False,
-                          dynamic_axes={"item_vectors": {0: "batch", 1: "length"},
-                                        "mask": {0: "batch", 1: "length"},
-                                        "user_vector": {0: "batch"}})
+    export_graph(model.encoder, cfg.max_len, model.item_table().shape[1], staging / ONNX_FILE)
     with torch.no_grad():
         if cfg.use_text:
             mean, white = model.whitening

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from towerlite.errors import TowerliteError
 from towerlite.files import write_json_atomic, write_text_atomic
-from towerlite.machine import cpu_info, package_versions, usable_cores
+from towerlite.machine import cpu_idle, cpu_info, package_versions, usable_cores
 
 SCHEMA = "towerlite-bench/1"
 LATENCY_KEYS = ("mean", "min", "p50", "p90", "p95", "p99", "max")
@@ -24,9 +24,11 @@ TOP_KEYS = ("schema", "label", "created", "engine", "server", "settings", "input
 
 def machine() -> dict:
     """What the numbers depend on: the CPU model, its vector flags and cores
-    (towerlite.machine.cpu_info, the record every report shares), the cores usable here and
-    the platform; runner.py adds how busy it was."""
-    return {**cpu_info(), "cores_usable": usable_cores(), "platform": platform.platform()}
+    (towerlite.machine.cpu_info, the record every report shares), the cores usable here, the
+    platform and how an idle core waits (cpu_idle: a guest's halt polling moves the latency at
+    concurrency 1); runner.py adds how busy it was."""
+    return {**cpu_info(), "cores_usable": usable_cores(), "platform": platform.platform(),
+            **cpu_idle()}
 
 
 def versions() -> dict:

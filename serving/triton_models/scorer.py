@@ -101,8 +101,9 @@ class TritonPythonModel:
                                         "(towerlite deploy writes the catalog)")
         with open(os.path.join(folder, "catalog.json")) as f:
             self.meta = json.load(f)
-        self.matrix = np.load(os.path.join(folder, "embeddings_t.npy"), mmap_mode="r")
-        self.ids = np.load(os.path.join(folder, "item_ids.npy"), mmap_mode="r")
+        # mapped (np.asarray drops the np.memmap subclass and its per-slice python hooks)
+        self.matrix = np.asarray(np.load(os.path.join(folder, "embeddings_t.npy"), mmap_mode="r"))
+        self.ids = np.asarray(np.load(os.path.join(folder, "item_ids.npy"), mmap_mode="r"))
         self.dim, self.count = self.matrix.shape
         # the version folder is the release (towerlite release): every answer names it
         self.release = int(args["model_version"])
