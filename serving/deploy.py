@@ -163,12 +163,15 @@ def history_table(folder, prepared, embeddings, item: EncoderExport):
 
 
 HISTORY_WRITTEN = ("item_table.npy", "item_ids.npy", "history.json")
-# IVF lists a history-scorer query visits, unless --nprobe says: over the full catalog's
-# 275k-row 64-d table (2,048 lists, SQ8) held-out MovieLens users' recall@10 against exact
-# search was 0.667 at 32, 0.773 at 64, 0.960 at 128 (0.3–0.35 ms a query; exact 8–10 ms),
-# 0.979 at 256 (0.4–1.4 ms) with a 1-epoch tower, 0.935 / 0.965 / 0.983 / 0.994 with the
-# default 30-epoch one: 64-d rows make each list cheap to scan (docs/benchmarks.md)
-HISTORY_NPROBE = 128
+# IVF lists a history-scorer query visits, unless --nprobe says: the fewest of these whose
+# recall@10 against exact search, on the tower's own users (check_users), reaches
+# HISTORY_RECALL_TARGET. Over the full catalog's 275k-row 64-d table (2,048 lists, SQ8)
+# held-out MovieLens users read 0.667 / 0.773 / 0.960 / 0.979 at 32 / 64 / 128 / 256 with a
+# 1-epoch tower (128 served), 0.935 / 0.965 / 0.983 / 0.994 with the default 30-epoch one
+# (64 served: 0.21 against 0.32 ms a query in-process, and served at concurrency 8 928–1,130
+# requests/s against 849–946 at 128; docs/benchmarks.md)
+HISTORY_NPROBES = (32, 64, 128, 256)
+HISTORY_RECALL_TARGET = 0.95
 
 
 def check_users(tower, table: np.ndarray, item_ids: Sequence[str],
@@ -204,8 +207,9 @@ def write_history(scorer: Path, encoder: Path, history, prepared, info: dict,
     meta = cat.write_catalog(scorer / "catalog", prepared, table,
                              {**info, "history_tower": str(tower.folder)})
     if index != "exact":
-        meta = ix.write_catalog_index(scorer / "catalog", table, meta, nprobe or HISTORY_NPROBE,
-                                      index, check_users(tower, table, prepared["item_id"]))
+        meta = ix.write_catalog_index(scorer / "catalog", table, meta, nprobe or HISTORY_NPROBES,
+                                      index, check_users(tower, table, prepared["item_id"]),
+                                      None if nprobe else HISTORY_RECALL_TARGET)
     folder = encoder / "history"
     folder.mkdir(parents=True, exist_ok=True)
     # the whole tower (graph, adapter, ID vectors, weights: small) travels with the version, so

@@ -296,12 +296,20 @@ def write_index(index, path: Path) -> None:
     tmp.replace(path)
 
 
-def write_catalog_index(folder: Path, embeddings: np.ndarray, meta: dict, nprobe: int,
-                        kind: str = "ivf", queries: tuple[str, np.ndarray] | None = None) -> dict:
+def write_catalog_index(folder: Path, embeddings: np.ndarray, meta: dict,
+                        nprobe: int | tuple[int, ...], kind: str = "ivf",
+                        queries: tuple[str, np.ndarray] | None = None,
+                        recall_target: float | None = None) -> dict:
     """catalog/index.faiss beside a written catalog, and its recall against exact search,
     recorded in catalog.json (deploy's version 1 and every `catalog update` version). Returns
     the catalog's meta with the index. `queries`: (what they are, vectors) to measure recall
-    with; else 200 of the catalog's own rows (a text tower's users are texts like them)."""
+    with; else 200 of the catalog's own rows (a text tower's users are texts like them).
+    `nprobe` several values (with `recall_target`): the smallest whose recall@10 on the
+    queries reaches the target is served (the largest where none does); each one measured is
+    recorded (nprobe_sweep)."""
+    ladder = (nprobe,) if isinstance(nprobe, int) else tuple(sorted(nprobe))
+    if len(ladder) > 1 and recall_target is None:
+        raise ValueError("several nprobe values to choose from need a recall_target")
     t0 = time.perf_counter()
     index = build_index(kind, embeddings)
     build_s = time.perf_counter() - t0
@@ -320,8 +328,15 @@ def write_catalog_index(folder: Path, embeddings: np.ndarray, meta: dict, nprobe
     queries_from, queries = queries
     nlist = faiss_ivf(index).nlist
     factor = CODES_CAP_FACTOR if len(embeddings) >= CODES_CAP_MIN_ITEMS else 0.0
-    measured = recall_at_k(index, embeddings, queries, k=10, nprobe=nprobe, rescore=rescore,
-                           codes_cap=max_codes(len(embeddings), nlist, nprobe, factor))
+    sweep = []
+    for nprobe in ladder:
+        measured = recall_at_k(index, embeddings, queries, k=10, nprobe=nprobe, rescore=rescore,
+                               codes_cap=max_codes(len(embeddings), nlist, nprobe, factor))
+        sweep.append({k: measured[k] for k in ("nprobe", "recall", "ivf_ms_per_query")})
+        if recall_target is None or measured["recall"] >= recall_target:
+            break
+    chosen = {} if recall_target is None else {"recall_target": recall_target,
+                                               "nprobe_sweep": sweep}
     hnsw = len(embeddings) >= COARSE_HNSW_MIN_ITEMS
     meta = {**meta, "index": {"kind": META_KIND[kind], "file": "index.faiss", "nlist": nlist,
                               "nprobe": nprobe, "rescore": rescore, "codes_cap_factor": factor,
@@ -330,13 +345,16 @@ def write_catalog_index(folder: Path, embeddings: np.ndarray, meta: dict, nprobe
                               "exact_below": AUTO_MIN_ITEMS,
                               "factory": factory_string(kind, embeddings.shape[1], nlist, hnsw),
                               "build_seconds": round(build_s, 2),
-                              "recall_vs_exact": {**measured, "queries_from": queries_from}}}
+                              "recall_vs_exact": {**measured, "queries_from": queries_from},
+                              **chosen}}
     tmp = folder / ".catalog.json.tmp"
     tmp.write_text(json.dumps(meta, indent=1))
     tmp.replace(folder / "catalog.json")
     log.info(f"{kind} index: nlist {nlist}, nprobe {nprobe}, recall@10 {measured['recall']} "
              f"vs exact; {measured['ivf_ms_per_query']} ms vs {measured['exact_ms_per_query']} "
-             "ms a query")
+             "ms a query" + (f" (the fewest of {ladder} reaching recall {recall_target}: "
+                             + ", ".join(f"{s['nprobe']}: {s['recall']}" for s in sweep) + ")"
+                             if chosen else ""))
     return meta
 
 

@@ -704,7 +704,12 @@ def test_the_history_scorer_searches_an_index_that_deploy_and_updates_build(
 
     from towerlite.serving import catalog as cat
     from towerlite.serving import history_update
-    from towerlite.serving.deploy import check_users, deploy
+    from towerlite.serving.deploy import (
+        HISTORY_NPROBES,
+        HISTORY_RECALL_TARGET,
+        check_users,
+        deploy,
+    )
     from towerlite.serving.release import ReleaseRequest, release
 
     folder, text, items = history_tower
@@ -712,6 +717,12 @@ def test_the_history_scorer_searches_an_index_that_deploy_and_updates_build(
                     flavors=("portable", "native"), history_model=folder, progress=False)
     recorded = report["history_tower"]["index"]
     assert recorded["kind"] == "ivf_flat" and 0 < recorded["recall_vs_exact"]["recall"] <= 1
+    # no --nprobe: the fewest lists of the ladder whose recall on the tower's users is enough
+    sweep = recorded["nprobe_sweep"]
+    assert recorded["recall_target"] == HISTORY_RECALL_TARGET
+    assert [s["nprobe"] for s in sweep] == list(HISTORY_NPROBES[:len(sweep)])
+    assert recorded["nprobe"] == sweep[-1]["nprobe"]
+    assert sweep[-1]["recall"] >= HISTORY_RECALL_TARGET or len(sweep) == len(HISTORY_NPROBES)
     # checked with the training histories saved with the tower; one without them: one-item ones
     assert recorded["recall_vs_exact"]["queries_from"] == \
         "200 training users' histories saved with the tower"

@@ -1027,6 +1027,28 @@ def test_ivf_index_recall_against_exact():
         ix.choose("hnsw", 10)
 
 
+def test_index_serves_the_fewest_lists_that_reach_the_recall_target(tmp_path):
+    """Given several nprobe values and a recall target (the history scorer's deploy), the index
+    serves the smallest whose recall@10 on the queries reaches it, and records each measured."""
+    from towerlite.serving import index as ix
+
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(4000, 32)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    queries = ("near items", emb[:50] + 0.1 * rng.normal(size=(50, 32)).astype(np.float32))
+    meta = ix.write_catalog_index(tmp_path, emb, {"count": 4000}, (102, 2, 8, 32), "ivf",
+                                  queries, recall_target=0.95)["index"]
+    sweep = meta["nprobe_sweep"]
+    assert [s["nprobe"] for s in sweep] == [2, 8, 32, 102][:len(sweep)] and len(sweep) >= 2
+    assert meta["nprobe"] == sweep[-1]["nprobe"] == meta["recall_vs_exact"]["nprobe"]
+    assert all(s["recall"] < 0.95 for s in sweep[:-1]) and sweep[-1]["recall"] >= 0.95
+    assert json.loads((tmp_path / "catalog.json").read_text())["index"] == meta
+    fixed = ix.write_catalog_index(tmp_path, emb, {"count": 4000}, 8, "ivf", queries)["index"]
+    assert fixed["nprobe"] == 8 and "nprobe_sweep" not in fixed
+    with pytest.raises(ValueError, match="recall_target"):
+        ix.write_catalog_index(tmp_path, emb, {"count": 4000}, (8, 32), "ivf", queries)
+
+
 @pytest.mark.parametrize("kind", ["ivf_sq8", "ivf_pq"])
 def test_large_catalog_path_hnsw_lists_fp16_rows_answer_like_exact(kind, tmp_path, monkeypatch):
     """The path for catalogs past COARSE_HNSW_MIN_ITEMS (10M items in docs/serving.md), at a
