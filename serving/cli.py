@@ -85,7 +85,7 @@ def add_deploy_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nprobe", type=int,
                    help="IVF lists visited per query (default 32; the history scorer's: the "
                         "fewest of 32, 64, 128, 256 whose recall@10 on the tower's own users "
-                        "reaches 0.95)")
+                        "reaches 0.95; 128 for a tower saved without training histories)")
     p.add_argument("--threads", type=int, default=2,
                    help="onnxruntime threads for embedding the catalog (default 2)")
     p.add_argument("--workers", type=int, default=1,
