@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from towerlite.machine import HALT_POLL, cpu_idle, cpu_info
+from towerlite.machine import cpu_idle, cpu_info, set_halt_poll
 from towerlite.serving.bench.runner import BenchConfig, run
 from towerlite.serving.triton import start_server
 
@@ -102,15 +102,6 @@ def level_row(level: dict) -> dict:
     return {"concurrency": level["concurrency"], "p50_ms": lat["p50"], "p99_ms": lat["p99"],
             "throughput_rps": level["throughput_rps"], "errors": level["errors"],
             "server": server}
-
-
-def set_halt_poll(ns: int) -> None:
-    path = Path("/sys") / HALT_POLL
-    try:
-        path.write_text(str(ns))
-    except OSError as exc:
-        raise SystemExit(f"cannot set {path} ({exc}): --halt-poll-ns needs a KVM guest with "
-                         "the haltpoll cpuidle driver, and root") from exc
 
 
 def alternated(url: str, models, repeats: int, concurrency: tuple[int, ...], duration: float,

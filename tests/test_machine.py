@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 
-from towerlite.machine import HALT_POLL, RELEVANT_FLAGS, cpu_idle, cpu_info
+import pytest
+
+from towerlite.errors import TowerliteError
+from towerlite.machine import HALT_POLL, RELEVANT_FLAGS, cpu_idle, cpu_info, set_halt_poll
 
 AVX2_ONLY = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -65,6 +68,10 @@ def test_cpu_idle_reads_a_guests_halt_polling(tmp_path):
     (tmp_path / HALT_POLL).write_text("200000\n")
     assert cpu_idle(tmp_path) == {"cpuidle_driver": "haltpoll", "halt_poll_ns": 200_000}
     assert cpu_idle(tmp_path / "missing") == {"cpuidle_driver": None, "halt_poll_ns": None}
+    set_halt_poll(2_000_000, tmp_path)
+    assert cpu_idle(tmp_path)["halt_poll_ns"] == 2_000_000
+    with pytest.raises(TowerliteError, match="haltpoll"):
+        set_halt_poll(0, tmp_path / "missing")
     info = cpu_idle()  # this machine: whatever it has, in the same shape
     assert set(info) == {"cpuidle_driver", "halt_poll_ns"}
 

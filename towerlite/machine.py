@@ -68,6 +68,19 @@ def cpu_idle(sys_root: str | Path = "/sys") -> dict:
             "halt_poll_ns": int(poll) if poll and poll.isdigit() else None}
 
 
+def set_halt_poll(ns: int, sys_root: str | Path = "/sys") -> None:
+    """Sets a KVM guest's halt polling (guest_halt_poll_ns; root, the haltpoll cpuidle driver):
+    the benchmark scripts that measure what it does alternate it, and put it back."""
+    from .errors import TowerliteError
+
+    path = Path(sys_root) / HALT_POLL
+    try:
+        path.write_text(str(int(ns)))
+    except OSError as exc:
+        raise TowerliteError(f"cannot set {path} ({exc}): halt polling is a KVM guest's "
+                             "(the haltpoll cpuidle driver), set as root") from exc
+
+
 def usable_cores() -> int | None:
     """The cores this process may run on (its affinity), which a container can make fewer
     than `cores`."""
