@@ -52,9 +52,9 @@ def cpu_idle(sys_root: str | Path = "/sys") -> dict:
     """{"cpuidle_driver": the kernel's cpuidle driver (None where there is none),
     "halt_poll_ns": how long an idle vCPU of a KVM guest polls before it halts (the haltpoll
     driver's guest_halt_poll_ns; None where that driver is absent)}. A latency measured at
-    concurrency 1 depends on it: on a 2-core guest that halted at once (0), a python model
-    idle between requests computed each one 2x slower, and Triton's python backend took 0.6 ms
-    more a request (docs/benchmarks.md)."""
+    concurrency 1 depends on it: on a 2-core guest that halted at once (0), Triton's python
+    backend answered 0.3 ms later at p50 and 1.5 ms later at p99 than polling up to 2 ms
+    (docs/benchmarks.md, 2026-12-02)."""
     root = Path(sys_root)
 
     def read(path: str) -> str | None:
