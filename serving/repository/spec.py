@@ -81,6 +81,10 @@ class RepositorySpec:
     history_dim: int = 0
     history_max_len: int = 50  # newest items a history is read to
     history_max_ids: int = 10_000  # longer HISTORY inputs are refused
+    # two, not one: a directly called python model with one instance and the dynamic
+    # batcher's queue policy stalled 0.5 s on ~1% of requests in Triton 2.51; one instance
+    # without batching was the fastest at c=1 (p50 1.51–1.62 ms) and halved c=8
+    # (docs/benchmarks.md, 2026-12-02)
     history_instances: int = 2
     # history_encoder and recommend_history_fused batch the requests already queued and wait
     # for no more: over the full catalog, against a 100 µs wait, recommend_history_fused's c=1
