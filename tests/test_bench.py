@@ -212,6 +212,7 @@ def test_report_has_every_field_and_percentiles_are_ordered(builtin_run):
     assert r["inputs"]["datasets"] == {"movielens": 40} and len(r["inputs"]["fingerprint"]) == 16
     assert r["inputs"]["chars"]["min"] < r["inputs"]["chars"]["max"]
     assert r["machine"]["cores"] >= 1 and "cpu_flags" in r["machine"]
+    assert {"cpuidle_driver", "halt_poll_ns"} <= set(r["machine"])  # how an idle core waits
     assert r["versions"]["tritonclient"] == "2.51.0" and r["warmup"]["requests"] == 6
     assert [lv["concurrency"] for lv in r["levels"]] == [1, 3]
     for lv in r["levels"]:
