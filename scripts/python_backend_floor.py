@@ -7,6 +7,9 @@ histories), alternated `--repeats` times. The floor's latency is what no model c
 python backend can go under on this machine: the request's crossing into the stub process and
 back, gRPC and the load generator.
 
+`--one-instance` adds two copies of the fused model with one instance, one batched as deployed
+and one not batched.
+
 `--halt-poll-ns N` (a KVM guest with the haltpoll cpuidle driver, as root) also alternates the
 guest's halt polling: each repeat runs every model with the machine's own setting and with N,
 and the setting is put back at the end. A vCPU that halts the moment it idles wakes slowly, and
@@ -97,6 +100,23 @@ def repository_with_floor(flavor: Path, where: Path) -> tuple[Path, str]:
     return repo, f"_delay{other}"
 
 
+ONE_INSTANCE = "_one"            # one instance, the deploy's batching and queue policy
+ONE_UNBATCHED = "_one_unbatched"  # one instance, no dynamic batching
+
+
+def add_one_instance_copies(repo: Path, flavor: Path) -> tuple[str, ...]:
+    """Copies of the fused model with one instance, batched as deployed and not batched: the
+    first stalled 0.5 s on ~1% of requests (the queue policy), the second was the fastest at
+    c=1 (docs/benchmarks.md). Returns their names."""
+    config = (flavor / FUSED / "config.pbtxt").read_text()
+    release = re.search(r'key: "RELEASE" value: \{ string_value: "(\d+)"', config).group(1)
+    one = re.sub(r"count: \d+, kind: KIND_CPU", "count: 1, kind: KIND_CPU", config)
+    unbatched = re.sub(r"\ndynamic_batching \{[\s\S]*?\n\}\n", "\n", one)
+    for suffix, text in ((ONE_INSTANCE, one), (ONE_UNBATCHED, unbatched)):
+        add_model(repo, FUSED + suffix, text, flavor / FUSED / release)
+    return FUSED + ONE_INSTANCE, FUSED + ONE_UNBATCHED
+
+
 def level_row(level: dict) -> dict:
     lat, server = level["latency_ms"], level.get("server", {})
     return {"concurrency": level["concurrency"], "p50_ms": lat["p50"], "p99_ms": lat["p99"],
@@ -136,6 +156,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--halt-poll-ns", type=int,
                    help="also run every model with the guest's halt polling at this many ns")
+    p.add_argument("--one-instance", action="store_true",
+                   help="also copies of the fused model with one instance, batched and not")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     if not (args.flavor / FUSED / "config.pbtxt").is_file():
@@ -152,6 +174,8 @@ def main() -> None:
     try:
         repo, other = repository_with_floor(args.flavor, where)
         models = (FUSED, FUSED + other, FLOOR, FLOOR + other)
+        if args.one_instance:
+            models += add_one_instance_copies(repo, args.flavor)
         with start_server(repo, log_path=where / "triton.log") as srv:
             runs = alternated(srv.grpc_url, models, args.repeats, concurrency, args.duration,
                               where, polls)
