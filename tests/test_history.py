@@ -798,6 +798,13 @@ def test_both_flavors_write_the_history_models(tmp_path):
             ragged = {t.name for t in configs[name].input if t.allow_ragged_batch}
             assert ragged == {"HISTORY", "EXCLUDE"}, name
         assert (tmp_path / flavor / "history_encoder" / "1" / "model.py").is_file()
+        assert fused.HasField("dynamic_batching") and fused.instance_group[0].count == 2
+    # the setting fastest at concurrency 1: one instance, no batcher (nor its queue policy,
+    # which stalled a one-instance model 0.5 s on ~1% of requests)
+    write_code(tmp_path / "c1", RepositorySpec(history_dim=48, history_instances=1,
+                                               history_fused_batching=False), "portable")
+    fused = validate_repository(tmp_path / "c1")["recommend_history_fused"]
+    assert not fused.HasField("dynamic_batching") and fused.instance_group[0].count == 1
 
 
 def test_history_cli_trains_saves_and_reports(cache, tmp_path):

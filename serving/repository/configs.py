@@ -346,7 +346,10 @@ def history_fused_config(spec: RepositorySpec) -> str:
                 "`recommend_history` ensemble's two models in one python model (one backend "
                 "crossing, not two)", backend="python", max_batch_size=spec.max_batch_size),
         *_recommend_history_io(ragged=spec.ragged_batches),
-        _dynamic(spec, spec.history_queue_delay_us, []), _instances(spec.history_instances),
+        _dynamic(spec, spec.history_queue_delay_us, []) if spec.history_fused_batching else
+        "# no dynamic batching (history_fused_batching false): a request an execute, each on\n"
+        "# the first free instance, no queue timeout",
+        _instances(spec.history_instances),
         _params({"RELEASE": FIRST_RELEASE, "PATH": "history", "MAX_LEN": spec.history_max_len,
                  "MAX_HISTORY": spec.history_max_ids, "THREADS": 1, "CATALOG_DIR": "catalog",
                  "DEFAULT_K": spec.default_k, "MAX_K": spec.max_k, "INDEX": spec.scorer_index,

@@ -86,6 +86,10 @@ class RepositorySpec:
     # without batching was the fastest at c=1 (p50 1.51–1.62 ms) and halved c=8
     # (docs/benchmarks.md, 2026-12-02)
     history_instances: int = 2
+    # recommend_history_fused batched by Triton's dynamic batcher (and its queue policy, the
+    # deadline): false with history_instances=1 is the setting fastest at c=1 (p50 1.26–1.41
+    # ms on a quiet machine) at ~60% of the c=8 throughput, requests' timeouts not enforced
+    history_fused_batching: bool = True
     # history_encoder and recommend_history_fused batch the requests already queued and wait
     # for no more: over the full catalog, against a 100 µs wait, recommend_history_fused's c=1
     # p50 was lower in 5 of 6 alternated pairs and c=8 throughput higher in 3 of 6 (the python
