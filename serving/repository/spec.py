@@ -88,7 +88,7 @@ class RepositorySpec:
     history_instances: int = 2
     # recommend_history_fused batched by Triton's dynamic batcher (and its queue policy, the
     # deadline): false with history_instances=1 is the setting fastest at c=1 (p50 1.26–1.41
-    # ms on a quiet machine) at ~60% of the c=8 throughput, requests' timeouts not enforced
+    # ms on a quiet machine) at about half the c=8 throughput, requests' timeouts not enforced
     history_fused_batching: bool = True
     # history_encoder and recommend_history_fused batch the requests already queued and wait
     # for no more: over the full catalog, against a 100 µs wait, recommend_history_fused's c=1
