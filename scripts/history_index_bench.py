@@ -88,10 +88,11 @@ def nprobe_sweep(held: dict, nprobes: list[int]) -> list[dict]:
     index = ix.read_index(held["index_file"])
     out = []
     for queries, vectors in held["queries"].items():
+        reference = ix.ExactReference.of(held["table"], vectors, 10)
         for nprobe in nprobes:
             out.append({"queries": queries, **ix.recall_at_k(
                 index, held["table"], vectors, k=10, nprobe=nprobe,
-                rescore=held["meta"]["index"]["rescore"])})
+                rescore=held["meta"]["index"]["rescore"], reference=reference)})
             print(f"{queries}, nprobe {nprobe}: recall@10 {out[-1]['recall']}, "
                   f"{out[-1]['ivf_ms_per_query']} ms a query (exact "
                   f"{out[-1]['exact_ms_per_query']} ms)", flush=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import re
 import sys
 import time
 import types
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from towerlite.machine import cpu_idle, cpu_info, set_halt_poll
+from towerlite.serving.repository.validate import parse_config
 
 FUSED = "recommend_history_fused"
 
@@ -57,9 +57,8 @@ def stand_in() -> types.ModuleType:
 def fused_model(flavor: Path):
     """The flavor's recommend_history_fused, initialized as Triton would (its parameters)."""
     sys.modules["triton_python_backend_utils"] = stand_in()
-    config = (flavor / FUSED / "config.pbtxt").read_text()
-    params = {k: {"string_value": v} for k, v in
-              re.findall(r'key: "(\w+)" value: \{ string_value: "([^"]*)"', config)}
+    config = parse_config((flavor / FUSED / "config.pbtxt").read_text())
+    params = {k: {"string_value": v.string_value} for k, v in config.parameters.items()}
     spec = importlib.util.spec_from_file_location("fused", flavor / FUSED / "1" / "model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -259,16 +260,33 @@ def exact_top_k(embeddings: np.ndarray, queries: np.ndarray, k: int,
     return best_rows
 
 
+@dataclass
+class ExactReference:
+    """Exact search's answer to a query set, computed once for every nprobe it is compared
+    with: the top-k rows, the (dim, n) matrix the scorer scans, its ms a query (batch 1)."""
+
+    truth: np.ndarray
+    matrix_t: np.ndarray
+    exact_ms: float
+
+    @classmethod
+    def of(cls, embeddings: np.ndarray, queries: np.ndarray, k: int = 10) -> ExactReference:
+        truth = exact_top_k(embeddings, queries, k)
+        matrix_t = np.ascontiguousarray(embeddings.T)
+        t0 = time.perf_counter()
+        for q in queries:
+            exact_top_k_t(matrix_t, q, k)
+        return cls(truth, matrix_t, (time.perf_counter() - t0) / len(queries) * 1e3)
+
+
 def recall_at_k(index, embeddings: np.ndarray, queries: np.ndarray, k: int = 10,
-                nprobe: int = DEFAULT_NPROBE, rescore: int = 0, codes_cap: int = 0) -> dict:
+                nprobe: int = DEFAULT_NPROBE, rescore: int = 0, codes_cap: int = 0,
+                reference: ExactReference | None = None) -> dict:
     """recall@k of the index (re-scored as the scorer does when `rescore`, scanning at most
-    `codes_cap` codes when > 0) against exact search, and per-query latency of both (batch 1)."""
-    truth = exact_top_k(embeddings, queries, k)
-    matrix_t = np.ascontiguousarray(embeddings.T)
-    t0 = time.perf_counter()
-    for q in queries:
-        exact_top_k_t(matrix_t, q, k)
-    exact_ms = (time.perf_counter() - t0) / len(queries) * 1e3
+    `codes_cap` codes when > 0) against exact search (`reference`, computed here when None),
+    and per-query latency of both (batch 1)."""
+    reference = reference or ExactReference.of(embeddings, queries, k)
+    truth, matrix_t, exact_ms = reference.truth, reference.matrix_t, reference.exact_ms
     searcher = Searcher(index, matrix_t, nprobe, rescore, max_codes=codes_cap)
     t0 = time.perf_counter()
     found = [searcher.top_k(q, k) for q in queries]
@@ -328,10 +346,11 @@ def write_catalog_index(folder: Path, embeddings: np.ndarray, meta: dict,
     queries_from, queries = queries
     nlist = faiss_ivf(index).nlist
     factor = CODES_CAP_FACTOR if len(embeddings) >= CODES_CAP_MIN_ITEMS else 0.0
-    sweep = []
+    sweep, reference = [], ExactReference.of(embeddings, queries, 10)
     for nprobe in ladder:
         measured = recall_at_k(index, embeddings, queries, k=10, nprobe=nprobe, rescore=rescore,
-                               codes_cap=max_codes(len(embeddings), nlist, nprobe, factor))
+                               codes_cap=max_codes(len(embeddings), nlist, nprobe, factor),
+                               reference=reference)
         sweep.append({k: measured[k] for k in ("nprobe", "recall", "ivf_ms_per_query")})
         if recall_target is None or measured["recall"] >= recall_target:
             break
