@@ -27,7 +27,7 @@ from pathlib import Path
 
 from towerlite.errors import TowerliteError
 from towerlite.evaluation.report import paired_cell
-from towerlite.sequential import HistoryConfig
+from towerlite.sequential import LR_SCHEDULES, HistoryConfig
 
 from .history_variants import VARIANTS
 
@@ -323,9 +323,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                            "gets an ID vector, no text), saved and served like the others")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a HistoryConfig field (dim, layers, heads, max_len, dropout, "
-                        "id_min_likes, epochs, batch_size, lr, weight_decay, negatives, "
-                        "text_skip, skip_gain, logit_adjust, id_dropout, validation, patience, "
-                        "cold_floor, validation_users, bucket_by_length, seed)")
+                        "id_min_likes, epochs, batch_size, lr, lr_schedule (constant, cosine), "
+                        "weight_decay, negatives, text_skip, skip_gain, logit_adjust, "
+                        "id_dropout, validation, patience, cold_floor, validation_users, "
+                        "bucket_by_length, seed)")
     p.add_argument("--variants", default=",".join(VARIANTS), metavar="LIST",
                    help=f"graph variants to write beside OUT/model where their top-10 agrees "
                         f"with fp32's ({', '.join(VARIANTS)}; default both; '' none)")
@@ -355,6 +356,9 @@ def config_of(args) -> HistoryConfig:
     if cfg.skip_gain < 0 or (cfg.skip_gain and not cfg.text_skip):
         raise TowerliteError("skip_gain fixes the text skip's gain: a number ≥ 0, with "
                              "text_skip=true")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise TowerliteError(f"lr_schedule is one of {', '.join(LR_SCHEDULES)}, not "
+                             f"{cfg.lr_schedule!r}")
     if cfg.logit_adjust < 0 or not 0 <= cfg.id_dropout < 1:
         raise TowerliteError("logit_adjust is a number ≥ 0; id_dropout a share in [0, 1)")
     if not 0 <= cfg.validation < 1 or cfg.patience < 0 \

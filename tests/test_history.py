@@ -398,13 +398,30 @@ from pathlib import Path
 from towerlite.evaluation.sequential import validation
 from towerlite.sequential_train import train
 seqs, text = synthetic()
-cfg = replace(TINY, epochs=6, validation=0.2)  # the kept epoch's weights resume too
+# the kept epoch's weights resume too, and the schedule's step with them
+cfg = replace(TINY, epochs=6, validation=0.2, lr_schedule="cosine")
 seqs, validator = validation(cfg, seqs)
 model, state = train(cfg, seqs, 40, text, checkpoint=Path(sys.argv[1]), progress=False,
                      validator=validator)
 np.save(sys.argv[2], model.encoder.pos.weight.detach().numpy())
 print("losses", state.losses, "validation", state.validation, "best", state.best_epoch)
 """
+
+
+@pytest.mark.parametrize("schedule, rates", [
+    ("constant", [1.0, 1.0, 1.0, 1.0]), ("cosine", [1.0, 0.5, 0.0, 0.0])])
+def test_the_learning_rate_follows_its_schedule_over_the_run(schedule, rates):
+    from towerlite.sequential import build_model
+    from towerlite.sequential_train import Optimizers
+
+    cfg = replace(TINY, lr_schedule=schedule, negatives=8)  # two optimizers: dense and sparse
+    seqs, text = synthetic()
+    opt = Optimizers(cfg, build_model(cfg, 40, text, np.ones(40, bool)))
+    assert len(opt.parts) == 2
+    for progress, rate in zip([0.0, 0.5, 1.0, 1.5], rates):
+        opt.set_lr(cfg, progress)
+        assert all(g["lr"] == pytest.approx(cfg.lr * rate, abs=1e-12)
+                   for o in opt.parts for g in o.param_groups)
 
 
 def test_training_resumes_after_sigkill(tmp_path):
@@ -1122,6 +1139,7 @@ def test_graph_variants_are_written_and_gated_on_top10_agreement(tiny_export, tm
     (["dim=15"], "dim must be a multiple of heads"),
     (["epochs=0"], "epochs at least 1"),
     (["logit_adjust=-1"], "logit_adjust is a number ≥ 0"),
+    (["lr_schedule=linear"], "lr_schedule is one of constant, cosine, not 'linear'"),
     (["id_dropout=1"], r"id_dropout a share in \[0, 1\)"),
     (["cold_floor=true"], "cold_floor and validation_users with validation > 0"),
     (["validation_users=true"], "cold_floor and validation_users with validation > 0"),

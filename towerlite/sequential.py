@@ -44,6 +44,7 @@ from .files import replace_dir
 log = logging.getLogger(__name__)
 
 PAD = -1  # a history row that is not an item (left padding)
+LR_SCHEDULES = ("constant", "cosine")  # HistoryConfig.lr_schedule
 
 
 @dataclass
@@ -61,6 +62,9 @@ class HistoryConfig:
     epochs: int = 30  # 20 → 30: 0.260 → 0.278 (docs/quality.md); ≈ 35 min on 2 cores
     batch_size: int = 64  # windows of 200 a step (12,800 positions, as 256 windows of 50 were)
     lr: float = 2e-3
+    # "constant", or "cosine": lr·½(1 + cos(π·progress)) over the run's steps, falling to 0 at
+    # its last epoch (a constant rate left the loss still falling 0.004 an epoch at epoch 30)
+    lr_schedule: str = "constant"
     weight_decay: float = 0.0
     negatives: int = 0  # 0: full softmax over the catalog; else this many shared uniform samples
     # the item's normalized text embedding appended to its row (scaled, learned) and the

@@ -8,6 +8,7 @@ kept epoch chosen on a validation split when there is one.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -105,6 +106,15 @@ class Optimizers:
         self.parts = [torch.optim.AdamW(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)]
         if sparse:
             self.parts.append(torch.optim.SparseAdam([model.ids.weight], lr=cfg.lr))
+
+    def set_lr(self, cfg: HistoryConfig, progress: float) -> None:
+        """The schedule's rate at `progress` (0 → 1 over the run's steps): a function of the
+        step alone, so a resumed run steps as an uninterrupted one."""
+        scale = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) \
+            if cfg.lr_schedule == "cosine" else 1.0
+        for opt in self.parts:
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * scale
 
     def zero_grad(self) -> None:
         for opt in self.parts:
@@ -213,7 +223,8 @@ class Trainer:
                      / max(len(chosen), 1) / world) if cfg.bucket_by_length else 0
         bar = tqdm(chosen, disable=not self.progress or self.rank > 0,
                    leave=False, desc=f"{cfg.kind} epoch {epoch + 1}/{cfg.epochs}")
-        for rows in bar:
+        for step, rows in enumerate(bar):
+            self.opt.set_lr(cfg, (epoch + step / len(chosen)) / cfg.epochs)
             batch = self.data[torch.as_tensor(rows)][self.rank::world]
             # windows are left-padded: columns that are padding in every window are cut off
             # (real positions read only real items, so their states do not change)
