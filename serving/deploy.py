@@ -172,6 +172,21 @@ HISTORY_WRITTEN = ("item_table.npy", "item_ids.npy", "history.json")
 # requests/s against 849–946 at 128; docs/benchmarks.md)
 HISTORY_NPROBES = (32, 64, 128, 256)
 HISTORY_RECALL_TARGET = 0.95
+# --index auto for the history scorer: IVF-Flat where the text scorer gets IVF-SQ8. At the
+# tower's width (64-d) the flat lists are small and need no re-scoring: over the full 275k
+# catalog, 2,048 lists, nprobe 64, the same recall on the tower's users (0.968) at 0.101
+# against 0.224 ms a query (SQ8's 40 candidates re-scored, read row by row from rows.npy), in
+# 73 MB of files against SQ8's 20 MB and the 70 MB rows.npy it re-scores from; served at
+# concurrency 1 p50 1.40 against 1.75 ms (docs/benchmarks.md, 2026-12-02)
+HISTORY_AUTO_KINDS = {"ivf_sq8": "ivf"}
+
+
+def history_index_kind(index: str, count: int) -> str:
+    """The history scorer's index kind for `--index index` over `count` items."""
+    kind = ix.choose(index, count)
+    return HISTORY_AUTO_KINDS.get(kind, kind) if index == "auto" else kind
+
+
 # a tower saved without training histories is checked with one-item ones, which understate
 # its users' recall (0.791 at 128 where they read 0.983): it is not chosen for, it gets 128
 HISTORY_NPROBE_UNCHECKED = 128
@@ -435,7 +450,7 @@ def write_flavors(request: DeployRequest, towers: Towers, spec: RepositorySpec,
                 history_meta = write_history(
                     staging / "history_scorer" / "1", staging / "history_encoder" / "1",
                     history, catalog.items, catalog.info,
-                    ix.choose(request.index, len(catalog.items)), request.nprobe)
+                    history_index_kind(request.index, len(catalog.items)), request.nprobe)
         else:
             for model, folder in shared:
                 for f in (first / model / "1" / folder).iterdir():

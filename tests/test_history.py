@@ -784,6 +784,18 @@ def test_the_history_scorer_searches_an_index_that_deploy_and_updates_build(
     assert faiss.read_index(str(catalog / "index.faiss")).ntotal == len(ranked[2])
 
 
+def test_the_history_scorer_gets_ivf_flat_where_auto_gives_the_text_scorer_sq8():
+    from towerlite.serving import index as ix
+    from towerlite.serving.deploy import history_index_kind
+
+    assert ix.choose("auto", 275_262) == "ivf_sq8"
+    assert history_index_kind("auto", 275_262) == "ivf"  # 64-d: flat lists, no re-scoring
+    assert history_index_kind("auto", ix.AUTO_MIN_ITEMS - 1) == "exact"
+    assert history_index_kind("auto", ix.AUTO_PQ_MIN_ITEMS) == "ivf_pq"
+    assert history_index_kind("ivf_sq8", 275_262) == "ivf_sq8"  # asked for: kept
+    assert history_index_kind("exact", 275_262) == "exact"
+
+
 def test_both_flavors_write_the_history_models(tmp_path):
     """The history path is python models in both flavors (no encoder platform to choose), and
     the default spec writes none of it (the committed repository stays as it is)."""
