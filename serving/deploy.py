@@ -176,8 +176,9 @@ HISTORY_RECALL_TARGET = 0.95
 # tower's width (64-d) the flat lists are small and need no re-scoring: over the full 275k
 # catalog, 2,048 lists, nprobe 64, the same recall on the tower's users (0.968) at 0.101
 # against 0.224 ms a query (SQ8's 40 candidates re-scored, read row by row from rows.npy), in
-# 73 MB of files against SQ8's 20 MB and the 70 MB rows.npy it re-scores from; served at
-# concurrency 1 p50 1.40 against 1.75 ms (docs/benchmarks.md, 2026-12-02)
+# 73 MB of files against SQ8's 20 MB and the 70 MB rows.npy it re-scores from. The fused
+# model's execute in-process: 448–475 against 517–543 µs; served, the difference is inside the
+# machine's noise (c=1 p50 1.40–1.56 against 1.36–1.75 ms; docs/benchmarks.md, 2026-12-02)
 HISTORY_AUTO_KINDS = {"ivf_sq8": "ivf"}
 
 
