@@ -27,7 +27,7 @@ from pathlib import Path
 
 from towerlite.errors import TowerliteError
 from towerlite.evaluation.report import paired_cell
-from towerlite.sequential import LR_SCHEDULES, HistoryConfig
+from towerlite.sequential import LR_SCHEDULES, PRECISIONS, HistoryConfig
 
 from .history_variants import VARIANTS
 
@@ -324,6 +324,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a HistoryConfig field (dim, layers, heads, max_len, dropout, "
                         "id_min_likes, epochs, batch_size, lr, lr_schedule (constant, cosine), "
+                        "precision (fp32, bf16), "
                         "weight_decay, negatives, text_skip, skip_gain, logit_adjust, "
                         "id_dropout, validation, patience, cold_floor, validation_users, "
                         "bucket_by_length, seed)")
@@ -359,6 +360,9 @@ def config_of(args) -> HistoryConfig:
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise TowerliteError(f"lr_schedule is one of {', '.join(LR_SCHEDULES)}, not "
                              f"{cfg.lr_schedule!r}")
+    if cfg.precision not in PRECISIONS:
+        raise TowerliteError(f"precision is one of {', '.join(PRECISIONS)}, not "
+                             f"{cfg.precision!r}")
     if cfg.logit_adjust < 0 or not 0 <= cfg.id_dropout < 1:
         raise TowerliteError("logit_adjust is a number ≥ 0; id_dropout a share in [0, 1)")
     if not 0 <= cfg.validation < 1 or cfg.patience < 0 \

@@ -424,6 +424,28 @@ def test_the_learning_rate_follows_its_schedule_over_the_run(schedule, rates):
                    for o in opt.parts for g in o.param_groups)
 
 
+@pytest.mark.parametrize("negatives", [0, 8])  # full softmax; sampled, with SparseAdam
+def test_bf16_training_steps_as_fp32_does_and_keeps_fp32_weights(negatives):
+    """precision=bf16 computes each step's forward in bfloat16: its first loss is fp32's to
+    bf16's precision, it learns the order synthetic() walks as fp32 does (the next item ranked
+    as high) and what it keeps and serves is float32."""
+    seqs, text = synthetic()
+    cfg = replace(TINY, epochs=6, negatives=negatives)
+    full, full_state = train(cfg, seqs, 40, text, progress=False)
+    half, half_state = train(replace(cfg, precision="bf16"), seqs, 40, text, progress=False)
+    assert half_state.losses[0] == pytest.approx(full_state.losses[0], rel=0.02)
+    assert half_state.losses[-1] < half_state.losses[0] - 0.2
+    assert half_state.losses != full_state.losses  # the steps did run in bf16
+    assert {p.dtype for p in half.parameters()} == {full.encoder.pos.weight.dtype}
+    histories, nexts = [s[:-1] for s in seqs], [s[-1] for s in seqs]
+
+    def mean_rank(model):  # of each sequence's last item after the rest; chance: 19.5 of 40
+        scores = user_vectors(model, histories, cfg.max_len) @ item_table(model).T
+        return float((scores > scores[np.arange(len(seqs)), nexts][:, None]).sum(1).mean())
+
+    assert mean_rank(half) < 15 and abs(mean_rank(half) - mean_rank(full)) < 1
+
+
 def test_training_resumes_after_sigkill(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(RESUME_SCRIPT.format(tests=os.path.dirname(__file__)))
@@ -1152,6 +1174,7 @@ def test_graph_variants_are_written_and_gated_on_top10_agreement(tiny_export, tm
     (["epochs=0"], "epochs at least 1"),
     (["logit_adjust=-1"], "logit_adjust is a number ≥ 0"),
     (["lr_schedule=linear"], "lr_schedule is one of constant, cosine, not 'linear'"),
+    (["precision=fp16"], "precision is one of fp32, bf16, not 'fp16'"),
     (["id_dropout=1"], r"id_dropout a share in \[0, 1\)"),
     (["cold_floor=true"], "cold_floor and validation_users with validation > 0"),
     (["validation_users=true"], "cold_floor and validation_users with validation > 0"),

@@ -232,11 +232,12 @@ class Trainer:
             # windows are left-padded: columns that are padding in every window are cut off
             # (real positions read only real items, so their states do not change)
             batch = batch[:, int((batch >= 0).any(0).float().argmax()):]
-            if sampled(cfg, self.n_items):
-                sample = torch.randint(0, self.n_items, (cfg.negatives,))
-                loss = sampled_loss(cfg, self.model, batch, sample, self.adjust)
-            else:
-                loss = full_loss(cfg, self.model, batch, self.adjust, self.domains)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                if sampled(cfg, self.n_items):
+                    sample = torch.randint(0, self.n_items, (cfg.negatives,))
+                    loss = sampled_loss(cfg, self.model, batch, sample, self.adjust)
+                else:
+                    loss = full_loss(cfg, self.model, batch, self.adjust, self.domains)
             if per_batch:
                 loss = loss * ((int((batch >= 0).sum()) - len(batch)) / per_batch)
             self.opt.zero_grad()
