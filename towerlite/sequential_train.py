@@ -232,12 +232,7 @@ class Trainer:
             # windows are left-padded: columns that are padding in every window are cut off
             # (real positions read only real items, so their states do not change)
             batch = batch[:, int((batch >= 0).any(0).float().argmax()):]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                if sampled(cfg, self.n_items):
-                    sample = torch.randint(0, self.n_items, (cfg.negatives,))
-                    loss = sampled_loss(cfg, self.model, batch, sample, self.adjust)
-                else:
-                    loss = full_loss(cfg, self.model, batch, self.adjust, self.domains)
+            loss = batch_loss(cfg, self.model, batch, self.n_items, self.adjust, self.domains)
             if per_batch:
                 loss = loss * ((int((batch >= 0).sum()) - len(batch)) / per_batch)
             self.opt.zero_grad()
@@ -295,6 +290,18 @@ def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np
     better one). Returns (model, TrainState)."""
     return Trainer(cfg, sequences, n_items, text, checkpoint, progress, start, counts, dist,
                    domains, validator).run()
+
+
+def batch_loss(cfg: HistoryConfig, model, batch, n_items: int, adjust,
+               domains: list[tuple[int, int]]):
+    """One batch's training loss: full softmax, or sampled with a fresh uniform sample of
+    negatives where `cfg` asks for one; its forward in bfloat16 with `cfg.precision` bf16."""
+    torch = _torch()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        if sampled(cfg, n_items):
+            sample = torch.randint(0, n_items, (cfg.negatives,))
+            return sampled_loss(cfg, model, batch, sample, adjust)
+        return full_loss(cfg, model, batch, adjust, domains)
 
 
 def sampled_loss(cfg: HistoryConfig, model, batch, sample, adjust=None):
