@@ -60,7 +60,10 @@ class HistoryConfig:
     use_text: bool = True
     use_ids: bool = True
     id_min_likes: int = 3  # an item needs this many training likes to get an ID vector
-    epochs: int = 30  # 20 → 30: 0.260 → 0.278 (docs/quality.md); ≈ 35 min on 2 cores
+    # 20 → 30: 0.260 → 0.278 (docs/quality.md); ≈ 35 min on 2 cores. 45 still gains (0.261 →
+    # 0.272 on one run's validation-kept epochs, not separated) but is past the 45-minute budget
+    # in fp32; with precision=bf16 it fits (docs/quality.md, 2026-12-03)
+    epochs: int = 30
     batch_size: int = 64  # windows of 200 a step (12,800 positions, as 256 windows of 50 were)
     lr: float = 2e-3
     # "constant", or "cosine": lr·½(1 + cos(π·progress)) over the run's steps, 0 at its end.
@@ -70,8 +73,9 @@ class HistoryConfig:
     lr_schedule: str = "constant"
     # "bf16": each training step's forward under CPU autocast to bfloat16 (matrix products in
     # bf16, softmax and loss in fp32; weights, optimizer state, validation and the saved tower
-    # stay fp32). On a CPU with AVX512-BF16 a MovieLens step took ≈ 30% less time; what it
-    # costs in ranking is measured in docs/quality.md. Without native bf16 it is emulated (slower)
+    # stay fp32). On a CPU with AVX512-BF16 a MovieLens step took 0.76× fp32's (360 against
+    # 473 ms) and 45 epochs ranked as fp32's (0.2703 against 0.2721, paired [0, +0.007];
+    # docs/quality.md, 2026-12-03). Without native bf16 it is emulated (slower): not the default
     precision: str = "fp32"
     weight_decay: float = 0.0
     negatives: int = 0  # 0: full softmax over the catalog; else this many shared uniform samples
