@@ -1,9 +1,9 @@
 """What `--set precision=bf16` saves a history training step: the default tower's steps over
 MovieLens' real training windows (200 items, batch 64, full softmax over the 3,883 movies),
-fp32 and bf16 alternated in one process, each with its own model and optimizer from the same
-seed (random text vectors: a step's time does not depend on their values). Prints ms a step,
-min / median / max, and the CPU's bf16 support; writes the times as JSON. What bf16 costs in
-ranking is a training run's question (docs/quality.md), not this script's.
+fp32 and bf16 alternated in one process, each its own `Trainer` (model, optimizers, windows)
+from the same seed (random text vectors: a step's time does not depend on their values).
+Prints ms a step, min / median / max, and the CPU's bf16 support; writes the times as JSON.
+What bf16 costs in ranking is a training run's question (docs/quality.md), not this script's.
 
     .venv/bin/python scripts/history_precision_bench.py --steps 8 --repeats 3
 """
@@ -21,8 +21,8 @@ import torch
 from towerlite.evaluation.cases import build_cases
 from towerlite.files import write_json_atomic
 from towerlite.machine import cpu_info
-from towerlite.sequential import PRECISIONS, HistoryConfig, build_model
-from towerlite.sequential_train import Optimizers, batch_loss, batches, windows
+from towerlite.sequential import PRECISIONS, HistoryConfig
+from towerlite.sequential_train import Trainer, batch_loss, batches, trim_padding
 
 
 def main() -> None:
@@ -36,29 +36,23 @@ def main() -> None:
     cases = build_cases("movielens", users=0, max_history=10)
     n = len(cases.item_ids)
     base = HistoryConfig()
-    data = torch.as_tensor(windows(cases.train_sequences, base.max_len))
-    data = data[(data >= 0).sum(1) >= 2]
-    order = batches((data >= 0).sum(1).numpy(), base.batch_size, base.seed, 0)
     text = np.random.default_rng(0).normal(size=(n, 384)).astype(np.float32)
-    runs = {}
-    for precision in PRECISIONS:
-        torch.manual_seed(base.seed)
-        cfg = replace(base, precision=precision)
-        model = build_model(cfg, n, text, np.ones(n, bool)).train()
-        runs[precision] = (cfg, model, Optimizers(cfg, model))
+    runs = {p: Trainer(replace(base, precision=p), cases.train_sequences, n, text, progress=False)
+            for p in PRECISIONS}
+    order = batches(runs["fp32"].lengths, base.batch_size, base.seed, 0)
     times = {precision: [] for precision in runs}
     step = 0
     for _ in range(args.repeats + 1):  # the first round warms up and is not counted
         first = step
-        for precision, (cfg, model, opt) in runs.items():
+        for precision, run in runs.items():
+            run.model.train()
             for i in range(first, first + args.steps):
-                batch = data[torch.as_tensor(order[i % len(order)])]
-                batch = batch[:, int((batch >= 0).any(0).float().argmax()):]  # as training trims
+                batch = trim_padding(run.data[torch.as_tensor(order[i % len(order)])])
                 t0 = time.perf_counter()
-                loss = batch_loss(cfg, model, batch, n, None, [(0, n)])
-                opt.zero_grad()
+                loss = batch_loss(run.cfg, run.model, batch, n, run.adjust, run.domains)
+                run.opt.zero_grad()
                 loss.backward()
-                opt.step()
+                run.opt.step()
                 if first:
                     times[precision].append(round(1000 * (time.perf_counter() - t0), 1))
         step += args.steps

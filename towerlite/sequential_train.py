@@ -228,10 +228,7 @@ class Trainer:
                    leave=False, desc=f"{cfg.kind} epoch {epoch + 1}/{cfg.epochs}")
         for step, rows in enumerate(bar):
             self.opt.set_lr(cfg, (epoch + step / len(chosen)) / cfg.epochs)
-            batch = self.data[torch.as_tensor(rows)][self.rank::world]
-            # windows are left-padded: columns that are padding in every window are cut off
-            # (real positions read only real items, so their states do not change)
-            batch = batch[:, int((batch >= 0).any(0).float().argmax()):]
+            batch = trim_padding(self.data[torch.as_tensor(rows)][self.rank::world])
             loss = batch_loss(cfg, self.model, batch, self.n_items, self.adjust, self.domains)
             if per_batch:
                 loss = loss * ((int((batch >= 0).sum()) - len(batch)) / per_batch)
@@ -290,6 +287,12 @@ def train(cfg: HistoryConfig, sequences: list[list[int]], n_items: int, text: np
     better one). Returns (model, TrainState)."""
     return Trainer(cfg, sequences, n_items, text, checkpoint, progress, start, counts, dist,
                    domains, validator).run()
+
+
+def trim_padding(batch):
+    """Windows are left-padded: the columns that are padding in every window are cut off (real
+    positions read only real items, so their states do not change)."""
+    return batch[:, int((batch >= 0).any(0).float().argmax()):]
 
 
 def batch_loss(cfg: HistoryConfig, model, batch, n_items: int, adjust,
