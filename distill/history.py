@@ -4,7 +4,8 @@ beside the yardsticks.
 
 setup     the eval's cases (towerlite.evaluation.cases: held-out users are never read) and the item
           tower's embeddings of the catalog (cached per model)
-train     towerlite.sequential_train.train, checkpointed after every epoch (a rerun resumes)
+train     towerlite.sequential_train.train, checkpointed after every epoch (a rerun resumes; under
+          a constant rate a finished run rerun with more epochs trains on: HistoryConfig.resume_key)
 save      OUT/model/: the ONNX sequence model and the arrays deploy builds the item table from
 evaluate  the saved tower through its ONNX graph (as served), with --parts the text-only and
           ID-only (SASRec) settings trained the same way, popularity and co-occurrence: Recall@10,
@@ -39,7 +40,8 @@ DESCRIPTION = (
     "when it has enough training likes, read by a small causal transformer (SASRec-style), "
     "cross-entropy over the catalog (full softmax, or sampled with negatives=N; within each "
     "dataset's items with --dataset both). Trains on the eval's training users only (the "
-    "held-out 10% are never read); checkpoints every epoch (a rerun resumes). Writes OUT/model/ "
+    "held-out 10% are never read); checkpoints every epoch (a rerun resumes; rerun with a "
+    "larger --set epochs=N, a finished run trains on). Writes OUT/model/ "
     "(`towerlite deploy --history-model OUT/model` serves it as `recommend_history`) and "
     "OUT/history_report.json/.md: the tower through its ONNX graph beside popularity, "
     "co-occurrence, the history's zero-shot text mean and, with --parts, text-only and ID-only "
@@ -118,7 +120,7 @@ class HistoryRun:
 
     def checkpoint(self) -> Path:
         sizes = [self.catalog_items.get(n, 0) for n in DATASETS[self.dataset]]
-        key = json.dumps([asdict(self.cfg), self.dataset, self.item_model, sizes,
+        key = json.dumps([self.cfg.resume_key(), self.dataset, self.item_model, sizes,
                           len(self.item_ids)] + (["whole"] if self.train_whole else []),
                          sort_keys=True)
         folder = self.out / CHECKPOINTS

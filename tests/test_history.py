@@ -476,6 +476,33 @@ def test_training_resumes_after_sigkill(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"), atol=1e-6)
 
 
+def test_a_finished_run_given_more_epochs_trains_on_as_one_longer_run(tmp_path):
+    """Under a constant rate the checkpoint's key leaves out epochs and patience: a run of 2
+    epochs rerun with 4 resumes after its second and ends where a run of 4 does; under cosine
+    (every step's rate depends on the run's length) it is another run; a checkpoint past the
+    epochs asked for is refused, not returned as that shorter run."""
+    from towerlite.distill.history import HistoryRun
+    from towerlite.errors import TowerliteError
+
+    seqs, text = synthetic()
+    ckpt = tmp_path / "ckpt.pt"
+    train(replace(TINY, epochs=2), seqs, 40, text, checkpoint=ckpt, progress=False)
+    resumed, resumed_state = train(replace(TINY, epochs=4), seqs, 40, text, checkpoint=ckpt,
+                                   progress=False)
+    whole, whole_state = train(replace(TINY, epochs=4), seqs, 40, text, progress=False)
+    assert len(resumed_state.losses) == 4 and resumed_state.losses == whole_state.losses
+    np.testing.assert_allclose(item_table(resumed), item_table(whole), atol=1e-6)
+    with pytest.raises(TowerliteError, match="holds 4 epochs"):
+        train(replace(TINY, epochs=3), seqs, 40, text, checkpoint=ckpt, progress=False)
+
+    def key(**settings):
+        return HistoryRun("movielens", "m", tmp_path, replace(TINY, **settings)).checkpoint().name
+
+    assert key(epochs=2) == key(epochs=4) == key(epochs=4, patience=3)
+    assert key(epochs=2, lr_schedule="cosine") != key(epochs=4, lr_schedule="cosine")
+    assert key(epochs=2) != key(epochs=2, lr=1e-3) != key(epochs=2, precision="bf16")
+
+
 # -- real data -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

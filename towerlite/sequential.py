@@ -118,6 +118,18 @@ class HistoryConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    def resume_key(self) -> dict:
+        """The settings the weights after any epoch depend on, which a checkpoint must match to
+        be resumed: not `patience` (when a run stops), nor `epochs` under a constant rate (a run
+        of 30 epochs is then the first 30 of a run of 60), so a finished run rerun with more
+        epochs trains on from its last one. Under a cosine schedule every step's rate depends
+        on the run's length, so `epochs` stays in."""
+        key = asdict(self)
+        key.pop("patience")
+        if self.lr_schedule == "constant":
+            key.pop("epochs")
+        return key
+
     @property
     def kind(self) -> str:
         kind = {(True, True): "text + ID", (True, False): "text only",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import TowerliteError
 from .sequential import (
     PAD,
     HistoryConfig,
@@ -177,6 +178,10 @@ class Trainer:
             self.opt.load_state_dict(saved["opt"])
             torch.set_rng_state(saved["rng"])
             self.state, self.best = TrainState(**saved["state"]), saved.get("best")
+            if self.state.epoch > cfg.epochs:  # its weights are past the run asked for
+                raise TowerliteError(
+                    f"{checkpoint} holds {self.state.epoch} epochs of a run with these settings; "
+                    f"for {cfg.epochs} epochs write to another --out (or move the checkpoint)")
             log.info("resuming %s after epoch %d", checkpoint, self.state.epoch)
         data = windows(sequences, cfg.max_len)
         # a window of one item has no position to train (half of Book-Crossing's: one like each)
