@@ -12,7 +12,8 @@ from pathlib import Path
 from towerlite.errors import TowerliteError
 from towerlite.files import write_json_atomic, write_text_atomic
 
-from .report import plot, validate
+from .plot import plot
+from .report import validate
 
 
 def load(path: Path) -> dict:

@@ -34,7 +34,8 @@ from towerlite.serving.repository import (
 from towerlite.serving.triton import launch
 
 from .inputs import build_requests
-from .report import plot, write
+from .plot import plot
+from .report import write
 from .runner import BenchConfig, run
 
 DESCRIPTION = (
