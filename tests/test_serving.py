@@ -5,7 +5,6 @@ MovieLens and Book-Crossing catalogs. One server for the module."""
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import json
 import os
@@ -21,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_sentences
 
 from towerlite.data.catalog import prepare_items
 from towerlite.errors import TowerliteError
@@ -29,13 +27,10 @@ from towerlite.serving import catalog as cat
 from towerlite.serving.client import Client, ServingError
 from towerlite.serving.repository import (
     FLAVORS,
-    MODEL_CODE,
-    PYTHON_MODELS,
     RepositorySpec,
     model_configs,
     parse_config,
     validate_repository,
-    write_code,
 )
 from towerlite.serving.triton import _children
 
@@ -43,237 +38,7 @@ from towerlite.serving.triton import _children
 pytestmark = pytest.mark.filterwarnings(
     "ignore:builtin type .* has no __module__:DeprecationWarning")
 
-ROOT = Path(__file__).resolve().parent.parent
 N_MOVIES, N_BOOKS = 300, 200
-
-
-# ---------------------------------------------------------------------------------------------
-# repository description → config.pbtxt (no server)
-
-SPECS = {"default": RepositorySpec(),
-         "teacher_items_trt": replace(RepositorySpec(), dim=768, item_tokenizer=True,
-                                      tensorrt=True),
-         "native_cpu": replace(RepositorySpec(), native_kind="cpu")}
-
-
-@pytest.mark.parametrize("flavor", FLAVORS)
-@pytest.mark.parametrize("spec_name", list(SPECS))
-def test_every_config_parses_as_model_config(flavor, spec_name):
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    spec = SPECS[spec_name]
-    configs = model_configs(spec, flavor)
-    expected = {"tokenizer", "user_encoder", "item_encoder", "scorer", "recommend", "embed_items"}
-    expected |= {"recommend_fused"} if flavor == "portable" else set()
-    assert set(configs) == expected | ({"item_tokenizer"} if spec.item_tokenizer else set())
-    parsed = {n: text_format.Parse(t, model_config_pb2.ModelConfig()) for n, t in configs.items()}
-    for name, cfg in parsed.items():
-        assert cfg.name == name
-        assert cfg.max_batch_size == spec.max_batch_size
-    for name in ("user_encoder", "item_encoder"):
-        enc = parsed[name]
-        assert enc.HasField("dynamic_batching") and len(enc.model_warmup) == 1
-        assert enc.output[0].dims == [spec.dim]
-        if flavor == "native" and spec.native_kind == "cpu":  # a CPU-only node
-            assert enc.platform == "onnxruntime_onnx" and enc.default_model_filename == "model.onnx"
-            group = enc.instance_group[0]
-            assert group.kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
-            user = name == "user_encoder"
-            assert group.count == (spec.user_encoder_instances if user
-                                   else spec.item_encoder_instances)
-            assert enc.parameters["intra_op_thread_count"].string_value == str(
-                spec.user_encoder_threads if user else spec.item_encoder_threads)
-            assert enc.parameters["execution_mode"].string_value == "0"  # sequential
-            assert not enc.optimization.execution_accelerators.gpu_execution_accelerator
-        elif flavor == "native":
-            assert enc.platform == "onnxruntime_onnx" and enc.default_model_filename == "model.onnx"
-            assert enc.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
-            accel = enc.optimization.execution_accelerators.gpu_execution_accelerator
-            assert [a.name for a in accel] == (["tensorrt"] if spec.tensorrt else [])
-        else:
-            assert enc.backend == "python" and not enc.platform
-            # ragged: requests of different widths batch together (the model pads them)
-            assert all(i.allow_ragged_batch for i in enc.input)
-            assert enc.parameters["DEVICE"].string_value == "cpu"
-    if flavor == "portable":  # the fused model takes and returns exactly what recommend does
-        fused, ensemble = parsed["recommend_fused"], parsed["recommend"]
-        assert fused.backend == "python" and len(fused.model_warmup) == 1
-        assert list(fused.input) == list(ensemble.input)
-        assert list(fused.output) == list(ensemble.output)
-    scorer = parsed["scorer"]
-    assert {i.name for i in scorer.input if i.optional} == {"K", "DOMAIN", "EXCLUDE", "MIN_SCORE"}
-    # every model that queues (all but the ensembles) drops requests whose timeout expired there
-    queued = {n: c for n, c in parsed.items() if c.platform != "ensemble"}
-    assert {"tokenizer", "user_encoder", "scorer"} <= set(queued)
-    for name, cfg in queued.items():
-        policy = cfg.dynamic_batching.default_queue_policy
-        assert cfg.HasField("dynamic_batching"), name
-        assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT, name
-        assert policy.allow_timeout_override, name
-        assert policy.default_timeout_microseconds == spec.queue_timeout_us, name
-    assert parsed["recommend"].platform == "ensemble"
-    steps = [s.model_name for s in parsed["embed_items"].ensemble_scheduling.step]
-    assert steps == ["item_tokenizer" if spec.item_tokenizer else "tokenizer", "item_encoder"]
-
-
-def test_committed_repository_is_what_the_generator_writes(tmp_path):
-    """model_repository/ in git holds exactly the configs of the default spec, no model.py
-    copy (regenerate: python -m towerlite.serving.repository --out model_repository)."""
-    for flavor in FLAVORS:
-        written = write_code(tmp_path / flavor, RepositorySpec(), flavor, code=False)
-        validate_repository(ROOT / "model_repository" / flavor)
-        for path in written:
-            committed = ROOT / "model_repository" / flavor / path.relative_to(tmp_path / flavor)
-            assert committed.is_file(), f"{committed} is missing"
-            assert committed.read_bytes() == path.read_bytes(), f"{committed} is stale"
-        committed = {p.relative_to(ROOT / "model_repository" / flavor)
-                     for p in (ROOT / "model_repository" / flavor).rglob("*") if p.is_file()}
-        assert committed == {p.relative_to(tmp_path / flavor) for p in written}
-
-
-def test_deploy_writes_each_python_model_from_its_one_source(tmp_path):
-    written = write_code(tmp_path, RepositorySpec(), "portable")
-    code = [p for p in written if p.name == "model.py"]
-    assert {p.parent.parent.name for p in code} == \
-        set(PYTHON_MODELS["portable"]) - {"item_tokenizer"}
-    for path in code:
-        source = MODEL_CODE / PYTHON_MODELS["portable"][path.parent.parent.name]
-        assert path.read_bytes() == source.read_bytes()
-
-
-# + importlib (standard library): recommend_fused loads the repository's other model.py files
-ALLOWED_IMPORTS = {"json", "os", "importlib", "numpy", "onnxruntime", "tokenizers",
-                   "triton_python_backend_utils"}
-
-
-@pytest.mark.parametrize("source", sorted(p.name for p in MODEL_CODE.glob("*.py")))
-def test_triton_models_import_only_what_a_stock_container_has(source):
-    """numpy, onnxruntime, tokenizers, triton_python_backend_utils (+ json, os) at module level;
-    faiss only inside a function, for catalogs that ship an index."""
-    tree = ast.parse((MODEL_CODE / source).read_text())
-    top, lazy = set(), set()
-    for node in ast.walk(tree):
-        names = set()
-        if isinstance(node, ast.Import):
-            names = {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            names = {(node.module or "").split(".")[0]}
-        (top if node in tree.body else lazy).update(names)
-    assert top <= ALLOWED_IMPORTS, top - ALLOWED_IMPORTS
-    assert lazy <= {"faiss"}, lazy
-
-
-def test_deploy_spec_settings_are_checked():
-    from towerlite.serving.cli import spec_settings
-
-    got = spec_settings(["user_encoder_instances=1", "buckets=[16,32]", "ragged_batches=false"])
-    assert got == {"user_encoder_instances": 1, "buckets": (16, 32), "ragged_batches": False}
-    spec = replace(RepositorySpec(), **got)
-    assert 'string_value: "16,32,128"' in model_configs(spec, "portable")["tokenizer"]
-    assert "allow_ragged_batch" not in model_configs(spec, "portable")["user_encoder"]
-    for bad, message in (("no_such_field=1", "expected FIELD=JSON with FIELD one of"),
-                         ("dim=768", "expected FIELD=JSON"),  # set by the export, not by hand
-                         ("user_encoder_threads=two", "is not JSON")):
-        with pytest.raises(TowerliteError, match=message):
-            spec_settings([bad])
-
-
-def test_broken_config_is_a_clear_error(tmp_path):
-    write_code(tmp_path, RepositorySpec(), "portable")
-    cfg = tmp_path / "scorer" / "config.pbtxt"
-    cfg.write_text(cfg.read_text().replace("max_batch_size: 64", "max_batch_size: sixty-four"))
-    with pytest.raises(TowerliteError, match=r"scorer/config.pbtxt: not a valid Triton model "
-                                             r"config: \d+:\d+"):
-        validate_repository(tmp_path)
-    write_code(tmp_path, RepositorySpec(), "portable")
-    shutil.rmtree(tmp_path / "user_encoder")
-    with pytest.raises(TowerliteError, match="step model 'user_encoder' is not in the repository"):
-        validate_repository(tmp_path)
-    with pytest.raises(TowerliteError, match="not a valid Triton model config"):
-        parse_config('name: "x" input [ { name: "A" data_type: TYPE_NOPE dims: [1] } ]')
-
-
-# ---------------------------------------------------------------------------------------------
-# catalog (no server)
-
-class CountingEncoder:
-    dim = 3
-
-    def __init__(self):
-        self.calls = 0
-
-    def encode(self, texts, batch_size=32):
-        self.calls += 1
-        return np.array([[len(t), 1.0, 0.0] for t in texts], dtype=np.float32)
-
-
-def test_catalog_embeddings_are_cached_per_chunk_and_resume(tmp_path, monkeypatch):
-    monkeypatch.setattr(cat, "CHUNK", 4)
-    texts = [f"item {i}" * (i % 3 + 1) for i in range(10)]
-    enc = CountingEncoder()
-    first = cat.embed_catalog(texts, enc, cache_dir=tmp_path, progress=False)
-    assert enc.calls == 3 and (tmp_path / "embeddings.npy").is_file()
-    assert not list(tmp_path.glob("chunk-*"))
-    again = cat.embed_catalog(texts, enc, cache_dir=tmp_path, progress=False)
-    assert enc.calls == 3
-    np.testing.assert_array_equal(first, again)
-    # an interrupted run left two chunks: only the missing one is encoded
-    (tmp_path / "embeddings.npy").unlink()
-    for c in range(2):
-        np.save(tmp_path / f"chunk-{c:05d}.npy", first[c * 4:(c + 1) * 4])
-    resumed = cat.embed_catalog(texts, enc, cache_dir=tmp_path, progress=False)
-    assert enc.calls == 4
-    np.testing.assert_array_equal(first, resumed)
-
-
-def test_catalog_embedding_in_worker_processes_resumes_and_equals_one_process(tiny_export,
-                                                                              tmp_path):
-    """`workers`: the same vectors as one process, chunk by chunk; chunks already in the cache
-    (a killed run) are kept, not encoded again, whatever the worker count."""
-    from towerlite.runtime import OnnxEncoder
-
-    texts = tiny_sentences(50, seed=3)
-    encoder = OnnxEncoder(tiny_export / "model.onnx", max_length=32, threads=2)
-    one = cat.embed_catalog(texts, encoder, cache_dir=tmp_path / "one", progress=False, chunk=8)
-    two = cat.embed_catalog(texts, encoder, cache_dir=tmp_path / "two", progress=False, chunk=8,
-                            workers=2)
-    np.testing.assert_allclose(two, one, rtol=0, atol=1e-6)
-    # a run killed after two chunks: marked rows show they are read back, not recomputed
-    folder = tmp_path / "resumed"
-    folder.mkdir()
-    marked = np.full((8, one.shape[1]), 0.5, dtype=np.float32)
-    np.save(folder / "chunk-00000.npy", marked)
-    np.save(folder / "chunk-00003.npy", marked)
-    resumed = cat.embed_catalog(texts, encoder, cache_dir=folder, progress=False, chunk=8,
-                                workers=2)
-    assert (resumed[0:8] == 0.5).all() and (resumed[24:32] == 0.5).all()
-    rest = np.r_[8:24, 32:50]
-    np.testing.assert_allclose(resumed[rest], one[rest], rtol=0, atol=1e-6)
-    assert (folder / "embeddings.npy").is_file() and not list(folder.glob("chunk-*"))
-
-
-def test_catalog_embedding_takes_cuda_only_where_onnxruntime_has_it(monkeypatch):
-    """deploy embeds the catalog on onnxruntime's CUDA provider when this onnxruntime has it
-    (onnxruntime-gpu), the CPU otherwise (no GPU here: the CUDA branch is not run)."""
-    import onnxruntime as ort
-
-    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    assert cat.embedding_providers()[0] == ("CUDAExecutionProvider" if has_cuda
-                                            else "CPUExecutionProvider")
-    monkeypatch.setattr(ort, "get_available_providers",
-                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    assert cat.embedding_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    assert cat.embedding_providers() == ["CPUExecutionProvider"]
-
-
-def test_deploy_refuses_a_worker_count_below_one(tmp_path):
-    from towerlite.serving.deploy import DeployRequest
-
-    for bad in (0, -2, 1.5):
-        with pytest.raises(TowerliteError, match="workers is a whole number of at least 1"):
-            DeployRequest("model", tmp_path, workers=bad)
 
 
 @pytest.fixture(scope="module")
@@ -312,9 +77,6 @@ def test_catalog_text_is_the_shared_rendering_and_domains_are_contiguous(items, 
     np.testing.assert_array_equal(back, emb)
     assert list(back_ids) == prepared["item_id"].tolist()
 
-
-# ---------------------------------------------------------------------------------------------
-# a real export, a real deploy, a real server
 
 @pytest.fixture(scope="module")
 def deployed(exported, items, tmp_path_factory):
@@ -1003,138 +765,6 @@ def test_cli_serve_reports_a_missing_repository(tmp_path):
     done = run_cli("serve", "--repository", str(tmp_path / "nothing"))
     assert done.returncode == 1
     assert "no such model repository" in done.stderr and "towerlite deploy" in done.stderr
-
-
-# ---------------------------------------------------------------------------------------------
-# the FAISS index option
-
-def test_ivf_index_recall_against_exact():
-    from towerlite.serving import index as ix
-
-    rng = np.random.default_rng(1)
-    emb = rng.normal(size=(4000, 32)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    index = ix.build_index("ivf", emb)
-    assert index.nlist == ix.nlist_for(4000) == 102  # 4·√n, at least 39 points a list
-    queries = emb[:50] + 0.1 * rng.normal(size=(50, 32)).astype(np.float32)
-    full = ix.recall_at_k(index, emb, queries, k=10, nprobe=index.nlist)
-    assert full["recall"] == 1.0  # every list visited: exact
-    some = ix.recall_at_k(index, emb, queries, k=10, nprobe=8)
-    assert 0.2 < some["recall"] < 1.0 and some["queries"] == 50
-    assert ix.choose("auto", 99_999) == "exact" and ix.choose("auto", 100_000) == "ivf_sq8"
-    assert ix.choose("auto", ix.AUTO_PQ_MIN_ITEMS) == "ivf_pq" and ix.choose("ivf", 10) == "ivf"
-    with pytest.raises(TowerliteError, match="unknown index"):
-        ix.choose("hnsw", 10)
-
-
-def test_index_serves_the_fewest_lists_that_reach_the_recall_target(tmp_path):
-    """Given several nprobe values and a recall target (the history scorer's deploy), the index
-    serves the smallest whose recall@10 on the queries reaches it, and records each measured."""
-    from towerlite.serving import index as ix
-
-    rng = np.random.default_rng(1)
-    emb = rng.normal(size=(4000, 32)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    queries = ("near items", emb[:50] + 0.1 * rng.normal(size=(50, 32)).astype(np.float32))
-    meta = ix.write_catalog_index(tmp_path, emb, {"count": 4000}, (102, 2, 8, 32), "ivf",
-                                  queries, recall_target=0.95)["index"]
-    sweep = meta["nprobe_sweep"]
-    assert [s["nprobe"] for s in sweep] == [2, 8, 32, 102][:len(sweep)] and len(sweep) >= 2
-    assert meta["nprobe"] == sweep[-1]["nprobe"] == meta["recall_vs_exact"]["nprobe"]
-    assert all(s["recall"] < 0.95 for s in sweep[:-1]) and sweep[-1]["recall"] >= 0.95
-    assert json.loads((tmp_path / "catalog.json").read_text())["index"] == meta
-    fixed = ix.write_catalog_index(tmp_path, emb, {"count": 4000}, 8, "ivf", queries)["index"]
-    assert fixed["nprobe"] == 8 and "nprobe_sweep" not in fixed
-    with pytest.raises(ValueError, match="recall_target"):
-        ix.write_catalog_index(tmp_path, emb, {"count": 4000}, (8, 32), "ivf", queries)
-
-
-@pytest.mark.parametrize("kind", ["ivf_sq8", "ivf_pq"])
-def test_large_catalog_path_hnsw_lists_fp16_rows_answer_like_exact(kind, tmp_path, monkeypatch):
-    """The path for catalogs past COARSE_HNSW_MIN_ITEMS (10M items in docs/serving.md), at a
-    test's size: an HNSW graph over the lists' centroids, the catalog an fp16 (n, dim) file
-    memory-mapped for re-scoring and read a chunk at a time for exact truth. Visiting every
-    list, the re-scored top-10 is the exact one (exact over the same fp16 rows)."""
-    import faiss
-
-    from towerlite.serving import index as ix
-    from towerlite.serving.bench.index import synthetic
-
-    monkeypatch.setattr(ix, "COARSE_HNSW_MIN_ITEMS", 10_000)
-    rng = np.random.default_rng(3)
-    centers = rng.normal(size=(300, 32))
-    base = (centers[rng.integers(0, 300, 4_000)] + 0.5 * rng.normal(size=(4_000, 32)))
-    base = (base / np.linalg.norm(base, axis=1, keepdims=True)).astype(np.float32)
-    rows = synthetic(base, 12_000, 0.35, path=tmp_path / "catalog_f16.npy")
-    assert isinstance(rows, np.memmap) and rows.dtype == np.float16 and rows.shape == (12_000, 32)
-    np.testing.assert_allclose(rows[:4_000], base, atol=1e-3)  # the real rows come first
-    queries = base[:40] + 0.1 * rng.normal(size=(40, 32)).astype(np.float32)
-    truth = ix.exact_top_k(rows, queries, 10, chunk=5_000)  # three chunks, merged
-    np.testing.assert_array_equal(
-        truth, ix.exact_top_k(np.asarray(rows, np.float32), queries, 10))
-    index = ix.build_index(kind, rows)
-    quantizer = faiss.downcast_index(ix.faiss_ivf(index).quantizer)
-    assert isinstance(quantizer, faiss.IndexHNSWFlat)
-    assert quantizer.hnsw.efSearch == ix.HNSW_EF_SEARCH
-    # another kind over the same rows takes these lists instead of its own k-means
-    other = ix.build_index("ivf_sq8" if kind == "ivf_pq" else "ivf_pq", rows,
-                           centroids=ix.coarse_centroids(index))
-    np.testing.assert_array_equal(ix.coarse_centroids(other), ix.coarse_centroids(index))
-    assert other.ntotal == len(rows)
-    ix.write_index(index, tmp_path / "index.faiss")
-    mapped = ix.read_index(tmp_path / "index.faiss", mmap=True)
-    every = ix.Searcher(mapped, None, ix.faiss_ivf(mapped).nlist, ix.RESCORE[kind], rows=rows)
-    found = [every.top_k(q, 10) for q in queries]
-    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
-    assert recall >= 0.99, recall
-    some = ix.Searcher(mapped, None, 2, ix.RESCORE[kind], rows=rows)
-    assert np.mean([len(set(some.top_k(q, 10)) & set(t)) / 10 for q, t in zip(queries, truth)]) \
-        < recall
-
-
-@pytest.mark.parametrize("kind", ["ivf_sq8", "ivf_pq"])
-def test_compressed_index_rescored_answers_like_exact_and_maps_in_place(kind, tmp_path):
-    """SQ8 / PQ codes find candidates; re-scored exactly from the matrix, the top-10 is the
-    exact one when every list is visited (the candidates hold it) and the scores are exact. The
-    memory-mapped read answers the same and costs a reading process almost no memory."""
-    from towerlite.serving import index as ix
-
-    rng = np.random.default_rng(2)
-    # clustered, as item embeddings are (PQ codebooks learn the clusters; i.i.d. Gaussian
-    # vectors are PQ's worst case and no catalog's shape)
-    centers = rng.normal(size=(300, 32))
-    emb = (centers[rng.integers(0, 300, 12_000)] + 0.5 * rng.normal(size=(12_000, 32)))
-    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
-    queries = emb[:40] + 0.1 * rng.normal(size=(40, 32)).astype(np.float32)
-    index = ix.build_index(kind, emb)
-    nlist = ix.faiss_ivf(index).nlist
-    full = ix.recall_at_k(index, emb, queries, k=10, nprobe=nlist, rescore=ix.RESCORE[kind])
-    assert full["recall"] >= 0.99, full
-    # the codes' own scores rank worse (PQ: 0.58 measured): re-scoring is what makes it exact
-    raw = ix.recall_at_k(index, emb, queries, k=10, nprobe=nlist, rescore=0)
-    assert raw["recall"] <= full["recall"]
-    if kind == "ivf_pq":
-        assert raw["recall"] < 0.9, raw
-    ix.write_index(index, tmp_path / "index.faiss")
-    mapped = ix.read_index(tmp_path / "index.faiss", mmap=True)
-    matrix_t = np.ascontiguousarray(emb.T)
-    a = ix.Searcher(index, matrix_t, 8, ix.RESCORE[kind])
-    b = ix.Searcher(mapped, matrix_t, 8, ix.RESCORE[kind])
-    # the scorer's way: candidates' rows read from an (n, dim) file with pread
-    np.save(tmp_path / ix.ROWS_FILE, emb)
-    rows_file = ix.RowFile(tmp_path / ix.ROWS_FILE)
-    assert len(rows_file) == len(emb)
-    np.testing.assert_array_equal(rows_file[[11_999, 0, 7]], emb[[11_999, 0, 7]])
-    c = ix.Searcher(mapped, None, 8, ix.RESCORE[kind], rows=rows_file)
-    for q in queries[:10]:
-        np.testing.assert_array_equal(a.top_k(q, 10), b.top_k(q, 10))
-        np.testing.assert_array_equal(a.top_k(q, 10), c.top_k(q, 10))
-    rows_file.close()
-    assert ix.kind_of({"index": {"kind": kind}}) == kind and ix.kind_of({}) == "exact"
-    assert ix.kind_of({"index": {"kind": "ivf_flat"}}) == "ivf"
-    if kind == "ivf_pq":
-        with pytest.raises(TowerliteError, match="ivf_pq needs at least 10,000 items"):
-            ix.build_index(kind, emb[:5000])
 
 
 @pytest.mark.parametrize("kind", ["ivf", "ivf_sq8"])
