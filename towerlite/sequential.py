@@ -62,7 +62,8 @@ class HistoryConfig:
     id_min_likes: int = 3  # an item needs this many training likes to get an ID vector
     # 20 → 30: 0.260 → 0.278 (docs/quality.md); ≈ 35 min on 2 cores. 45 still gains (0.261 →
     # 0.272 on one run's validation-kept epochs, not separated) but is past the 45-minute budget
-    # in fp32; with precision=bf16 it fits (docs/quality.md, 2026-12-03)
+    # in fp32; with precision=bf16 it fits. Past 45 the validation stops rising (epochs 46–54
+    # never above 44's; docs/quality.md, 2026-12-03)
     epochs: int = 30
     batch_size: int = 64  # windows of 200 a step (12,800 positions, as 256 windows of 50 were)
     lr: float = 2e-3
